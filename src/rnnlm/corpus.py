@@ -1,0 +1,171 @@
+"""Corpora: turn a name or a path into text.
+
+A built-in name (``timemachine``, ``tinyshakespeare``, ``ptb``) is looked up in
+``$RNNLM_DATA_DIR``, then in the per-user cache, then downloaded, checked
+against its SHA-1 and written atomically into the cache. Any other source is a
+path to a UTF-8 text file or to a folder of ``.txt`` files.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tempfile
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Optional
+
+from .errors import RnnlmError
+
+D2L_DATA = "http://d2l-data.s3-accelerate.amazonaws.com/"
+
+
+@dataclass(frozen=True)
+class CorpusSpec:
+    """Where a built-in corpus comes from and what its files must hash to."""
+
+    name: str
+    url: str
+    sha1: str  # of the downloaded file (the zip, for ptb)
+    files: Dict[str, str]  # split -> file name inside the data folder
+    zip_members: Optional[Dict[str, str]] = None  # split -> member of the zip
+
+
+CORPORA: Dict[str, CorpusSpec] = {
+    "timemachine": CorpusSpec(
+        "timemachine", D2L_DATA + "timemachine.txt",
+        "090b5e7e70c295757f55df93cb0a180b9691891a",
+        {"train": "timemachine.txt"}),
+    "tinyshakespeare": CorpusSpec(
+        "tinyshakespeare",
+        "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
+        "04486597058d11dcc2c556b1d0433891eb639d2e",
+        {"train": "tinyshakespeare.txt"}),
+    "ptb": CorpusSpec(
+        "ptb", D2L_DATA + "ptb.zip",
+        "319d85e578af0cdc590547f26231e4e31cdf1e42",
+        {"train": "ptb/train.txt", "valid": "ptb/valid.txt", "test": "ptb/test.txt"},
+        {"train": "ptb/ptb.train.txt", "valid": "ptb/ptb.valid.txt", "test": "ptb/ptb.test.txt"}),
+}
+
+
+def cache_dir() -> Path:
+    """The per-user cache folder for downloaded corpora."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "rnnlm"
+
+
+def sha1_of(data: bytes) -> str:
+    return hashlib.sha1(data).hexdigest()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a reader never sees a partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _fetch(url: str, timeout: float = 60.0) -> bytes:
+    with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (fixed https/http URLs)
+        return response.read()
+
+
+def download(spec: CorpusSpec, root: Path, fetch=_fetch) -> None:
+    """Download ``spec`` into ``root``, verify its checksum, and write its files atomically.
+
+    Nothing is written unless the whole download arrived and its SHA-1 matches.
+    """
+    hint = (f"download it by hand from {spec.url} and put its files in "
+            f"{root} (or in a folder named by RNNLM_DATA_DIR): {', '.join(spec.files.values())}")
+    try:
+        data = fetch(spec.url)
+    except Exception as e:  # network errors come in many types; all mean the same here
+        raise RnnlmError(f"could not download corpus {spec.name!r} ({e}); {hint}") from None
+    got = sha1_of(data)
+    if got != spec.sha1:
+        raise RnnlmError(f"checksum mismatch for {spec.name!r}: expected sha1 {spec.sha1}, "
+                         f"got {got}; nothing was saved; {hint}")
+    if spec.zip_members:
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            for split, member in spec.zip_members.items():
+                atomic_write_bytes(root / spec.files[split], z.read(member))
+    else:
+        atomic_write_bytes(root / spec.files["train"], data)
+
+
+def builtin_path(name: str, split: str = "train", fetch=_fetch) -> Path:
+    """The local file of split ``split`` of built-in corpus ``name``, downloading it if needed."""
+    spec = CORPORA[name]
+    if split not in spec.files:
+        raise RnnlmError(f"corpus {name!r} has no {split!r} split; it has: {', '.join(spec.files)}")
+    env = os.environ.get("RNNLM_DATA_DIR")
+    roots = ([Path(env)] if env else []) + [cache_dir()]
+    for root in roots:
+        if (root / spec.files[split]).is_file():
+            return root / spec.files[split]
+    download(spec, cache_dir(), fetch=fetch)
+    return cache_dir() / spec.files[split]
+
+
+def decode_utf8(data: bytes, where: str) -> str:
+    """Decode UTF-8 (dropping a BOM, turning CRLF and CR line ends into LF)."""
+    if b"\x00" in data[:8192]:
+        raise RnnlmError(f"{where} looks like a binary file (it contains NUL bytes at offset "
+                         f"{data.index(0)}); give a UTF-8 text file")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise RnnlmError(f"{where} is not UTF-8 text: invalid byte 0x{data[e.start]:02x} at byte "
+                         f"offset {e.start}; convert it to UTF-8 (e.g. iconv -t UTF-8)") from None
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def read_path(path: Path) -> str:
+    """Read a UTF-8 text file, or every ``.txt`` file of a folder (sorted by name, joined by newlines)."""
+    if not path.exists():
+        raise RnnlmError(f"no such file or folder: {path}; give a built-in corpus name "
+                         f"({', '.join(CORPORA)}) or the path of a UTF-8 text file")
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*.txt") if p.is_file())
+        if not files:
+            raise RnnlmError(f"folder {path} has no .txt files; put UTF-8 text files "
+                             f"ending in .txt in it")
+        text = "\n".join(read_path(p) for p in files)
+    else:
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise RnnlmError(f"cannot read {path}: {e.strerror}") from None
+        text = decode_utf8(data, str(path))
+    if not text.strip():
+        raise RnnlmError(f"{path} is empty (or only white space); give a file with some text")
+    return text
+
+
+def is_builtin(source: str) -> bool:
+    return source in CORPORA
+
+
+def read_text(source: str, split: str = "train") -> str:
+    """The raw text of ``source``: a built-in corpus name or a path."""
+    if is_builtin(source):
+        return read_path(builtin_path(source, split))
+    if split != "train":
+        raise RnnlmError(f"only built-in corpora have a {split!r} split; {source!r} is a path")
+    path = Path(source).expanduser()
+    if not path.exists() and os.sep not in source and "." not in source:
+        raise RnnlmError(f"unknown corpus {source!r}: known names are {', '.join(CORPORA)}, "
+                         f"or give the path of a text file or folder")
+    return read_path(path)
