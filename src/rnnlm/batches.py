@@ -38,7 +38,14 @@ def min_tokens(batch_size: int, num_steps: int) -> int:
     return batch_size * num_steps + 1
 
 
+def check_sizes(batch_size: int, num_steps: int) -> None:
+    if batch_size < 1 or num_steps < 1:
+        raise RnnlmError(f"batch_size and num_steps must be at least 1, got batch_size "
+                         f"{batch_size} and num_steps {num_steps}; give positive sizes")
+
+
 def check_length(n_tokens: int, batch_size: int, num_steps: int, what: str = "the corpus") -> None:
+    check_sizes(batch_size, num_steps)
     need = min_tokens(batch_size, num_steps)
     if n_tokens < need:
         raise RnnlmError(f"{what} is too short for one batch: it has {n_tokens} tokens, and "
@@ -48,6 +55,9 @@ def check_length(n_tokens: int, batch_size: int, num_steps: int, what: str = "th
 
 def epoch_rng(seed: int, epoch: int) -> np.random.Generator:
     """The generator for epoch ``epoch``'s offset and shuffle."""
+    if seed < 0 or epoch < 0:  # numpy's SeedSequence takes only non-negative integers
+        raise RnnlmError(f"seed and epoch must be non-negative, got seed {seed} and epoch {epoch}; "
+                         f"give a seed of 0 or more")
     return np.random.default_rng([seed, epoch])
 
 
@@ -107,6 +117,7 @@ def eval_batches(corpus: torch.Tensor, batch_size: int,
     Uses min(B, (N-1)//T) streams (at least one, with fewer steps if N-1 < T) so that
     a small validation split is still scored. Returns X, Y of shape (nb, B', T').
     """
+    check_sizes(batch_size, num_steps)
     n = len(corpus)
     if n < 2:
         raise RnnlmError(f"the held-out text has {n} token(s); it needs at least 2 to score one "

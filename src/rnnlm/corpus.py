@@ -7,6 +7,7 @@ path to a UTF-8 text file or to a folder of ``.txt`` files.
 """
 from __future__ import annotations
 
+import codecs
 import hashlib
 import io
 import os
@@ -107,6 +108,8 @@ def download(spec: CorpusSpec, root: Path, fetch=_fetch) -> None:
 
 def builtin_path(name: str, split: str = "train", fetch=_fetch) -> Path:
     """The local file of split ``split`` of built-in corpus ``name``, downloading it if needed."""
+    if name not in CORPORA:
+        raise RnnlmError(f"unknown corpus {name!r}: known names are {', '.join(CORPORA)}")
     spec = CORPORA[name]
     if split not in spec.files:
         raise RnnlmError(f"corpus {name!r} has no {split!r} split; it has: {', '.join(spec.files)}")
@@ -124,16 +127,27 @@ def decode_utf8(data: bytes, where: str) -> str:
     if b"\x00" in data[:8192]:
         raise RnnlmError(f"{where} looks like a binary file (it contains NUL bytes at offset "
                          f"{data.index(0)}); give a UTF-8 text file")
+    # Strip the BOM ourselves: the utf-8-sig codec reports error offsets counted after it.
+    bom = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
     try:
-        text = data.decode("utf-8-sig")
+        text = data[bom:].decode("utf-8")
     except UnicodeDecodeError as e:
-        raise RnnlmError(f"{where} is not UTF-8 text: invalid byte 0x{data[e.start]:02x} at byte "
-                         f"offset {e.start}; convert it to UTF-8 (e.g. iconv -t UTF-8)") from None
+        at = bom + e.start
+        raise RnnlmError(f"{where} is not UTF-8 text: invalid byte 0x{data[at]:02x} at byte "
+                         f"offset {at}; convert it to UTF-8 (e.g. iconv -t UTF-8)") from None
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
+def _read_file(path: Path) -> str:
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise RnnlmError(f"cannot read {path}: {e.strerror}") from None
+    return decode_utf8(data, str(path))
+
+
 def read_path(path: Path) -> str:
-    """Read a UTF-8 text file, or every ``.txt`` file of a folder (sorted by name, joined by newlines)."""
+    """Read a UTF-8 text file, or every ``.txt`` file under a folder (sorted by path, joined by newlines)."""
     if not path.exists():
         raise RnnlmError(f"no such file or folder: {path}; give a built-in corpus name "
                          f"({', '.join(CORPORA)}) or the path of a UTF-8 text file")
@@ -142,13 +156,9 @@ def read_path(path: Path) -> str:
         if not files:
             raise RnnlmError(f"folder {path} has no .txt files; put UTF-8 text files "
                              f"ending in .txt in it")
-        text = "\n".join(read_path(p) for p in files)
+        text = "\n".join(_read_file(p) for p in files)  # an empty file among others is fine
     else:
-        try:
-            data = path.read_bytes()
-        except OSError as e:
-            raise RnnlmError(f"cannot read {path}: {e.strerror}") from None
-        text = decode_utf8(data, str(path))
+        text = _read_file(path)
     if not text.strip():
         raise RnnlmError(f"{path} is empty (or only white space); give a file with some text")
     return text

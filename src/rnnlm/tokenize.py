@@ -52,6 +52,13 @@ def tokenize(text: str, mode: str = "letters") -> List[str]:
 def detokenize(tokens: List[str], mode: str) -> str:
     """Join tokens back into text (words with spaces, <eos> as a line break)."""
     if mode == "words":
-        return " ".join(tokens).replace(" " + EOS + " ", "\n").replace(EOS, "\n")
+        # a space between two words of a line; no space next to a line break
+        pieces = []
+        for i, token in enumerate(tokens):
+            if token == EOS:
+                pieces.append("\n")
+            else:
+                pieces.append(token if i == 0 or tokens[i - 1] == EOS else " " + token)
+        return "".join(pieces)
     return "".join(tokens)
 

@@ -27,7 +27,9 @@ class Vocab:
         # Counter keeps first-appearance order; sorted() is stable, so ties stay in that order.
         self.token_freqs: List[Tuple[str, int]] = sorted(counter.items(), key=lambda kv: kv[1],
                                                          reverse=True)
-        self.idx_to_token: List[str] = [UNK] + [t for t in reserved_tokens if t != UNK]
+        # dict.fromkeys drops repeated reserved tokens (keeping the first) so indices stay dense.
+        self.idx_to_token: List[str] = [UNK] + list(dict.fromkeys(
+            t for t in reserved_tokens if t != UNK))
         self.token_to_idx: Dict[str, int] = {t: i for i, t in enumerate(self.idx_to_token)}
         for token, freq in self.token_freqs:
             if freq < min_freq:
@@ -39,7 +41,8 @@ class Vocab:
     @classmethod
     def from_tokens_list(cls, idx_to_token: List[str]) -> "Vocab":
         """Rebuild a vocabulary from its saved ``idx_to_token`` list (no frequencies)."""
-        if not idx_to_token or idx_to_token[0] != UNK or len(set(idx_to_token)) != len(idx_to_token):
+        if (not idx_to_token or idx_to_token[0] != UNK or len(set(idx_to_token)) != len(idx_to_token)
+                or not all(isinstance(t, str) for t in idx_to_token)):
             raise RnnlmError("vocabulary is invalid: it must list distinct tokens with <unk> "
                              "first; the run directory may be damaged")
         vocab = cls()
