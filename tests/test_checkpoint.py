@@ -1,0 +1,193 @@
+"""The run directory: atomic writes, exact save/load, verification of every file."""
+from __future__ import annotations
+
+import errno
+import json
+import os
+
+import pytest
+import torch
+
+from rnnlm import checkpoint
+from rnnlm.config import TrainConfig
+from rnnlm.errors import RnnlmError
+from rnnlm.models import build_model
+from rnnlm.train import EpochProgress, NonFiniteError, make_optimizer, train_step
+from rnnlm.vocab import Vocab
+
+V = 6
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: one thread avoids oversubscribing a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_run(tmp_path, kind="lstm", optimizer="adam", impl="torch"):
+    """A run directory with one checkpoint taken after two Adam steps, mid-epoch."""
+    torch.manual_seed(0)
+    cfg = TrainConfig(impl=impl, model=kind, hidden=8, layers=2, batch_size=3, num_steps=4,
+                      optimizer=optimizer, lr=0.01)
+    vocab = Vocab(list("abcde"))
+    run = tmp_path / "run"
+    checkpoint.init_run(run, cfg, vocab)
+    model = build_model(impl, kind, V, 8, 2)
+    opt = make_optimizer(optimizer, model.parameters(), 0.01)
+    state = model.begin_state(3)
+    X = torch.randint(0, V, (3, 4))
+    for _ in range(2):
+        _, _, state = train_step(model, opt, X, X, state, 1.0)
+    progress = EpochProgress(batch=2, loss_sum=1 / 3, tokens=24, seconds=0.1, state=state,
+                             last_finite_loss=1.2345678901234567)
+    history = [{"epoch": 1, "train_ppl": 3.5, "val_ppl": 4.25}]
+    checkpoint.save_checkpoint(run, model, opt, 1, progress, history, cfg)
+    return run, cfg, model, opt, progress, history
+
+
+def test_atomic_write_replaces_whole_files_and_leaves_no_temporaries(tmp_path):
+    path = tmp_path / "f.bin"
+    checkpoint.atomic_write(path, b"old")
+    checkpoint.atomic_write(path, b"new contents")
+    assert path.read_bytes() == b"new contents"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.bin"]
+
+
+def test_save_then_load_restores_everything_exactly(tmp_path):
+    run, cfg, model, opt, progress, history = make_run(tmp_path)
+    rng = torch.get_rng_state()
+    ckpt = checkpoint.read_checkpoint(run)
+    assert (ckpt.epoch, ckpt.generation, ckpt.history) == (1, 1, history)
+    p = ckpt.progress
+    assert (p.batch, p.loss_sum, p.tokens, p.last_finite_loss) == (2, 1 / 3, 24, 1.2345678901234567)
+    assert all(torch.equal(a, b) for a, b in zip(p.state, progress.state))
+    for key, value in model.state_dict().items():
+        assert torch.equal(ckpt.weights[key], value)
+    assert torch.equal(ckpt.rng["rng.torch"], rng)
+    fresh = build_model("torch", "lstm", V, 8, 2)
+    fresh_opt = make_optimizer("adam", fresh.parameters(), 0.01)
+    fresh_opt.load_state_dict(ckpt.optimizer)
+    for a, b in zip(fresh_opt.state_dict()["state"].values(), opt.state_dict()["state"].values()):
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    cfg2, vocab, loaded, _ = checkpoint.load_run(run)
+    assert cfg2 == cfg and len(vocab) == V
+    assert (run / "model.safetensors").read_bytes() == \
+        (run / checkpoint.read_pointer(run)["current"] / "model.safetensors").read_bytes()
+
+
+def test_tied_weights_save_and_load(tmp_path):
+    cfg = TrainConfig(impl="torch", hidden=8, embedding=8, tie_weights=True)
+    run = tmp_path / "run"
+    checkpoint.init_run(run, cfg, Vocab(list("abcde")))
+    model = build_model("torch", "rnn", V, 8, 1, embedding_dim=8, tie_weights=True)
+    opt = make_optimizer("sgd", model.parameters(), 1.0)
+    checkpoint.save_checkpoint(run, model, opt, 1, EpochProgress(), [], cfg)
+    _, _, loaded, _ = checkpoint.load_run(run)
+    assert loaded.linear.weight is loaded.embedding.weight
+    assert torch.equal(loaded.embedding.weight, model.embedding.weight)
+
+
+def test_a_new_checkpoint_replaces_the_old_one(tmp_path):
+    run, cfg, model, opt, progress, history = make_run(tmp_path, "gru", "sgd", "scratch")
+    checkpoint.save_checkpoint(run, model, opt, 2, EpochProgress(), history, cfg)
+    assert checkpoint.read_checkpoint(run).generation == 2
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["gen-000002"]
+
+
+@pytest.mark.parametrize("name", ["manifest.json", "model.safetensors", "trainer.safetensors",
+                                  "trainer.json"])
+@pytest.mark.parametrize("damage", ["flip", "truncate", "delete"])
+def test_damaged_files_are_reported_with_what_to_do(tmp_path, name, damage):
+    run = make_run(tmp_path)[0]
+    path = run / checkpoint.read_pointer(run)["current"] / name
+    data = bytearray(path.read_bytes())
+    if damage == "flip":
+        data[len(data) // 2] ^= 0x04
+        path.write_bytes(bytes(data))
+    elif damage == "truncate":
+        path.write_bytes(bytes(data[:-1]))
+    else:
+        path.unlink()
+    with pytest.raises(RnnlmError) as info:
+        checkpoint.load_run(run)
+    message = str(info.value)
+    assert name in message and ("train again" in message or "restore" in message)
+
+
+def test_missing_pointer_means_no_checkpoint(tmp_path):
+    run = make_run(tmp_path)[0]
+    (run / "checkpoint.json").unlink()
+    with pytest.raises(RnnlmError, match="no checkpoint"):
+        checkpoint.load_run(run)
+
+
+def test_vocabulary_of_another_run_is_refused(tmp_path):
+    run = make_run(tmp_path)[0]
+    (run / "vocab.json").write_text(Vocab(list("abcdf")).to_json())
+    with pytest.raises(RnnlmError, match="vocabulary"):
+        checkpoint.load_run(run)
+
+
+def test_edited_config_disagreeing_with_the_weights_is_refused(tmp_path):
+    run = make_run(tmp_path)[0]
+    data = json.loads((run / "config.json").read_text())
+    data["hidden"] = 16
+    (run / "config.json").write_text(json.dumps(data))
+    with pytest.raises(RnnlmError, match="hidden"):
+        checkpoint.load_run(run)
+
+
+def test_crash_before_the_switch_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    run, cfg, model, opt, progress, history = make_run(tmp_path)
+    real = checkpoint.atomic_write
+
+    def dies_at_manifest(path, data):
+        if path.name == "manifest.json":
+            raise KeyboardInterrupt  # stands for a kill between two files of one checkpoint
+        real(path, data)
+
+    monkeypatch.setattr(checkpoint, "atomic_write", dies_at_manifest)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save_checkpoint(run, model, opt, 3, EpochProgress(), history, cfg)
+    monkeypatch.setattr(checkpoint, "atomic_write", real)
+    ckpt = checkpoint.read_checkpoint(run)
+    assert (ckpt.generation, ckpt.epoch, ckpt.progress.batch) == (1, 1, 2)
+    # the next save cleans up the half-written folder and succeeds
+    assert checkpoint.save_checkpoint(run, model, opt, 3, EpochProgress(), history, cfg) == 2
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["gen-000002"]
+
+
+def test_full_disk_is_a_clear_error_that_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    run, cfg, model, opt, progress, history = make_run(tmp_path)
+
+    def no_space(src, dst):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "replace", no_space)
+    with pytest.raises(RnnlmError, match="No space left.*previous checkpoint.*--resume"):
+        checkpoint.save_checkpoint(run, model, opt, 3, EpochProgress(), history, cfg)
+    monkeypatch.undo()
+    assert checkpoint.read_checkpoint(run).generation == 1
+
+
+def test_non_finite_weights_are_never_saved(tmp_path):
+    run, cfg, model, opt, progress, history = make_run(tmp_path)
+    with torch.no_grad():
+        next(model.parameters())[0] = float("inf")
+    with pytest.raises(NonFiniteError, match="previous checkpoint is kept"):
+        checkpoint.save_checkpoint(run, model, opt, 3, EpochProgress(), history, cfg)
+    assert checkpoint.read_checkpoint(run).generation == 1
+
+
+def test_metrics_are_rewritten_from_the_history(tmp_path):
+    history = [{"epoch": 1, "train_ppl": 2.0}, {"epoch": 2, "train_ppl": 1.5}]
+    checkpoint.write_metrics(tmp_path, history)
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == history

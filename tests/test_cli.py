@@ -1,0 +1,255 @@
+"""The rnnlm command: each subcommand end to end, --help, and one-line errors for bad input.
+
+Most checks drive the installed ``rnnlm`` command as a subprocess; the long list of
+bad inputs goes through ``cli.main`` in this process (the same code, without paying
+torch's start-up for each), with a few repeated as subprocesses to see that no
+traceback reaches the terminal.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from rnnlm import cli
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = os.environ.get("RNNLM_DATA_DIR") or str((REPO / ".." / "shared" / "data").resolve())
+ENV = {**os.environ, "RNNLM_DATA_DIR": DATA, "OMP_NUM_THREADS": "1"}
+RNNLM = str(Path(sys.executable).parent / "rnnlm")
+if not os.path.exists(RNNLM):
+    RNNLM = shutil.which("rnnlm") or "rnnlm"
+TINY = ["--max-tokens", "3000", "--hidden", "32", "--batch-size", "8", "--num-steps", "10",
+        "--impl", "scratch", "--device", "cpu", "--sample-every", "1"]
+
+
+@pytest.fixture(autouse=True)
+def environment(monkeypatch):
+    monkeypatch.setenv("RNNLM_DATA_DIR", DATA)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def rnnlm(*args, check=0):
+    result = subprocess.run([RNNLM, *map(str, args)], capture_output=True, text=True, env=ENV,
+                            timeout=300)
+    if check is not None:
+        assert result.returncode == check, (result.returncode, result.stderr)
+    return result
+
+
+def clean_error(result, *words):
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("rnnlm: error: "), result.stderr
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A tiny run of two epochs, trained through the command."""
+    out = tmp_path_factory.mktemp("cli") / "run"
+    result = rnnlm("train", "timemachine", "--out", out, "--epochs", "2", *TINY)
+    assert result.stdout.count("epoch ") == 2 and "time traveller" in result.stdout
+    return out
+
+
+def test_data_json_reports_the_d2l_facts():
+    facts = json.loads(rnnlm("data", "timemachine", "--mode", "d2l", "--json").stdout)
+    assert (facts["tokens"], facts["vocab_size"]) == (170580, 28)
+    assert facts["top"][0] == [" ", 29927] and facts["top"][1] == ["e", 17838]
+
+
+def test_train_writes_a_complete_run_directory(run):
+    names = {p.name for p in run.iterdir()}
+    assert {"config.json", "vocab.json", "model.safetensors", "checkpoint.json", "metrics.jsonl",
+            "perplexity.png", "checkpoints"} <= names
+    config = json.loads((run / "config.json").read_text())
+    assert config["hidden"] == 32 and config["epochs"] == 2 and "version" in config
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    for r in records:
+        assert {"epoch", "train_ppl", "val_ppl", "val_bpt", "tokens_per_s", "seconds"} <= set(r)
+        assert 1 < r["train_ppl"] < 30 and 1 < r["val_ppl"] < 30 and r["tokens_per_s"] > 0
+    assert (run / "perplexity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_generate_echoes_the_prefix_and_generates_length_tokens(run):
+    result = rnnlm("generate", run, "--prefix", "time traveller", "--length", "25",
+                   "--temperature", "0.8", "--top-k", "5", "--seed", "1")
+    text = result.stdout.rstrip("\n")
+    assert text.startswith("time traveller") and len(text) == len("time traveller") + 25
+    again = rnnlm("generate", run, "--prefix", "time traveller", "--length", "25",
+                  "--temperature", "0.8", "--top-k", "5", "--seed", "1")
+    assert again.stdout == result.stdout  # seeded sampling repeats
+
+
+def test_generate_warns_about_prefix_characters_outside_the_vocabulary(tmp_path, capsys):
+    from rnnlm import checkpoint
+    from rnnlm.config import TrainConfig
+    from rnnlm.models import build_model
+    from rnnlm.train import EpochProgress, make_optimizer
+    from rnnlm.vocab import Vocab
+
+    cfg = TrainConfig(mode="chars", impl="scratch", hidden=8)
+    vocab = Vocab(list("abc \n"))
+    model = build_model("scratch", "rnn", len(vocab), 8)
+    checkpoint.init_run(tmp_path / "run", cfg, vocab)
+    checkpoint.save_checkpoint(tmp_path / "run", model, make_optimizer("sgd", model.parameters(), 1),
+                               1, EpochProgress(), [], cfg)
+    assert cli.main(["generate", str(tmp_path / "run"), "--prefix", "ab?!", "--length", "4"]) == 0
+    out, err = capsys.readouterr()
+    generated = out.rstrip("\n")[len("ab?!"):].replace("<unk>", "?")  # an untrained model may say <unk>
+    assert out.startswith("ab?!") and len(generated) == 4
+    assert err.count("\n") == 1 and "warning" in err and "'?', '!'" in err
+
+
+def test_eval_json_on_the_run_and_on_a_held_out_file(run, tmp_path):
+    result = json.loads(rnnlm("eval", run, "--json").stdout)
+    assert set(result) >= {"ppl", "bpt", "tokens"} and result["tokens"] > 0
+    metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert result["ppl"] == pytest.approx(metrics[-1]["val_ppl"], rel=1e-9)
+    held_out = tmp_path / "held_out.txt"
+    held_out.write_text("the time traveller smiled and said nothing at all " * 5)
+    assert cli.main(["eval", str(run), str(held_out), "--json"]) == 0
+
+
+def test_resume_continues_from_the_saved_epoch(run, tmp_path, capsys):
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    result = rnnlm("train", "--out", copy, "--resume", "--epochs", "3")
+    assert "epoch 3/3" in result.stdout and "epoch 1/" not in result.stdout
+    records = [json.loads(line) for line in (copy / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    assert json.loads((copy / "config.json").read_text())["epochs"] == 3
+    assert cli.main(["train", "--out", str(copy), "--resume"]) == 0
+    assert "already trained its 3 epoch" in capsys.readouterr().out
+
+
+def option_strings(parser):
+    return [s for a in parser._actions for s in a.option_strings if s.startswith("--")]
+
+
+def test_every_help_mentions_every_option_and_its_default():
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if hasattr(a, "choices") and isinstance(a.choices, dict))
+    assert set(sub.choices) == {"data", "train", "generate", "eval", "bench"}
+    train_help = rnnlm("train", "--help").stdout
+    for name, subparser in sub.choices.items():
+        text = train_help if name == "train" else subparser.format_help()
+        for option in option_strings(subparser):
+            assert option in text, (name, option)
+        assert "default" in text
+    for option in ["--mode", "--model", "--impl", "--hidden", "--layers", "--dropout",
+                   "--embedding", "--tie-weights", "--batch-size", "--num-steps", "--sampling",
+                   "--epochs", "--lr", "--optimizer", "--clip", "--val-frac", "--max-tokens",
+                   "--device", "--seed", "--prefix", "--sample-every", "--checkpoint-every",
+                   "--quiet", "--resume", "--out"]:
+        assert option in train_help
+    assert "(default: 512)" in train_help and "(default: fused)" in train_help
+
+
+def bad_files(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("  \n")
+    folder = tmp_path / "no_text"
+    folder.mkdir()
+    (folder / "image.png").write_bytes(b"\x89PNG")
+    binary = tmp_path / "binary.txt"
+    binary.write_bytes(b"abc\x00\x01\x02")
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("caf\u00e9 au lait".encode("latin-1"))
+    short = tmp_path / "short.txt"
+    short.write_text("the time machine " * 3)
+    return empty, folder, binary, latin1, short
+
+
+def test_bad_input_is_one_line_and_exit_status_2(tmp_path, run, capsys):
+    empty, folder, binary, latin1, short = bad_files(tmp_path)
+    no_run = tmp_path / "nothing"
+    small = ["--hidden", "8", "--epochs", "1", "--impl", "scratch", "--device", "cpu", "--quiet"]
+    cases = [
+        (["data", str(tmp_path / "missing.txt")], "no such file"),
+        (["data", str(empty)], "empty"),
+        (["data", str(folder)], "no .txt files"),
+        (["data", str(binary)], "binary"),
+        (["data", str(latin1)], "byte offset 3"),
+        (["data", "timemachin"], "timemachine, tinyshakespeare, ptb"),
+        (["data", "timemachine", "--max-tokens", "0"], "--max-tokens"),
+        (["train", str(short), "--out", str(tmp_path / "r1"), *small],
+         "has 45 tokens, and batch_size 32 x num_steps 35 needs at least 1121"),
+        (["train", "--out", str(tmp_path / "r2"), "--hidden", "0"], "--hidden"),
+        (["train", "--out", str(tmp_path / "r2"), "--batch-size", "-1"], "--batch-size"),
+        (["train", "--out", str(tmp_path / "r2"), "--num-steps", "0"], "--num-steps"),
+        (["train", "--out", str(tmp_path / "r2"), "--lr", "0"], "--lr"),
+        (["train", "--out", str(tmp_path / "r2"), "--lr", "-0.5"], "--lr"),
+        (["train", "--out", str(tmp_path / "r2"), "--val-frac", "0"], "--val-frac"),
+        (["train", "--out", str(tmp_path / "r2"), "--val-frac", "1.2"], "--val-frac"),
+        (["train", "--out", str(no_run), "--resume"], "nothing to resume"),
+        (["train", "--out", str(run), "--resume", "--hidden", "64"], "--hidden 64 conflicts"),
+        (["train", "--out", str(run), "--resume", "--mode", "chars"], "--mode 'chars' conflicts"),
+        (["train", "--out", str(run)], "--resume"),
+        (["train", "--out", str(run), "--resume", "--epochs", "0"], "--epochs"),
+        (["generate", str(run), "--length", "0"], "--length"),
+        (["generate", str(run), "--length", "10000000"], "--length"),
+        (["generate", str(no_run)], "no run directory"),
+        (["generate", str(tmp_path)], "not a run directory"),
+        (["eval", str(run), "--split", "test"], "no 'test' split"),
+        (["bench", "--kinds", "rnn,cnn"], "cnn"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append((["train", "--out", str(tmp_path / "r3"), "--device", "cuda"], "no CUDA"))
+    for argv, words in cases:
+        assert cli.main(argv) == 2, argv
+        out, err = capsys.readouterr()
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("rnnlm: error: "), (argv, err)
+        assert words in lines[0], (argv, words, lines[0])
+    assert not (tmp_path / "r1").exists() or not (tmp_path / "r1" / "checkpoint.json").exists()
+
+
+def test_run_without_a_checkpoint_is_a_clear_error(run, tmp_path, capsys):
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    (copy / "checkpoint.json").unlink()
+    assert cli.main(["eval", str(copy)]) == 2
+    assert "has no checkpoint" in capsys.readouterr().err
+
+
+def test_errors_from_the_real_command_have_no_traceback(tmp_path):
+    clean_error(rnnlm("data", tmp_path / "missing.txt", check=None), "no such file")
+    clean_error(rnnlm("train", "--out", tmp_path / "r", "--lr", "0", check=None), "--lr")
+    usage = rnnlm("train", "--hidden", "lots", check=None)  # argparse: usage error
+    assert usage.returncode == 2 and "Traceback" not in usage.stderr
+
+
+def test_progress_bar_only_on_a_terminal_and_quiet_silences_everything(tmp_path):
+    import io
+
+    from rnnlm.config import TrainConfig
+    from rnnlm.runner import fit
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    cfg = TrainConfig(impl="scratch", max_tokens=3000, hidden=16, batch_size=8, num_steps=10,
+                      epochs=1, device="cpu")
+    for quiet, name in ((False, "loud"), (True, "quiet")):
+        out, err = io.StringIO(), Terminal()
+        assert fit(cfg, tmp_path / name, quiet=quiet, out=out, err=err) == 0
+        assert ("batch/s" in err.getvalue()) == (not quiet)
+        assert ("epoch 1/1" in out.getvalue()) == (not quiet)
+    plain = io.StringIO()  # not a terminal: log lines, no bar
+    assert fit(cfg, tmp_path / "plain", out=io.StringIO(), err=plain) == 0
+    assert plain.getvalue() == ""

@@ -1,0 +1,240 @@
+"""Fault injection: kills, signals, damaged files, full disks and diverging losses.
+
+Drives the installed ``rnnlm`` command as a subprocess on tiny runs. Crashes come
+from test-only environment variables that make the process SIGKILL itself at a
+chosen global batch (RNNLM_TEST_CRASH_AT_BATCH) or in the middle of writing its
+Nth checkpoint (RNNLM_TEST_CRASH_IN_SAVE); RNNLM_TEST_NAN_AT_BATCH makes the
+update at a batch diverge. After each crash the run is resumed and must end with
+the same per-epoch metrics and bitwise the same weights as an uninterrupted run.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rnnlm import checkpoint, cli
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = os.environ.get("RNNLM_DATA_DIR") or str((REPO / ".." / "shared" / "data").resolve())
+# One thread: the same arithmetic in every process (and no thread oversubscription on a
+# shared 2-core machine).
+ENV = {**os.environ, "RNNLM_DATA_DIR": DATA, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+for hook in ("RNNLM_TEST_CRASH_AT_BATCH", "RNNLM_TEST_CRASH_IN_SAVE", "RNNLM_TEST_NAN_AT_BATCH"):
+    ENV.pop(hook, None)
+
+TINY = ["timemachine", "--max-tokens", "3000", "--hidden", "32", "--batch-size", "8",
+        "--num-steps", "10", "--epochs", "3", "--checkpoint-every", "3", "--quiet",
+        "--device", "cpu"]
+SCRATCH = TINY + ["--impl", "scratch"]
+# Dropout (torch's RNG), Adam (optimizer state), random sampling (fresh states).
+TORCH_DROPOUT = TINY + ["--impl", "torch", "--layers", "2", "--dropout", "0.3", "--optimizer",
+                        "adam", "--lr", "0.01", "--sampling", "random", "--model", "lstm"]
+BATCHES_PER_EPOCH = 33  # 2700 training tokens, 8 streams of 10 steps (after a random offset < 10)
+# The console script next to this Python (skips pyenv's shim: faster, and signals reach it).
+RNNLM = str(Path(sys.executable).parent / "rnnlm")
+if not os.path.exists(RNNLM):
+    RNNLM = shutil.which("rnnlm") or "rnnlm"
+TRIALS = {"crash_at_batch": 0, "crash_in_save": 0}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: one thread avoids oversubscribing a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def rnnlm(*args, env_extra=None, check=None):
+    env = dict(ENV, **(env_extra or {}))
+    result = subprocess.run([RNNLM, *map(str, args)], capture_output=True, text=True, env=env,
+                            timeout=300)
+    if check is not None:
+        assert result.returncode == check, (result.returncode, result.stderr)
+    return result
+
+
+def metrics(run: Path):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def same_training(run: Path, reference: Path) -> None:
+    """Per-epoch losses and final weights equal, bit for bit."""
+    got, want = metrics(run), metrics(reference)
+    assert [(m["epoch"], m["train_loss"], m["val_loss"]) for m in got] == \
+           [(m["epoch"], m["train_loss"], m["val_loss"]) for m in want]
+    a, b = load_file(run / "model.safetensors"), load_file(reference / "model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def assert_clean_error(result, *words):
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("rnnlm: error: "), result.stderr
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """Uninterrupted runs of both configurations."""
+    root = tmp_path_factory.mktemp("reference")
+    rnnlm("train", *SCRATCH, "--out", root / "scratch", check=0)
+    rnnlm("train", *TORCH_DROPOUT, "--out", root / "torch", check=0)
+    assert len(metrics(root / "scratch")) == 3
+    return root
+
+
+@pytest.mark.slow
+def test_kill_at_random_batches_then_resume_is_exact(reference, tmp_path):
+    rng = random.Random(6)
+    total = 3 * BATCHES_PER_EPOCH
+    trials = [("scratch", SCRATCH, rng.randrange(1, total)) for _ in range(3)]
+    trials += [("torch", TORCH_DROPOUT, rng.randrange(1, total)) for _ in range(2)]
+    for i, (name, options, batch) in enumerate(trials):
+        run = tmp_path / f"{name}-{i}"
+        crashed = rnnlm("train", *options, "--out", run,
+                        env_extra={"RNNLM_TEST_CRASH_AT_BATCH": str(batch)})
+        assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+        rnnlm("train", "--out", run, "--resume", "--quiet", check=0)
+        same_training(run, reference / name)
+        TRIALS["crash_at_batch"] += 1
+    print(f"\n{TRIALS['crash_at_batch']} kill-at-batch trials at global batches "
+          f"{[b for _, _, b in trials]}: resumed runs bitwise equal")
+
+
+def test_kill_while_writing_a_checkpoint_keeps_the_previous_one(reference, tmp_path):
+    for i, nth_save in enumerate((1, 20)):
+        run = tmp_path / f"save-{i}"
+        crashed = rnnlm("train", *SCRATCH, "--out", run,
+                        env_extra={"RNNLM_TEST_CRASH_IN_SAVE": str(nth_save)})
+        assert crashed.returncode == -signal.SIGKILL
+        if nth_save > 1:  # the previous checkpoint is intact and current
+            ckpt = checkpoint.read_checkpoint(run)
+            assert ckpt.generation == nth_save - 1
+        rnnlm("train", "--out", run, "--resume", "--quiet", check=0)
+        same_training(run, reference / "scratch")
+        TRIALS["crash_in_save"] += 1
+    print(f"\n{TRIALS['crash_in_save']} kill-during-save trials: resumed runs bitwise equal")
+
+
+@pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_saves_a_checkpoint_and_resume_is_exact(reference, tmp_path, signum, status):
+    run = tmp_path / "run"
+    # Same training as the reference, but more epochs planned, so it is still training when
+    # the signal comes; --epochs does not change what each epoch computes.
+    options = SCRATCH + ["--epochs", "50"]  # the later --epochs wins
+    proc = subprocess.Popen([RNNLM, "train", *options, "--out", str(run)], env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (run / "checkpoint.json").exists():
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.01)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == status, err
+    assert "resume with: rnnlm train --out" in err and "Traceback" not in err
+    stopped = checkpoint.read_checkpoint(run)
+    assert stopped.epoch < 3, "the signal came too late for this test"
+    rnnlm("train", "--out", run, "--resume", "--epochs", "3", "--quiet", check=0)
+    same_training(run, reference / "scratch")
+
+
+@pytest.mark.parametrize("name", ["config.json", "vocab.json", "checkpoint.json", "manifest.json",
+                                  "model.safetensors", "trainer.safetensors", "trainer.json"])
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_damaged_checkpoint_file_is_a_clear_error(reference, tmp_path, capsys, name, damage):
+    run = tmp_path / "run"
+    shutil.copytree(reference / "scratch", run)
+    current = run / checkpoint.read_pointer(run)["current"]
+    path = run / name if (run / name).exists() and name != "model.safetensors" else current / name
+    data = bytearray(path.read_bytes())
+    if damage == "flip":
+        if name == "config.json":  # a flip inside a value may still be valid JSON; break it
+            data[0] ^= 0xFF
+        else:
+            data[len(data) // 2] ^= 0x01
+    else:
+        data = data[: len(data) // 2]
+    path.write_bytes(bytes(data))
+    for argv in (["generate", str(run), "--length", "5"], ["train", "--out", str(run), "--resume",
+                                                           "--epochs", "4", "--quiet"]):
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("rnnlm: error: "), err
+
+
+def test_damaged_model_through_the_command_says_what_to_do(reference, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(reference / "scratch", run)
+    current = run / checkpoint.read_pointer(run)["current"]
+    with open(current / "model.safetensors", "r+b") as f:
+        f.truncate(100)
+    assert_clean_error(rnnlm("generate", run), "model.safetensors", "train again")
+    shutil.rmtree(run / "checkpoints")
+    assert_clean_error(rnnlm("eval", run), "missing")
+
+
+def test_vocabulary_of_another_run_is_refused(reference, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(reference / "scratch", run)
+    (run / "vocab.json").write_text(json.dumps({"idx_to_token": ["<unk>", " ", "e", "x"]}))
+    assert cli.main(["generate", str(run)]) == 2
+    assert "vocabulary" in capsys.readouterr().err
+
+
+def test_nan_stops_with_the_message_and_keeps_the_last_good_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    result = rnnlm("train", *SCRATCH, "--out", run, env_extra={"RNNLM_TEST_NAN_AT_BATCH": "40"})
+    assert_clean_error(result, "epoch 2", "batch 7", "last finite loss", "--lr")
+    ckpt = checkpoint.read_checkpoint(run)
+    assert (ckpt.epoch, ckpt.progress.batch) == (1, 6)  # global batch 39, the last finite one
+    assert all(torch.isfinite(w).all() for w in ckpt.weights.values())
+    assert len(metrics(run)) == 1
+
+
+def test_unwritable_run_directory_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    result = rnnlm("train", *SCRATCH, "--out", blocker / "run")
+    assert_clean_error(result, "could not write")
+
+
+def test_full_disk_keeps_the_previous_checkpoint(reference, tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(reference / "scratch", run)
+    before = checkpoint.read_checkpoint(run)
+    real_replace = os.replace
+
+    def full_disk(src, dst):
+        if Path(dst).name == "checkpoint.json" or Path(dst).parent.name.startswith("gen-"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    monkeypatch.setenv("RNNLM_DATA_DIR", DATA)
+    status = cli.main(["train", "--out", str(run), "--resume", "--epochs", "4", "--quiet",
+                       "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert status == 2 and "No space left on device" in err and "previous checkpoint" in err
+    monkeypatch.setattr(os, "replace", real_replace)
+    after = checkpoint.read_checkpoint(run)
+    assert after.generation == before.generation and after.epoch == 3
+    for key in before.weights:
+        assert torch.equal(before.weights[key], after.weights[key])
