@@ -1,0 +1,305 @@
+"""Whole-sequence RNN, GRU and LSTM recurrences with a hand-written backward pass (BPTT).
+
+Shapes: T time steps, B batch size, H hidden units, G gates (1 RNN, 3 GRU, 4 LSTM).
+
+    recurrence(kind, XW (T, B, G*H), W_h (H, G*H), b_hh (G*H,), h0 (B, H), c0 (B, H) or None)
+        -> outputs (T, B, H), hT (B, H), cT (B, H) or None
+
+XW is the input projection of every step, input bias included; b_hh is the bias
+on the recurrent side (zero except the GRU candidate's, see ``layout.hidden_bias``).
+Gates are in cuDNN's order (GRU r, z, n; LSTM i, f, g, o):
+
+    RNN   h = tanh(XW + h W_h + b_hh)
+    GRU   r, z = sigmoid(XW_rz + h W_h,rz + b_rz);  n = tanh(XW_n + r * (h W_hn + b_hn))
+          h = z * h + (1 - z) * n
+    LSTM  i, f, o = sigmoid(.), g = tanh(.) of XW + h W_h + b_hh
+          c = f * c + i * g;  h = o * tanh(c)
+
+What it saves. An autograd graph of the per-step code records dozens of small
+nodes per step, each allocating its result, and its backward multiplies
+H_{t-1}^T by the step's gate gradients T separate times. Here each sequence is
+one autograd node. The forward pass writes into buffers allocated once for all
+T steps (``addmm_``, in-place ``sigmoid_``/``tanh_``, ``out=``), so a step is a
+handful of calls: GRU 5, LSTM 8, RNN 2. The backward pass first turns the saved
+activations into the local derivatives of every step at once (sigmoid' = s(1-s),
+tanh' = 1 - t^2) with a few big element-wise operations, so its loop keeps only
+what truly runs step by step: the gate gradients of step t (one or two
+element-wise products) and dh_{t-1} = dGates_t W_h^T (one (B, G*H) @ (G*H, H)
+product). dW_h is then ONE product, H_prev^T (H, T*B) @ dGates (T*B, G*H); db_hh
+one sum; dXW is the gate-gradient buffer itself. The products themselves stay:
+at B = 32 and H >= 256 they cost most of a step, so at equal thread counts the
+gain over the scratch and torch.nn models is modest (benchmarks/results-cpu.md).
+
+Memory, in elements, for one layer (besides XW, the weights and their gradients;
+the forward buffers live until backward, the backward ones only during it):
+
+    RNN   forward 1*TBH (outputs, also the tanh activations)
+          backward 3*TBH (local derivative, gate gradients = dXW, dh per step)
+    GRU   forward 5*TBH (outputs; r, z, h W_hn + b_hn; n)
+          backward 12*TBH (h_prev 1, local derivatives 4, dGates_h 3, dh 1, dXW 3)
+    LSTM  forward 7*TBH (gate activations 4; c, tanh(c), h 3)
+          backward 10*TBH (local derivatives 5, dGates = dXW 4, dh 1)
+
+plus O(BH) for the running state and, while the local derivatives are computed,
+one or two TBH-sized temporaries. torch-rnn's LSTM keeps about as much (its
+forward stores the gates, c and h: 6*TBH); the extra here buys the vectorised
+derivative computation. Example: LSTM, T=35, B=32, H=256, float32: forward
+7*286,720*4 bytes = 8.0 MB per layer, backward 11.5 MB more while it runs.
+
+Tried and measured slower on the project's 2-core machine (benchmarks/results-cpu.md):
+running the loops with fewer intra-op threads than the rest of the model, summing
+dW_h on a second thread during the backward loop, and running the loops on two
+halves of the batch on two Python threads.
+
+Works on any device and floating dtype; ``torch.autograd.gradcheck`` checks it in
+float64 (tests/test_fused.py). It is not twice differentiable.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+
+def _dW_h(h0: Tensor, outputs: Tensor, dgates: Tensor) -> Tensor:
+    """H_prev^T @ dGates over all steps, (H, T*B) @ (T*B, G*H); H_prev = [h0, h_0 .. h_{T-2}]."""
+    H, GH = h0.shape[1], dgates.shape[2]
+    dW = h0.t() @ dgates[0]
+    if outputs.shape[0] > 1:
+        dW.addmm_(outputs[:-1].reshape(-1, H).t(), dgates[1:].reshape(-1, GH))
+    return dW
+
+
+def _previous(first: Tensor, seq: Tensor) -> Tensor:
+    """(T, B, H) sequence of the values before each step: [first, seq_0 .. seq_{T-2}]."""
+    return torch.cat([first.unsqueeze(0), seq[:-1]])
+
+
+def _sigmoid_grad(s: Tensor) -> Tensor:
+    """sigmoid'(x) from s = sigmoid(x): s (1 - s) = s - s^2."""
+    return torch.addcmul(s, s, s, value=-1)
+
+
+def _tanh_grad(t: Tensor) -> Tensor:
+    """tanh'(x) from t = tanh(x): 1 - t^2."""
+    return torch.addcmul(t.new_ones(()), t, t, value=-1)  # the 1 broadcasts: no ones buffer
+
+
+# The step-by-step loops, one function each: they write into preallocated
+# (T, B, ...) buffers in place and allocate nothing per step.
+
+def _rnn_forward_loop(outputs: Tensor, h: Tensor, W_h: Tensor) -> None:
+    for out in outputs.unbind(0):
+        out.addmm_(h, W_h).tanh_()
+        h = out
+
+
+def _rnn_backward_loop(dh: Tensor, local: Tensor, dgates: Tensor, d_outputs: Tensor,
+                       W_hT: Tensor) -> None:
+    dh_, local_, dgates_, d_out_ = (x.unbind(0) for x in (dh, local, dgates, d_outputs))
+    for t in range(len(dh_) - 1, 0, -1):
+        torch.mul(dh_[t], local_[t], out=dgates_[t])
+        torch.addmm(d_out_[t - 1], dgates_[t], W_hT, out=dh_[t - 1])
+    torch.mul(dh_[0], local_[0], out=dgates_[0])
+
+
+def _gru_forward_loop(hw: Tensor, XW: Tensor, n: Tensor, outputs: Tensor, h: Tensor,
+                      W_h: Tensor) -> None:
+    H = n.shape[-1]
+    steps = zip(hw.unbind(0), hw[..., :2 * H].unbind(0), hw[..., :H].unbind(0),
+                hw[..., H:2 * H].unbind(0), hw[..., 2 * H:].unbind(0),
+                XW[..., 2 * H:].unbind(0), n.unbind(0), outputs.unbind(0))
+    for hw_t, rz_t, r_t, z_t, hn_t, xn_t, n_t, out_t in steps:
+        hw_t.addmm_(h, W_h)
+        rz_t.sigmoid_()
+        torch.addcmul(xn_t, r_t, hn_t, out=n_t).tanh_()
+        torch.lerp(n_t, h, z_t, out=out_t)  # n + z (h - n) = z h + (1 - z) n
+        h = out_t
+
+
+def _gru_backward_loop(dh: Tensor, z: Tensor, d_outputs: Tensor, local: Tensor,
+                       dgates_h: Tensor, W_hT: Tensor) -> None:
+    dh_, z_, d_out_, local_, dgates_h_ = (
+        x.unbind(0) for x in (dh, z, d_outputs, local, dgates_h))
+    dh1_ = dh.unsqueeze(2).unbind(0)  # (b, 1, H): broadcast over the three gates
+    dgates_h3_ = [g.view(g.shape[0], 3, -1) for g in dgates_h_]
+    for t in range(len(dh_) - 1, 0, -1):
+        torch.mul(local_[t], dh1_[t], out=dgates_h3_[t])
+        torch.addmm(d_out_[t - 1], dgates_h_[t], W_hT, out=dh_[t - 1])
+        dh_[t - 1].addcmul_(dh_[t], z_[t])  # h_t depends on h_{t-1} directly too
+    torch.mul(local_[0], dh1_[0], out=dgates_h3_[0])
+
+
+def _lstm_forward_loop(gates: Tensor, c: Tensor, tanh_c: Tensor, outputs: Tensor, h: Tensor,
+                       c_prev: Tensor, W_h: Tensor) -> None:
+    H = c.shape[-1]
+    steps = zip(gates.unbind(0), gates[..., :2 * H].unbind(0), gates[..., :H].unbind(0),
+                gates[..., H:2 * H].unbind(0), gates[..., 2 * H:3 * H].unbind(0),
+                gates[..., 3 * H:].unbind(0), c.unbind(0), tanh_c.unbind(0), outputs.unbind(0))
+    for g_t, if_t, i_t, f_t, gg_t, o_t, c_t, tc_t, out_t in steps:
+        g_t.addmm_(h, W_h)
+        if_t.sigmoid_()
+        gg_t.tanh_()
+        o_t.sigmoid_()
+        torch.mul(f_t, c_prev, out=c_t).addcmul_(i_t, gg_t)
+        torch.tanh(c_t, out=tc_t)
+        torch.mul(o_t, tc_t, out=out_t)
+        h, c_prev = out_t, c_t
+
+
+def _lstm_backward_loop(dh: Tensor, a_c: Tensor, f: Tensor, d_outputs: Tensor, dgates: Tensor,
+                        local: Tensor, dc: Tensor, W_hT: Tensor) -> None:
+    T, b, GH = dgates.shape
+    dgates4 = dgates.view(T, b, 4, GH // 4)
+    dc1 = dc.unsqueeze(1)  # (b, 1, H): broadcast over the gates i, f, g
+    dh_, a_c_, f_, d_out_, dgates_ = (x.unbind(0) for x in (dh, a_c, f, d_outputs, dgates))
+    local_ifg_, local_o_ = local[:, :, :3].unbind(0), local[:, :, 3].unbind(0)
+    dgates_ifg_, dgates_o_ = dgates4[:, :, :3].unbind(0), dgates4[:, :, 3].unbind(0)
+    for t in range(T - 1, -1, -1):
+        dc.addcmul_(dh_[t], a_c_[t])
+        torch.mul(local_ifg_[t], dc1, out=dgates_ifg_[t])
+        torch.mul(local_o_[t], dh_[t], out=dgates_o_[t])
+        dc.mul_(f_[t])
+        if t > 0:
+            torch.addmm(d_out_[t - 1], dgates_[t], W_hT, out=dh_[t - 1])
+
+
+class RNNRecurrence(torch.autograd.Function):
+    """h_t = tanh(XW_t + h_{t-1} W_h + b_hh) over all T steps."""
+
+    @staticmethod
+    def forward(ctx, XW: Tensor, W_h: Tensor, b_hh: Tensor, h0: Tensor):
+        outputs = XW + b_hh  # (T, B, H): pre-activations, turned into h_t in place step by step
+        _rnn_forward_loop(outputs, h0, W_h)
+        ctx.save_for_backward(W_h, h0, outputs)
+        return outputs, outputs[-1].clone()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, d_outputs: Tensor, d_hT: Tensor):
+        W_h, h0, outputs = ctx.saved_tensors
+        local = _tanh_grad(outputs)              # (T, B, H) dh_t/dpre_t
+        dgates = torch.empty_like(outputs)       # (T, B, H) = dXW
+        dh = torch.empty_like(outputs)           # dh[t] = dL/dh_t, everything included
+        torch.add(d_outputs[-1], d_hT, out=dh[-1])
+        W_hT = W_h.t()
+        _rnn_backward_loop(dh, local, dgates, d_outputs, W_hT)
+        dh0 = dgates[0] @ W_hT if ctx.needs_input_grad[3] else None
+        dW = _dW_h(h0, outputs, dgates) if ctx.needs_input_grad[1] else None
+        db = dgates.sum((0, 1)) if ctx.needs_input_grad[2] else None
+        return dgates, dW, db, dh0
+
+
+class GRURecurrence(torch.autograd.Function):
+    """The GRU in cuDNN's form (reset gate applied to h W_hn + b_hn) over all T steps."""
+
+    @staticmethod
+    def forward(ctx, XW: Tensor, W_h: Tensor, b_hh: Tensor, h0: Tensor):
+        T, B, GH = XW.shape
+        H = GH // 3
+        # hw[t] = [r, z, h W_hn + b_hn]: filled with the parts known before the loop
+        # (XW_rz + b_rz, b_hn) so that one addmm_ per step completes all three.
+        hw = torch.empty_like(XW)
+        torch.add(XW[..., :2 * H], b_hh[:2 * H], out=hw[..., :2 * H])
+        hw[..., 2 * H:] = b_hh[2 * H:]
+        n = torch.empty(T, B, H, dtype=XW.dtype, device=XW.device)
+        outputs = torch.empty_like(n)
+        _gru_forward_loop(hw, XW, n, outputs, h0, W_h)
+        ctx.save_for_backward(W_h, h0, hw, n, outputs)
+        return outputs, outputs[-1].clone()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, d_outputs: Tensor, d_hT: Tensor):
+        W_h, h0, hw, n, outputs = ctx.saved_tensors
+        T, B, GH = hw.shape
+        H = GH // 3
+        r, z, hn = hw[..., :H], hw[..., H:2 * H], hw[..., 2 * H:]
+        h_prev = _previous(h0, outputs)
+        # With dh the gradient reaching h_t, the gate gradients are dh times:
+        #   dn_pre = dh * (1 - z) tanh'(n)                      = dh * a_n
+        #   dz_pre = dh * (h_prev - n) sigmoid'(z)              = dh * a_z
+        #   dr_pre = dn_pre * hn * sigmoid'(r)                  = dh * a_n hn sigmoid'(r)
+        # and on the recurrent side the candidate's gradient is dn_pre * r.
+        a_n = torch.rsub(z, 1).mul_(_tanh_grad(n))
+        local = torch.empty(T, B, 3, H, dtype=hw.dtype, device=hw.device)
+        torch.mul(a_n, hn, out=local[:, :, 0]).mul_(_sigmoid_grad(r))
+        torch.sub(h_prev, n, out=local[:, :, 1]).mul_(_sigmoid_grad(z))
+        torch.mul(a_n, r, out=local[:, :, 2])
+        dgates_h = torch.empty_like(hw)  # gradient of (h W_h + b_hh) per step
+        dh = torch.empty_like(outputs)
+        torch.add(d_outputs[-1], d_hT, out=dh[-1])
+        W_hT = W_h.t()
+        _gru_backward_loop(dh, z, d_outputs, local, dgates_h, W_hT)
+        dh0 = None
+        if ctx.needs_input_grad[3]:
+            dh0 = dgates_h[0] @ W_hT
+            dh0.addcmul_(dh[0], z[0])
+        dXW = dgates_h.clone()
+        torch.mul(dh, a_n, out=dXW[..., 2 * H:])  # the input side's candidate misses the "* r"
+        dW = _dW_h(h0, outputs, dgates_h) if ctx.needs_input_grad[1] else None
+        db = dgates_h.sum((0, 1)) if ctx.needs_input_grad[2] else None
+        return dXW, dW, db, dh0
+
+
+class LSTMRecurrence(torch.autograd.Function):
+    """The LSTM (gates i, f, g, o) over all T steps."""
+
+    @staticmethod
+    def forward(ctx, XW: Tensor, W_h: Tensor, b_hh: Tensor, h0: Tensor, c0: Tensor):
+        T, B, GH = XW.shape
+        H = GH // 4
+        gates = XW + b_hh  # (T, B, 4H): pre-activations, then activations in place
+        c = torch.empty(T, B, H, dtype=XW.dtype, device=XW.device)
+        tanh_c = torch.empty_like(c)
+        outputs = torch.empty_like(c)
+        _lstm_forward_loop(gates, c, tanh_c, outputs, h0, c0, W_h)
+        ctx.save_for_backward(W_h, h0, c0, gates, c, tanh_c, outputs)
+        return outputs, outputs[-1].clone(), c[-1].clone()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, d_outputs: Tensor, d_hT: Tensor, d_cT: Tensor):
+        W_h, h0, c0, gates, c, tanh_c, outputs = ctx.saved_tensors
+        T, B, GH = gates.shape
+        H = GH // 4
+        i, f, g, o = (gates[..., k * H:(k + 1) * H] for k in range(4))
+        c_prev = _previous(c0, c)
+        # With dh, dc the gradients reaching h_t, c_t (dc also through h_t = o tanh(c_t)):
+        #   dc += dh * o tanh'(c)                               = dh * a_c
+        #   di, df, dg (pre-activation) = dc * [g sigmoid'(i), c_prev sigmoid'(f), i tanh'(g)]
+        #   do (pre-activation)  = dh * tanh(c) sigmoid'(o)
+        #   dc_prev = dc * f
+        a_c = _tanh_grad(tanh_c).mul_(o)
+        local = torch.empty(T, B, 4, H, dtype=gates.dtype, device=gates.device)
+        torch.mul(g, _sigmoid_grad(i), out=local[:, :, 0])
+        torch.mul(c_prev, _sigmoid_grad(f), out=local[:, :, 1])
+        torch.mul(i, _tanh_grad(g), out=local[:, :, 2])
+        torch.mul(tanh_c, _sigmoid_grad(o), out=local[:, :, 3])
+        del c_prev
+        dgates = torch.empty_like(gates)  # = dXW
+        dh = torch.empty_like(outputs)
+        torch.add(d_outputs[-1], d_hT, out=dh[-1])
+        dc = d_cT.clone()
+        W_hT = W_h.t()
+        _lstm_backward_loop(dh, a_c, f, d_outputs, dgates, local, dc, W_hT)
+        dh0 = dgates[0] @ W_hT if ctx.needs_input_grad[3] else None
+        dW = _dW_h(h0, outputs, dgates) if ctx.needs_input_grad[1] else None
+        db = dgates.sum((0, 1)) if ctx.needs_input_grad[2] else None
+        return dgates, dW, db, dh0, dc
+
+
+def recurrence(kind: str, XW: Tensor, W_h: Tensor, b_hh: Tensor, h0: Tensor,
+               c0: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+    """Run layer ``kind`` over all steps: (outputs (T, B, H), hT (B, H), cT (B, H) or None)."""
+    if kind == "lstm":
+        return LSTMRecurrence.apply(XW, W_h, b_hh, h0, c0)
+    if kind == "gru":
+        outputs, hT = GRURecurrence.apply(XW, W_h, b_hh, h0)
+    elif kind == "rnn":
+        outputs, hT = RNNRecurrence.apply(XW, W_h, b_hh, h0)
+    else:
+        raise ValueError(f"unknown recurrence {kind!r}")
+    return outputs, hT, None

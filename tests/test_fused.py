@@ -1,0 +1,138 @@
+"""The fused models compute the scratch models' function, gradients included.
+
+Float32 comparisons use the relative error ||a - b|| / ||b|| <= 1e-4 (the two
+sum the same terms in different orders); the hand-written backward pass is
+checked against numerical derivatives in float64 by torch.autograd.gradcheck.
+Weights are drawn with std 0.3, not the book's 0.01, so that the gates and
+tanh work away from their linear region.
+"""
+import pytest
+import torch
+
+from rnnlm import train
+from rnnlm.models import build_model
+from rnnlm.models.fused import FusedLM, cpu
+from rnnlm.models.scratch import ScratchLM
+
+KINDS = ["rnn", "gru", "lstm"]
+GATES = {"rnn": 1, "gru": 3, "lstm": 4}
+V, H, B, T = 13, 12, 3, 6
+RTOL = 1e-4
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm()).item()
+
+
+def as_tuple(state):
+    return state if isinstance(state, tuple) else (state,)
+
+
+def twin_models(kind: str, layers: int, seed: int):
+    """A ScratchLM with fresh std-0.3 weights and a FusedLM holding the same weights."""
+    torch.manual_seed(seed)
+    scratch = ScratchLM(V, H, layers, kind)
+    with torch.no_grad():
+        for p in scratch.parameters():
+            p.normal_(0.0, 0.3)
+    fused = FusedLM(V, H, layers, kind)
+    fused.load_state_dict(scratch.state_dict())
+    return scratch, fused
+
+
+def random_state(model, seed: int):
+    """A random nonzero initial state that asks for its gradient, twice (one per model)."""
+    g = torch.Generator().manual_seed(seed)
+    zeros = as_tuple(model.begin_state(B))
+    a = tuple(torch.randn(z.shape, generator=g) * 0.5 for z in zeros)
+    b = tuple(x.clone() for x in a)
+    for x in a + b:
+        x.requires_grad_()
+    return (a, b) if model.kind == "lstm" else (a[0], b[0])
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("kind", KINDS)
+def test_fused_matches_scratch_logits_states_and_every_gradient(kind, layers):
+    scratch, fused = twin_models(kind, layers, seed=layers * 10 + KINDS.index(kind))
+    X = torch.randint(0, V, (B, T), generator=torch.Generator().manual_seed(1))
+    s0_scratch, s0_fused = random_state(scratch, seed=2)
+    logits_s, state_s = scratch(X, s0_scratch)
+    logits_f, state_f = fused(X, s0_fused)
+    assert logits_f.shape == (T * B, V)
+    assert rel_err(logits_f, logits_s) < RTOL
+    for a, b in zip(as_tuple(state_f), as_tuple(state_s)):
+        assert a.shape == (layers, B, H)
+        assert rel_err(a, b) < RTOL
+    # A loss that reaches every output: weighted logits plus the final states.
+    w = torch.randn(logits_s.shape, generator=torch.Generator().manual_seed(3))
+    for logits, state in ((logits_s, state_s), (logits_f, state_f)):
+        ((logits * w).sum() + sum((s * s).sum() for s in as_tuple(state))).backward()
+    for (name, p_s), (name_f, p_f) in zip(scratch.named_parameters(), fused.named_parameters()):
+        assert name == name_f
+        assert p_s.grad.norm() > 0, name  # every parameter is used
+        assert rel_err(p_f.grad, p_s.grad) < RTOL, name
+    for a, b in zip(as_tuple(s0_fused), as_tuple(s0_scratch)):
+        assert rel_err(a.grad, b.grad) < RTOL
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_cpu_recurrence_passes_gradcheck(kind):
+    g = torch.Generator().manual_seed(4)
+    steps, batch, hidden = 4, 2, 3
+    GH = GATES[kind] * hidden
+
+    def rand(*shape):
+        return (torch.randn(*shape, generator=g, dtype=torch.float64)).requires_grad_()
+    inputs = [rand(steps, batch, GH), rand(hidden, GH), rand(GH), rand(batch, hidden)]
+    if kind == "lstm":
+        inputs.append(rand(batch, hidden))
+
+    def run(*args):
+        outputs, hT, cT = cpu.recurrence(kind, *args)
+        return (outputs, hT) if cT is None else (outputs, hT, cT)
+    assert torch.autograd.gradcheck(run, tuple(inputs), eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+def test_cpu_recurrence_handles_a_single_step():
+    outputs, hT, _ = cpu.recurrence("gru", torch.randn(1, 2, 9), torch.randn(3, 9),
+                                    torch.randn(9), torch.randn(2, 3))
+    assert outputs.shape == (1, 2, 3)
+    assert torch.equal(outputs[0], hT)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_state_dict_loads_both_ways(kind):
+    scratch, fused = twin_models(kind, 2, seed=5)
+    assert list(scratch.state_dict()) == list(fused.state_dict())
+    back = ScratchLM(V, H, 2, kind)
+    back.load_state_dict(fused.state_dict())
+    for (_, a), (_, b) in zip(back.state_dict().items(), scratch.state_dict().items()):
+        assert torch.equal(a, b)
+    assert isinstance(build_model("fused", kind, V, H), FusedLM)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_training_steps_give_the_same_weights(kind):
+    scratch, fused = twin_models(kind, 2, seed=6)
+    g = torch.Generator().manual_seed(7)
+    batches = [(torch.randint(0, V, (B, T), generator=g), torch.randint(0, V, (B, T), generator=g))
+               for _ in range(3)]
+    for model in (scratch, fused):
+        optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+        state = model.begin_state(B)
+        for X, Y in batches:
+            _, _, state = train.train_step(model, optimizer, X, Y, state, clip=1.0)
+    for (name, a), (_, b) in zip(fused.named_parameters(), scratch.named_parameters()):
+        assert rel_err(a.detach(), b.detach()) < RTOL, name
+
+
+def test_greedy_generation_is_the_same():
+    from rnnlm.generate import generate_ids
+    scratch, fused = twin_models("lstm", 2, seed=8)
+    assert generate_ids(fused, [1, 2, 3], 8) == generate_ids(scratch, [1, 2, 3], 8)
+
+
+def test_cpu_tensors_use_the_torch_recurrence():
+    from rnnlm.models.fused import recurrence_for
+    assert recurrence_for("lstm", torch.zeros(2, 1, 8)) is cpu.recurrence
