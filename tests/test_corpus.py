@@ -156,7 +156,7 @@ def test_atomic_write_leaves_old_file_and_no_temp_file_when_writing_fails(tmp_pa
 
     monkeypatch.setattr(os, "fsync", disk_full)
     with pytest.raises(OSError):
-        corpus.atomic_write_bytes(target, b"new and longer")
+        corpus.atomic_write(target, b"new and longer")
     assert target.read_bytes() == b"old"
     assert files_under(tmp_path) == ["corpus.txt"]
 

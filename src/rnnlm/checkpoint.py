@@ -29,7 +29,6 @@ import json
 import os
 import shutil
 import signal
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -41,6 +40,7 @@ from safetensors.torch import save as st_save
 
 from .config import TrainConfig, conflicts, flag
 from .errors import RnnlmError
+from .files import atomic_write, fsync_dir
 from .train import EpochProgress, NonFiniteError
 from .vocab import Vocab
 
@@ -52,41 +52,6 @@ CHECKPOINTS = "checkpoints"
 FORMAT = 1
 
 _saves_in_this_process = 0  # for the test-only crash hook RNNLM_TEST_CRASH_IN_SAVE
-
-
-# ---------------------------------------------------------------- atomic files
-
-def fsync_dir(folder: Path) -> None:
-    """Make a rename or a new file in ``folder`` durable (a no-op where folders can't be opened)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a reader sees the old file or the new one, never a mix."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    fsync_dir(path.parent)
 
 
 def json_bytes(obj: Any) -> bytes:

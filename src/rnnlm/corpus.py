@@ -11,7 +11,6 @@ import codecs
 import hashlib
 import io
 import os
-import tempfile
 import urllib.request
 import zipfile
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Dict, Optional
 
 from .errors import RnnlmError
+from .files import atomic_write
 
 D2L_DATA = "http://d2l-data.s3-accelerate.amazonaws.com/"
 
@@ -62,22 +62,6 @@ def sha1_of(data: bytes) -> str:
     return hashlib.sha1(data).hexdigest()
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a reader never sees a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _fetch(url: str, timeout: float = 60.0) -> bytes:
     with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (fixed https/http URLs)
         return response.read()
@@ -98,12 +82,13 @@ def download(spec: CorpusSpec, root: Path, fetch=_fetch) -> None:
     if got != spec.sha1:
         raise RnnlmError(f"checksum mismatch for {spec.name!r}: expected sha1 {spec.sha1}, "
                          f"got {got}; nothing was saved; {hint}")
+    files = {spec.files["train"]: data}
     if spec.zip_members:
         with zipfile.ZipFile(io.BytesIO(data)) as z:
-            for split, member in spec.zip_members.items():
-                atomic_write_bytes(root / spec.files[split], z.read(member))
-    else:
-        atomic_write_bytes(root / spec.files["train"], data)
+            files = {spec.files[split]: z.read(member) for split, member in spec.zip_members.items()}
+    for name, contents in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(root / name, contents)
 
 
 def builtin_path(name: str, split: str = "train", fetch=_fetch) -> Path:

@@ -37,5 +37,5 @@ def perplexity_png(history: List[Dict[str, Any]], title: str = "") -> bytes:
 
 
 def write_perplexity_plot(path: Path, history: List[Dict[str, Any]], title: str = "") -> None:
-    from .checkpoint import atomic_write  # checkpoint is the one place that writes files
+    from .files import atomic_write
     atomic_write(Path(path), perplexity_png(history, title))
