@@ -18,13 +18,7 @@ from rnnlm.vocab import Vocab
 V = 6
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread avoids oversubscribing a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_run(tmp_path, kind="lstm", optimizer="adam", impl="torch"):

@@ -49,13 +49,7 @@ if not os.path.exists(RNNLM):
 TRIALS = {"crash_at_batch": 0, "crash_in_save": 0}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread avoids oversubscribing a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def rnnlm(*args, env_extra=None, check=None):
