@@ -26,7 +26,7 @@ RNNLM = str(Path(sys.executable).parent / "rnnlm")
 if not os.path.exists(RNNLM):
     RNNLM = shutil.which("rnnlm") or "rnnlm"
 TINY = ["--max-tokens", "3000", "--hidden", "32", "--batch-size", "8", "--num-steps", "10",
-        "--impl", "scratch", "--device", "cpu", "--sample-every", "1"]
+        "--impl", "scratch", "--device", "cpu", "--sample-every", "1", "--threads", "1"]
 
 
 @pytest.fixture(autouse=True)
@@ -76,6 +76,7 @@ def test_train_writes_a_complete_run_directory(run):
             "perplexity.png", "checkpoints"} <= names
     config = json.loads((run / "config.json").read_text())
     assert config["hidden"] == 32 and config["epochs"] == 2 and "version" in config
+    assert config["threads"] == 1
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2]
     for r in records:

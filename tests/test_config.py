@@ -31,6 +31,7 @@ def test_defaults_are_the_notes_model():
     ({"dropout": 0.5, "impl": "scratch"}, "--impl torch"),
     ({"impl": "torch", "tie_weights": True, "embedding": 16}, "--tie-weights"),
     ({"checkpoint_every": -1}, "--checkpoint-every"), ({"seed": -3}, "--seed"),
+    ({"threads": -1}, "--threads"),
     ({"hidden": True}, "--hidden"), ({"hidden": 2.5}, "--hidden"),
 ])
 def test_impossible_values_name_the_option(changes, flag):

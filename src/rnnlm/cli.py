@@ -72,6 +72,8 @@ TRAIN_OPTIONS = [
     ("sample-every", int, None, "print a greedy sample every N epochs (0: only at the end)"),
     ("checkpoint-every", int, None, "also checkpoint every N batches (0: at the end of each "
      "epoch only)"),
+    ("threads", int, None, "CPU threads for torch (0: torch's default, one per core); 1 is "
+     "often faster on a machine whose cores are busy with other work"),
 ]
 
 
@@ -100,7 +102,7 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in RUN_DIR from its last checkpoint; options given "
                              "must agree with its config.json (except --epochs, --device, "
-                             "--prefix, --sample-every, --checkpoint-every)")
+                             "--prefix, --sample-every, --checkpoint-every, --threads)")
     parser.add_argument("--quiet", action="store_true",
                         help="no progress bar and no per-epoch log lines (default: off)")
 

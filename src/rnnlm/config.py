@@ -24,7 +24,7 @@ DEVICES = ("auto", "cpu", "cuda")
 
 # Options that may change when a run is resumed: they do not change what is computed
 # batch by batch (more epochs only extends the run). Every other option is fixed.
-RESUMABLE_CHANGES = ("epochs", "device", "prefix", "sample_every", "checkpoint_every")
+RESUMABLE_CHANGES = ("epochs", "device", "prefix", "sample_every", "checkpoint_every", "threads")
 
 
 @dataclass
@@ -58,6 +58,7 @@ class TrainConfig:
     prefix: str = "time traveller"  # prompt of the samples printed during training
     sample_every: int = 10          # print a greedy sample every N epochs (0: never)
     checkpoint_every: int = 0       # also checkpoint every N batches (0: only at epoch ends)
+    threads: int = 0                # torch's CPU threads (0: torch's default)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -91,7 +92,7 @@ class TrainConfig:
         choice("device", DEVICES)
         for name in ("hidden", "layers", "batch_size", "num_steps", "epochs"):
             positive(name)
-        for name in ("embedding", "sample_every", "checkpoint_every", "seed"):
+        for name in ("embedding", "sample_every", "checkpoint_every", "seed", "threads"):
             at_least_zero(name)
         if self.max_tokens is not None:
             positive("max_tokens")

@@ -317,6 +317,8 @@ def fit(cfg: Optional[TrainConfig], run, *, resume: bool = False, given: Optiona
     if cfg is None:
         raise RnnlmError("no configuration given for a new run")
     device = resolve_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     data = prepare(cfg.source, cfg.mode, cfg.max_tokens, cfg.val_frac, cfg.batch_size,
                    cfg.num_steps)
     if resume:
