@@ -76,15 +76,6 @@ def same_training(run: Path, reference: Path) -> None:
         assert torch.equal(a[key], b[key]), key
 
 
-def assert_clean_error(result, *words):
-    assert result.returncode == 2, (result.returncode, result.stderr)
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("rnnlm: error: "), result.stderr
-    for word in words:
-        assert word in lines[0], (word, lines[0])
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """Uninterrupted runs of both configurations."""
@@ -174,15 +165,15 @@ def test_damaged_checkpoint_file_is_a_clear_error(reference, tmp_path, capsys, n
         assert len(err) == 1 and err[0].startswith("rnnlm: error: "), err
 
 
-def test_damaged_model_through_the_command_says_what_to_do(reference, tmp_path):
+def test_damaged_model_through_the_command_says_what_to_do(reference, tmp_path, clean_error):
     run = tmp_path / "run"
     shutil.copytree(reference / "scratch", run)
     current = run / checkpoint.read_pointer(run)["current"]
     with open(current / "model.safetensors", "r+b") as f:
         f.truncate(100)
-    assert_clean_error(rnnlm("generate", run), "model.safetensors", "train again")
+    clean_error(rnnlm("generate", run), "model.safetensors", "train again")
     shutil.rmtree(run / "checkpoints")
-    assert_clean_error(rnnlm("eval", run), "missing")
+    clean_error(rnnlm("eval", run), "missing")
 
 
 def test_vocabulary_of_another_run_is_refused(reference, tmp_path, capsys):
@@ -193,21 +184,21 @@ def test_vocabulary_of_another_run_is_refused(reference, tmp_path, capsys):
     assert "vocabulary" in capsys.readouterr().err
 
 
-def test_nan_stops_with_the_message_and_keeps_the_last_good_checkpoint(tmp_path):
+def test_nan_stops_with_the_message_and_keeps_the_last_good_checkpoint(tmp_path, clean_error):
     run = tmp_path / "run"
     result = rnnlm("train", *SCRATCH, "--out", run, env_extra={"RNNLM_TEST_NAN_AT_BATCH": "40"})
-    assert_clean_error(result, "epoch 2", "batch 7", "last finite loss", "--lr")
+    clean_error(result, "epoch 2", "batch 7", "last finite loss", "--lr")
     ckpt = checkpoint.read_checkpoint(run)
     assert (ckpt.epoch, ckpt.progress.batch) == (1, 6)  # global batch 39, the last finite one
     assert all(torch.isfinite(w).all() for w in ckpt.weights.values())
     assert len(metrics(run)) == 1
 
 
-def test_unwritable_run_directory_is_a_clear_error(tmp_path):
+def test_unwritable_run_directory_is_a_clear_error(tmp_path, clean_error):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     result = rnnlm("train", *SCRATCH, "--out", blocker / "run")
-    assert_clean_error(result, "could not write")
+    clean_error(result, "could not write")
 
 
 def test_full_disk_keeps_the_previous_checkpoint(reference, tmp_path, monkeypatch, capsys):
