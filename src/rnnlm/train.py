@@ -122,7 +122,7 @@ def run_epoch(model, optimizer, X_all: torch.Tensor, Y_all: torch.Tensor, *, sam
     model.train()
     pending: List = []  # (batch index, loss tensor, norm tensor) not yet read on the host
 
-    def settle() -> bool:
+    def settle() -> None:
         values = torch.stack([torch.stack([l.float(), n.float()]) for _, l, n in pending]).tolist()
         for (i, _, _), (loss, norm) in zip(pending, values):
             if not (math.isfinite(loss) and math.isfinite(norm)):
@@ -135,7 +135,6 @@ def run_epoch(model, optimizer, X_all: torch.Tensor, Y_all: torch.Tensor, *, sam
             progress.tokens += B * T
             progress.last_finite_loss = loss
         pending.clear()
-        return False
 
     state = progress.state
     start = time.perf_counter()
@@ -151,13 +150,8 @@ def run_epoch(model, optimizer, X_all: torch.Tensor, Y_all: torch.Tensor, *, sam
             progress.seconds += time.perf_counter() - start
             start = time.perf_counter()
             if on_batch is not None and on_batch(progress):
-                return progress
-    if pending:
-        settle()
-    progress.batch = len(X_all)
-    progress.state = state
-    progress.seconds += time.perf_counter() - start
-    return progress
+                break
+    return progress  # the last batch always settles, so nothing is pending here
 
 
 @torch.no_grad()
