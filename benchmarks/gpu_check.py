@@ -5,7 +5,7 @@
     TRITON_INTERPRET=1 python3 benchmarks/gpu_check.py --cpu-dry-run   # the checks, tiny, on CPU
 
 1. Correctness on CUDA (exits with status 1 if a check fails):
-   a. the Triton recurrences (rnnlm.models.fused.triton_rnn) against the scratch
+   a. the Triton recurrences (rnnlab.models.fused.triton_rnn) against the scratch
       layers run in float64, outputs, final states and all gradients, relative
       error max|a - b| / max|b| <= 1e-4, or 10x torch's own float32 error if that
       is larger (precision "ieee"); the tf32 modes' errors are printed, not checked;
@@ -31,10 +31,10 @@ import time
 
 import torch
 
-from rnnlm import train
-from rnnlm.cuda_graph import GraphedTrainStep
-from rnnlm.models import build_model, layout, scratch
-from rnnlm.models.fused import triton_rnn
+from rnnlab import train
+from rnnlab.cuda_graph import GraphedTrainStep
+from rnnlab.models import build_model, layout, scratch
+from rnnlab.models.fused import triton_rnn
 
 SETUPS = [  # name, kind, V, H, L, B, T
     ("rnn 512, batch 32, 35 steps", "rnn", 28, 512, 1, 32, 35),

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from rnnlm.models import layout, scratch
+from rnnlab.models import layout, scratch
 
 
 def to_tf32(x: torch.Tensor, mode: str) -> torch.Tensor:

@@ -14,11 +14,11 @@ def one_thread():
 
 
 def check_clean_error(result, *words):
-    """A user's mistake: exit status 2, one line 'rnnlm: error: ...' naming ``words``, no traceback."""
+    """A user's mistake: exit status 2, one line 'rnnlab: error: ...' naming ``words``, no traceback."""
     assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("rnnlm: error: "), result.stderr
+    assert len(lines) == 1 and lines[0].startswith("rnnlab: error: "), result.stderr
     for word in words:
         assert word in lines[0], (word, lines[0])
 

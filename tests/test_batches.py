@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from rnnlm import batches, corpus
-from rnnlm.errors import RnnlmError
-from rnnlm.tokenize import tokenize
-from rnnlm.vocab import Vocab
+from rnnlab import batches, corpus
+from rnnlab.errors import RnnlabError
+from rnnlab.tokenize import tokenize
+from rnnlab.vocab import Vocab
 
-TIME_MACHINE = Path(os.environ.get("RNNLM_DATA_DIR") or "/work/shared/data") / "timemachine.txt"
+TIME_MACHINE = Path(os.environ.get("RNNLAB_DATA_DIR") or "/work/shared/data") / "timemachine.txt"
 
 
 def d2l_sequential(corpus_ids, batch_size, num_steps, offset):
@@ -99,7 +99,7 @@ def test_offset_never_leaves_too_few_tokens_for_a_batch():
 @pytest.mark.parametrize("sampling", batches.SAMPLINGS)
 def test_d2l_time_machine_batches_are_8_of_32_by_35(sampling):
     if not TIME_MACHINE.is_file():
-        pytest.skip("timemachine.txt not found; set RNNLM_DATA_DIR")
+        pytest.skip("timemachine.txt not found; set RNNLAB_DATA_DIR")
     tokens = tokenize(corpus.read_path(TIME_MACHINE), "d2l")[:10000]  # d2l's max_tokens=10000
     vocab = Vocab(tokens)
     ids = torch.tensor(vocab[tokens])
@@ -111,7 +111,7 @@ def test_d2l_time_machine_batches_are_8_of_32_by_35(sampling):
 
 
 def test_too_short_corpus_names_its_length_and_the_batch_size():
-    with pytest.raises(RnnlmError) as info:
+    with pytest.raises(RnnlabError) as info:
         batches.epoch_batches(torch.arange(20), 4, 5, "sequential", 0, 0)
     message = str(info.value)
     assert "it has 20 tokens" in message
@@ -121,20 +121,20 @@ def test_too_short_corpus_names_its_length_and_the_batch_size():
 
 @pytest.mark.parametrize("B,T", [(0, 5), (4, 0), (-1, 5), (4, -3)])
 def test_sizes_below_one_are_refused(B, T):
-    with pytest.raises(RnnlmError, match="must be at least 1"):
+    with pytest.raises(RnnlabError, match="must be at least 1"):
         batches.epoch_batches(torch.arange(100), B, T, "sequential", 0, 0)
-    with pytest.raises(RnnlmError, match="must be at least 1"):
+    with pytest.raises(RnnlabError, match="must be at least 1"):
         batches.eval_batches(torch.arange(100), B, T)
 
 
 @pytest.mark.parametrize("seed,epoch", [(-1, 0), (0, -1)])
 def test_negative_seed_or_epoch_is_refused(seed, epoch):
-    with pytest.raises(RnnlmError, match="must be non-negative"):
+    with pytest.raises(RnnlabError, match="must be non-negative"):
         batches.epoch_batches(torch.arange(100), 2, 5, "random", seed, epoch)
 
 
 def test_unknown_sampling_names_the_choices():
-    with pytest.raises(RnnlmError, match="unknown sampling 'shuffle'; choose one of sequential, random"):
+    with pytest.raises(RnnlabError, match="unknown sampling 'shuffle'; choose one of sequential, random"):
         batches.epoch_batches(torch.arange(100), 2, 5, "shuffle", 0, 0)
 
 
@@ -159,7 +159,7 @@ def test_eval_batches_shrink_for_short_text(N, B, T, shape):
 
 @pytest.mark.parametrize("N", [0, 1])
 def test_eval_batches_need_two_tokens(N):
-    with pytest.raises(RnnlmError, match=f"has {N} token\\(s\\); it needs at least 2"):
+    with pytest.raises(RnnlabError, match=f"has {N} token\\(s\\); it needs at least 2"):
         batches.eval_batches(torch.arange(N), 4, 10)
 
 

@@ -4,8 +4,8 @@ import json
 import pytest
 import torch
 
-from rnnlm import bench
-from rnnlm.errors import RnnlmError
+from rnnlab import bench
+from rnnlab.errors import RnnlabError
 
 KEYS = {"impl", "model", "hidden", "layers", "batch", "steps", "device", "tokens_per_s",
         "vs_scratch", "vs_torch", "peak_mem_mb"}
@@ -54,5 +54,5 @@ def test_main_writes_json(tmp_path, monkeypatch, capsys):
 
 
 def test_unknown_implementation_is_a_user_error():
-    with pytest.raises(RnnlmError, match="unknown implementation"):
+    with pytest.raises(RnnlabError, match="unknown implementation"):
         bench.run_bench(impls=("numpy",), corpus_ids=tiny_corpus())

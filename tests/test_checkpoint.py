@@ -8,12 +8,12 @@ import os
 import pytest
 import torch
 
-from rnnlm import checkpoint
-from rnnlm.config import TrainConfig
-from rnnlm.errors import RnnlmError
-from rnnlm.models import build_model
-from rnnlm.train import EpochProgress, NonFiniteError, make_optimizer, train_step
-from rnnlm.vocab import Vocab
+from rnnlab import checkpoint
+from rnnlab.config import TrainConfig
+from rnnlab.errors import RnnlabError
+from rnnlab.models import build_model
+from rnnlab.train import EpochProgress, NonFiniteError, make_optimizer, train_step
+from rnnlab.vocab import Vocab
 
 V = 6
 
@@ -106,7 +106,7 @@ def test_damaged_files_are_reported_with_what_to_do(tmp_path, name, damage):
         path.write_bytes(bytes(data[:-1]))
     else:
         path.unlink()
-    with pytest.raises(RnnlmError) as info:
+    with pytest.raises(RnnlabError) as info:
         checkpoint.load_run(run)
     message = str(info.value)
     assert name in message and ("train again" in message or "restore" in message)
@@ -115,14 +115,14 @@ def test_damaged_files_are_reported_with_what_to_do(tmp_path, name, damage):
 def test_missing_pointer_means_no_checkpoint(tmp_path):
     run = make_run(tmp_path)[0]
     (run / "checkpoint.json").unlink()
-    with pytest.raises(RnnlmError, match="no checkpoint"):
+    with pytest.raises(RnnlabError, match="no checkpoint"):
         checkpoint.load_run(run)
 
 
 def test_vocabulary_of_another_run_is_refused(tmp_path):
     run = make_run(tmp_path)[0]
     (run / "vocab.json").write_text(Vocab(list("abcdf")).to_json())
-    with pytest.raises(RnnlmError, match="vocabulary"):
+    with pytest.raises(RnnlabError, match="vocabulary"):
         checkpoint.load_run(run)
 
 
@@ -131,7 +131,7 @@ def test_edited_config_disagreeing_with_the_weights_is_refused(tmp_path):
     data = json.loads((run / "config.json").read_text())
     data["hidden"] = 16
     (run / "config.json").write_text(json.dumps(data))
-    with pytest.raises(RnnlmError, match="hidden"):
+    with pytest.raises(RnnlabError, match="hidden"):
         checkpoint.load_run(run)
 
 
@@ -165,7 +165,7 @@ def test_full_disk_is_a_clear_error_that_keeps_the_previous_checkpoint(tmp_path,
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(os, "replace", no_space)
-    with pytest.raises(RnnlmError, match="No space left.*previous checkpoint.*--resume"):
+    with pytest.raises(RnnlabError, match="No space left.*previous checkpoint.*--resume"):
         checkpoint.save_checkpoint(run, model, opt, 3, EpochProgress(), history, cfg)
     monkeypatch.undo()
     assert checkpoint.read_checkpoint(run).generation == 1

@@ -1,6 +1,6 @@
-"""The rnnlm command: each subcommand end to end, --help, and one-line errors for bad input.
+"""The rnnlab command: each subcommand end to end, --help, and one-line errors for bad input.
 
-Most checks drive the installed ``rnnlm`` command as a subprocess; the long list of
+Most checks drive the installed ``rnnlab`` command as a subprocess; the long list of
 bad inputs goes through ``cli.main`` in this process (the same code, without paying
 torch's start-up for each), with a few repeated as subprocesses to see that no
 traceback reaches the terminal.
@@ -17,29 +17,29 @@ from pathlib import Path
 import pytest
 import torch
 
-from rnnlm import cli
+from rnnlab import cli
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = os.environ.get("RNNLM_DATA_DIR") or str((REPO / ".." / "shared" / "data").resolve())
-ENV = {**os.environ, "RNNLM_DATA_DIR": DATA, "OMP_NUM_THREADS": "1"}
-RNNLM = str(Path(sys.executable).parent / "rnnlm")
-if not os.path.exists(RNNLM):
-    RNNLM = shutil.which("rnnlm") or "rnnlm"
+DATA = os.environ.get("RNNLAB_DATA_DIR") or str((REPO / ".." / "shared" / "data").resolve())
+ENV = {**os.environ, "RNNLAB_DATA_DIR": DATA, "OMP_NUM_THREADS": "1"}
+RNNLAB = str(Path(sys.executable).parent / "rnnlab")
+if not os.path.exists(RNNLAB):
+    RNNLAB = shutil.which("rnnlab") or "rnnlab"
 TINY = ["--max-tokens", "3000", "--hidden", "32", "--batch-size", "8", "--num-steps", "10",
         "--impl", "scratch", "--device", "cpu", "--sample-every", "1", "--threads", "1"]
 
 
 @pytest.fixture(autouse=True)
 def environment(monkeypatch):
-    monkeypatch.setenv("RNNLM_DATA_DIR", DATA)
+    monkeypatch.setenv("RNNLAB_DATA_DIR", DATA)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
 
 
-def rnnlm(*args, check=0):
-    result = subprocess.run([RNNLM, *map(str, args)], capture_output=True, text=True, env=ENV,
+def rnnlab(*args, check=0):
+    result = subprocess.run([RNNLAB, *map(str, args)], capture_output=True, text=True, env=ENV,
                             timeout=300)
     if check is not None:
         assert result.returncode == check, (result.returncode, result.stderr)
@@ -50,13 +50,13 @@ def rnnlm(*args, check=0):
 def run(tmp_path_factory):
     """A tiny run of two epochs, trained through the command."""
     out = tmp_path_factory.mktemp("cli") / "run"
-    result = rnnlm("train", "timemachine", "--out", out, "--epochs", "2", *TINY)
+    result = rnnlab("train", "timemachine", "--out", out, "--epochs", "2", *TINY)
     assert result.stdout.count("epoch ") == 2 and "time traveller" in result.stdout
     return out
 
 
 def test_data_json_reports_the_d2l_facts():
-    facts = json.loads(rnnlm("data", "timemachine", "--mode", "d2l", "--json").stdout)
+    facts = json.loads(rnnlab("data", "timemachine", "--mode", "d2l", "--json").stdout)
     assert (facts["tokens"], facts["vocab_size"]) == (170580, 28)
     assert facts["top"][0] == [" ", 29927] and facts["top"][1] == ["e", 17838]
 
@@ -77,21 +77,21 @@ def test_train_writes_a_complete_run_directory(run):
 
 
 def test_generate_echoes_the_prefix_and_generates_length_tokens(run):
-    result = rnnlm("generate", run, "--prefix", "time traveller", "--length", "25",
+    result = rnnlab("generate", run, "--prefix", "time traveller", "--length", "25",
                    "--temperature", "0.8", "--top-k", "5", "--seed", "1")
     text = result.stdout.rstrip("\n")
     assert text.startswith("time traveller") and len(text) == len("time traveller") + 25
-    again = rnnlm("generate", run, "--prefix", "time traveller", "--length", "25",
+    again = rnnlab("generate", run, "--prefix", "time traveller", "--length", "25",
                   "--temperature", "0.8", "--top-k", "5", "--seed", "1")
     assert again.stdout == result.stdout  # seeded sampling repeats
 
 
 def test_generate_warns_about_prefix_characters_outside_the_vocabulary(tmp_path, capsys):
-    from rnnlm import checkpoint
-    from rnnlm.config import TrainConfig
-    from rnnlm.models import build_model
-    from rnnlm.train import EpochProgress, make_optimizer
-    from rnnlm.vocab import Vocab
+    from rnnlab import checkpoint
+    from rnnlab.config import TrainConfig
+    from rnnlab.models import build_model
+    from rnnlab.train import EpochProgress, make_optimizer
+    from rnnlab.vocab import Vocab
 
     cfg = TrainConfig(mode="chars", impl="scratch", hidden=8)
     vocab = Vocab(list("abc \n"))
@@ -107,7 +107,7 @@ def test_generate_warns_about_prefix_characters_outside_the_vocabulary(tmp_path,
 
 
 def test_eval_json_on_the_run_and_on_a_held_out_file(run, tmp_path):
-    result = json.loads(rnnlm("eval", run, "--json").stdout)
+    result = json.loads(rnnlab("eval", run, "--json").stdout)
     assert set(result) >= {"ppl", "bpt", "tokens"} and result["tokens"] > 0
     metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert result["ppl"] == pytest.approx(metrics[-1]["val_ppl"], rel=1e-9)
@@ -119,7 +119,7 @@ def test_eval_json_on_the_run_and_on_a_held_out_file(run, tmp_path):
 def test_resume_continues_from_the_saved_epoch(run, tmp_path, capsys):
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
-    result = rnnlm("train", "--out", copy, "--resume", "--epochs", "3")
+    result = rnnlab("train", "--out", copy, "--resume", "--epochs", "3")
     assert "epoch 3/3" in result.stdout and "epoch 1/" not in result.stdout
     records = [json.loads(line) for line in (copy / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2, 3]
@@ -136,7 +136,7 @@ def test_every_help_mentions_every_option_and_its_default():
     parser = cli.build_parser()
     sub = next(a for a in parser._actions if hasattr(a, "choices") and isinstance(a.choices, dict))
     assert set(sub.choices) == {"data", "train", "generate", "eval", "bench"}
-    train_help = rnnlm("train", "--help").stdout
+    train_help = rnnlab("train", "--help").stdout
     for name, subparser in sub.choices.items():
         text = train_help if name == "train" else subparser.format_help()
         for option in option_strings(subparser):
@@ -205,7 +205,7 @@ def test_bad_input_is_one_line_and_exit_status_2(tmp_path, run, capsys):
         assert cli.main(argv) == 2, argv
         out, err = capsys.readouterr()
         lines = err.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("rnnlm: error: "), (argv, err)
+        assert len(lines) == 1 and lines[0].startswith("rnnlab: error: "), (argv, err)
         assert words in lines[0], (argv, words, lines[0])
     assert not (tmp_path / "r1").exists() or not (tmp_path / "r1" / "checkpoint.json").exists()
 
@@ -219,17 +219,17 @@ def test_run_without_a_checkpoint_is_a_clear_error(run, tmp_path, capsys):
 
 
 def test_errors_from_the_real_command_have_no_traceback(tmp_path, clean_error):
-    clean_error(rnnlm("data", tmp_path / "missing.txt", check=None), "no such file")
-    clean_error(rnnlm("train", "--out", tmp_path / "r", "--lr", "0", check=None), "--lr")
-    usage = rnnlm("train", "--hidden", "lots", check=None)  # argparse: usage error
+    clean_error(rnnlab("data", tmp_path / "missing.txt", check=None), "no such file")
+    clean_error(rnnlab("train", "--out", tmp_path / "r", "--lr", "0", check=None), "--lr")
+    usage = rnnlab("train", "--hidden", "lots", check=None)  # argparse: usage error
     assert usage.returncode == 2 and "Traceback" not in usage.stderr
 
 
 def test_progress_bar_only_on_a_terminal_and_quiet_silences_everything(tmp_path):
     import io
 
-    from rnnlm.config import TrainConfig
-    from rnnlm.runner import fit
+    from rnnlab.config import TrainConfig
+    from rnnlab.runner import fit
 
     class Terminal(io.StringIO):
         def isatty(self):

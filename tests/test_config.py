@@ -6,9 +6,9 @@ from dataclasses import asdict
 
 import pytest
 
-from rnnlm import __version__
-from rnnlm.config import TrainConfig, conflicts
-from rnnlm.errors import RnnlmError
+from rnnlab import __version__
+from rnnlab.config import TrainConfig, conflicts
+from rnnlab.errors import RnnlabError
 
 
 def test_defaults_are_the_notes_model():
@@ -35,7 +35,7 @@ def test_defaults_are_the_notes_model():
     ({"hidden": True}, "--hidden"), ({"hidden": 2.5}, "--hidden"),
 ])
 def test_impossible_values_name_the_option(changes, flag):
-    with pytest.raises(RnnlmError) as info:
+    with pytest.raises(RnnlabError) as info:
         TrainConfig(**changes)
     assert flag in str(info.value)
     assert "\n" not in str(info.value)
@@ -61,12 +61,12 @@ def test_config_json_round_trip_carries_the_version(tmp_path):
 ])
 def test_bad_config_json_is_a_clear_error(tmp_path, text, words):
     (tmp_path / "config.json").write_text(text)
-    with pytest.raises(RnnlmError, match=words):
+    with pytest.raises(RnnlabError, match=words):
         TrainConfig.load(tmp_path / "config.json")
 
 
 def test_missing_config_json_says_it_is_not_a_run(tmp_path):
-    with pytest.raises(RnnlmError, match="not a run directory"):
+    with pytest.raises(RnnlabError, match="not a run directory"):
         TrainConfig.load(tmp_path / "config.json")
 
 

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from rnnlm import corpus
-from rnnlm.corpus import CorpusSpec
-from rnnlm.errors import RnnlmError
+from rnnlab import corpus
+from rnnlab.corpus import CorpusSpec
+from rnnlab.errors import RnnlabError
 
-SHARED = Path(os.environ.get("RNNLM_DATA_DIR") or "/work/shared/data")
+SHARED = Path(os.environ.get("RNNLAB_DATA_DIR") or "/work/shared/data")
 needs_data = pytest.mark.skipif(not (SHARED / "timemachine.txt").is_file(),
-                                reason="verified corpora not found; set RNNLM_DATA_DIR")
+                                reason="verified corpora not found; set RNNLAB_DATA_DIR")
 
 # The checksums listed in the README of the shared data folder.
 DATA_SHA1 = {
@@ -33,11 +33,11 @@ def sha1_file(path):
 
 @pytest.fixture
 def offline(tmp_path, monkeypatch):
-    """An empty RNNLM_DATA_DIR and a fresh cache: built-in names must be downloaded."""
-    monkeypatch.setenv("RNNLM_DATA_DIR", str(tmp_path / "data"))
+    """An empty RNNLAB_DATA_DIR and a fresh cache: built-in names must be downloaded."""
+    monkeypatch.setenv("RNNLAB_DATA_DIR", str(tmp_path / "data"))
     (tmp_path / "data").mkdir()
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    return tmp_path / "cache" / "rnnlm"
+    return tmp_path / "cache" / "rnnlab"
 
 
 def files_under(folder):
@@ -76,12 +76,12 @@ def ptb_zip(texts):
     ("ptb", "valid", "ptb/valid.txt"),
     ("ptb", "test", "ptb/test.txt"),
 ])
-def test_builtin_names_resolve_through_rnnlm_data_dir(name, split, file, monkeypatch, tmp_path):
-    monkeypatch.setenv("RNNLM_DATA_DIR", str(SHARED))
+def test_builtin_names_resolve_through_rnnlab_data_dir(name, split, file, monkeypatch, tmp_path):
+    monkeypatch.setenv("RNNLAB_DATA_DIR", str(SHARED))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
 
     def no_network(url):
-        raise AssertionError("a corpus in RNNLM_DATA_DIR must not be downloaded")
+        raise AssertionError("a corpus in RNNLAB_DATA_DIR must not be downloaded")
 
     path = corpus.builtin_path(name, split, fetch=no_network)
     assert path == SHARED / file
@@ -105,7 +105,7 @@ def test_single_file_specs_carry_the_readme_checksums():
 
 def test_cache_folder_follows_xdg_cache_home(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    assert corpus.cache_dir() == tmp_path / "rnnlm"
+    assert corpus.cache_dir() == tmp_path / "rnnlab"
 
 
 def test_a_cached_corpus_is_not_downloaded_again(offline, monkeypatch):
@@ -116,12 +116,12 @@ def test_a_cached_corpus_is_not_downloaded_again(offline, monkeypatch):
 
 
 def test_unknown_split_of_a_builtin_corpus_names_the_splits(offline):
-    with pytest.raises(RnnlmError, match="no 'valid' split; it has: train"):
+    with pytest.raises(RnnlabError, match="no 'valid' split; it has: train"):
         corpus.builtin_path("timemachine", "valid", fetch=lambda url: b"")
 
 
 def test_unknown_name_in_builtin_path_lists_the_known_ones():
-    with pytest.raises(RnnlmError, match="timemachine, tinyshakespeare, ptb"):
+    with pytest.raises(RnnlabError, match="timemachine, tinyshakespeare, ptb"):
         corpus.builtin_path("timemachin")
 
 
@@ -163,7 +163,7 @@ def test_atomic_write_leaves_old_file_and_no_temp_file_when_writing_fails(tmp_pa
 
 def check_nothing_saved_and_hint(message, cache, spec):
     assert spec.url in message
-    assert str(cache) in message and "RNNLM_DATA_DIR" in message
+    assert str(cache) in message and "RNNLAB_DATA_DIR" in message
     for file in spec.files.values():
         assert file in message
     assert not cache.exists() or files_under(cache) == []
@@ -171,7 +171,7 @@ def check_nothing_saved_and_hint(message, cache, spec):
 
 def test_checksum_mismatch_saves_nothing_and_says_where_to_put_the_file(offline):
     spec = corpus.CORPORA["timemachine"]
-    with pytest.raises(RnnlmError) as info:
+    with pytest.raises(RnnlabError) as info:
         corpus.builtin_path("timemachine", fetch=lambda url: b"<html>captive portal</html>")
     message = str(info.value)
     assert "checksum mismatch" in message and spec.sha1 in message
@@ -189,7 +189,7 @@ def test_failed_download_saves_nothing_and_says_where_to_put_the_file(offline, e
         raise error
 
     spec = corpus.CORPORA["tinyshakespeare"]
-    with pytest.raises(RnnlmError) as info:
+    with pytest.raises(RnnlabError) as info:
         corpus.builtin_path("tinyshakespeare", fetch=fetch)
     message = str(info.value)
     assert "could not download corpus 'tinyshakespeare'" in message
@@ -219,7 +219,7 @@ def test_ptb_zip_is_unpacked_into_train_valid_test(offline, monkeypatch):
 
 def test_ptb_with_the_wrong_zip_saves_nothing(offline):
     data = ptb_zip({"train": "a\n", "valid": "b\n", "test": "c\n"})
-    with pytest.raises(RnnlmError, match="checksum mismatch for 'ptb'"):
+    with pytest.raises(RnnlabError, match="checksum mismatch for 'ptb'"):
         corpus.builtin_path("ptb", "test", fetch=lambda url: data)
     assert not offline.exists() or files_under(offline) == []
 
@@ -253,13 +253,13 @@ def test_a_folder_of_txt_files_is_read_in_sorted_order(tmp_path):
 def test_a_user_path_has_no_other_splits(tmp_path):
     path = tmp_path / "t.txt"
     path.write_text("text")
-    with pytest.raises(RnnlmError, match="only built-in corpora have a 'valid' split"):
+    with pytest.raises(RnnlabError, match="only built-in corpora have a 'valid' split"):
         corpus.read_text(str(path), "valid")
 
 
 def test_missing_path_says_so(tmp_path):
     missing = tmp_path / "nope.txt"
-    with pytest.raises(RnnlmError, match="no such file or folder: .*nope.txt"):
+    with pytest.raises(RnnlabError, match="no such file or folder: .*nope.txt"):
         corpus.read_text(str(missing))
 
 
@@ -267,20 +267,20 @@ def test_missing_path_says_so(tmp_path):
 def test_empty_or_whitespace_only_file_says_it_is_empty(tmp_path, content):
     path = tmp_path / "blank.txt"
     path.write_bytes(content)
-    with pytest.raises(RnnlmError, match="blank.txt is empty"):
+    with pytest.raises(RnnlabError, match="blank.txt is empty"):
         corpus.read_text(str(path))
 
 
 def test_folder_without_txt_files_says_so(tmp_path):
     (tmp_path / "readme.md").write_text("hello")
-    with pytest.raises(RnnlmError, match="has no .txt files"):
+    with pytest.raises(RnnlabError, match="has no .txt files"):
         corpus.read_text(str(tmp_path))
 
 
 def test_binary_file_is_refused(tmp_path):
     path = tmp_path / "model.txt"
     path.write_bytes(b"PK\x03\x04abc\x00\x00def")
-    with pytest.raises(RnnlmError, match=r"binary file \(it contains NUL bytes at offset 7\)"):
+    with pytest.raises(RnnlabError, match=r"binary file \(it contains NUL bytes at offset 7\)"):
         corpus.read_text(str(path))
 
 
@@ -292,7 +292,7 @@ def test_binary_file_is_refused(tmp_path):
 def test_non_utf8_file_names_the_offset_of_the_first_bad_byte(tmp_path, data, offset, byte):
     path = tmp_path / "latin1.txt"
     path.write_bytes(data)
-    with pytest.raises(RnnlmError) as info:
+    with pytest.raises(RnnlabError) as info:
         corpus.read_text(str(path))
     message = str(info.value)
     assert f"invalid byte 0x{byte:02x} at byte offset {offset};" in message
@@ -304,7 +304,7 @@ def test_non_utf8_file_names_the_offset_of_the_first_bad_byte(tmp_path, data, of
 
 def test_unknown_corpus_name_lists_the_known_ones(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(RnnlmError) as info:
+    with pytest.raises(RnnlabError) as info:
         corpus.read_text("timemachin")
     message = str(info.value)
     assert "unknown corpus 'timemachin'" in message

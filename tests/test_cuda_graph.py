@@ -11,9 +11,9 @@ import copy
 import pytest
 import torch
 
-from rnnlm import train
-from rnnlm.cuda_graph import GraphedTrainStep, _Snapshot
-from rnnlm.models import build_model
+from rnnlab import train
+from rnnlab.cuda_graph import GraphedTrainStep, _Snapshot
+from rnnlab.models import build_model
 
 
 def make(kind, optimizer, seed=0):

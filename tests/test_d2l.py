@@ -1,4 +1,4 @@
-"""rnnlm.d2l as a drop-in for d2l 0.17's chapters 8-9: the notes' scripts run unchanged,
+"""rnnlab.d2l as a drop-in for d2l 0.17's chapters 8-9: the notes' scripts run unchanged,
 and each helper behaves as the book's does.
 
 The scripts in tests/d2l_notes/ run as they are (runpy); the only thing the tests
@@ -18,12 +18,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from rnnlm import d2l
+from rnnlab import d2l
 
 NOTES = Path(__file__).parent / "d2l_notes"
-SHARED = Path(os.environ.get("RNNLM_DATA_DIR") or "/work/shared/data")
+SHARED = Path(os.environ.get("RNNLAB_DATA_DIR") or "/work/shared/data")
 needs_data = pytest.mark.skipif(not (SHARED / "timemachine.txt").is_file(),
-                                reason="verified corpora not found; set RNNLM_DATA_DIR")
+                                reason="verified corpora not found; set RNNLAB_DATA_DIR")
 PERPLEXITY_LINE = re.compile(r"^perplexity (\d+\.\d), (\d+\.\d) tokens/sec on (\S+)$")
 BOOK_CHAR_FREQS = [(" ", 29927), ("e", 17838), ("t", 13515), ("a", 11704), ("i", 10138),
                    ("n", 9917), ("o", 9758), ("s", 8486), ("h", 8257), ("r", 7674)]
@@ -36,8 +36,8 @@ def quiet_machine(monkeypatch, tmp_path):
     One thread: on a small shared CPU, torch's default of one thread per core makes
     these tiny matrix products many times slower (the threads wait on each other).
     """
-    monkeypatch.setenv("RNNLM_DATA_DIR", str(SHARED))
-    monkeypatch.setenv("RNNLM_D2L_PLOTS", str(tmp_path / "plots"))
+    monkeypatch.setenv("RNNLAB_DATA_DIR", str(SHARED))
+    monkeypatch.setenv("RNNLAB_D2L_PLOTS", str(tmp_path / "plots"))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -331,7 +331,7 @@ def test_sequential_offset_can_be_num_steps_itself():
 
 @needs_data
 def test_load_data_time_machine_gives_a_fresh_split_each_epoch(monkeypatch):
-    monkeypatch.setenv("RNNLM_DATA_DIR", str(SHARED))
+    monkeypatch.setenv("RNNLAB_DATA_DIR", str(SHARED))
     train_iter, vocab = d2l.load_data_time_machine(32, 35)
     assert isinstance(train_iter, d2l.SeqDataLoader) and train_iter.vocab is vocab
     assert len(train_iter.corpus) == 10000 and len(vocab) == 28
@@ -517,7 +517,7 @@ def test_animator_rewrites_its_png_after_each_point(tmp_path):
     assert (tmp_path / "curve.png").read_bytes() != first
 
 
-def test_plot_saves_numbered_pngs_in_RNNLM_D2L_PLOTS(tmp_path):
+def test_plot_saves_numbered_pngs_in_RNNLAB_D2L_PLOTS(tmp_path):
     d2l.plot(list(range(10)), xlabel="x", yscale="log")
     d2l.plot([[1, 2, 3], [3, 2, 1]], legend=["up", "down"])
     names = sorted(p.name for p in (tmp_path / "plots").iterdir())

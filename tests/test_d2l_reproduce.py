@@ -1,4 +1,4 @@
-"""The book's chapter-8 result from the notes' own script, on rnnlm.d2l (slow: minutes).
+"""The book's chapter-8 result from the notes' own script, on rnnlab.d2l (slow: minutes).
 
 tests/d2l_notes/ch08_5_rnn_scratch.py runs as it is, with the book's set-up: the
 first 10,000 characters of The Time Machine, batch 32, 35 steps, the scratch RNN
@@ -20,16 +20,16 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).parent / "d2l_notes" / "ch08_5_rnn_scratch.py"
-SHARED = Path(os.environ.get("RNNLM_DATA_DIR") or "/work/shared/data")
+SHARED = Path(os.environ.get("RNNLAB_DATA_DIR") or "/work/shared/data")
 PRELUDE = ("import random, runpy, sys, torch; torch.set_num_threads(1); random.seed(0); "
            "torch.manual_seed(0); runpy.run_path(sys.argv[1], run_name='__main__')")
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not (SHARED / "timemachine.txt").is_file(),
-                    reason="verified corpora not found; set RNNLM_DATA_DIR")
+                    reason="verified corpora not found; set RNNLAB_DATA_DIR")
 def test_note_8_5_reaches_the_books_perplexities_sequential_and_random(tmp_path, monkeypatch):
-    env = dict(os.environ, RNNLM_DATA_DIR=str(SHARED), RNNLM_D2L_PLOTS=str(tmp_path))
+    env = dict(os.environ, RNNLAB_DATA_DIR=str(SHARED), RNNLAB_D2L_PLOTS=str(tmp_path))
     done = subprocess.run([sys.executable, "-c", PRELUDE, str(SCRIPT)], env=env,
                           capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -43,8 +43,8 @@ def test_note_8_5_reaches_the_books_perplexities_sequential_and_random(tmp_path,
     assert float(seq.group(1)) <= 1.1
     assert float(rand.group(1)) <= 1.6
     # sequential training has learned the text: its continuation is a passage of it
-    from rnnlm import d2l
-    monkeypatch.setenv("RNNLM_DATA_DIR", str(SHARED))
+    from rnnlab import d2l
+    monkeypatch.setenv("RNNLAB_DATA_DIR", str(SHARED))
     corpus, vocab = d2l.load_corpus_time_machine(10000)
     text = "".join(vocab.to_tokens(corpus))
     continuation = lines[i_seq + 1][len("time traveller"):]

@@ -1,9 +1,9 @@
 """Fault injection: kills, signals, damaged files, full disks and diverging losses.
 
-Drives the installed ``rnnlm`` command as a subprocess on tiny runs. Crashes come
+Drives the installed ``rnnlab`` command as a subprocess on tiny runs. Crashes come
 from test-only environment variables that make the process SIGKILL itself at a
-chosen global batch (RNNLM_TEST_CRASH_AT_BATCH) or in the middle of writing its
-Nth checkpoint (RNNLM_TEST_CRASH_IN_SAVE); RNNLM_TEST_NAN_AT_BATCH makes the
+chosen global batch (RNNLAB_TEST_CRASH_AT_BATCH) or in the middle of writing its
+Nth checkpoint (RNNLAB_TEST_CRASH_IN_SAVE); RNNLAB_TEST_NAN_AT_BATCH makes the
 update at a batch diverge. After each crash the run is resumed and must end with
 the same per-epoch metrics and bitwise the same weights as an uninterrupted run.
 """
@@ -24,14 +24,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rnnlm import checkpoint, cli
+from rnnlab import checkpoint, cli
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = os.environ.get("RNNLM_DATA_DIR") or str((REPO / ".." / "shared" / "data").resolve())
+DATA = os.environ.get("RNNLAB_DATA_DIR") or str((REPO / ".." / "shared" / "data").resolve())
 # One thread: the same arithmetic in every process (and no thread oversubscription on a
 # shared 2-core machine).
-ENV = {**os.environ, "RNNLM_DATA_DIR": DATA, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-for hook in ("RNNLM_TEST_CRASH_AT_BATCH", "RNNLM_TEST_CRASH_IN_SAVE", "RNNLM_TEST_NAN_AT_BATCH"):
+ENV = {**os.environ, "RNNLAB_DATA_DIR": DATA, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+for hook in ("RNNLAB_TEST_CRASH_AT_BATCH", "RNNLAB_TEST_CRASH_IN_SAVE", "RNNLAB_TEST_NAN_AT_BATCH"):
     ENV.pop(hook, None)
 
 TINY = ["timemachine", "--max-tokens", "3000", "--hidden", "32", "--batch-size", "8",
@@ -43,18 +43,18 @@ TORCH_DROPOUT = TINY + ["--impl", "torch", "--layers", "2", "--dropout", "0.3", 
                         "adam", "--lr", "0.01", "--sampling", "random", "--model", "lstm"]
 BATCHES_PER_EPOCH = 33  # 2700 training tokens, 8 streams of 10 steps (after a random offset < 10)
 # The console script next to this Python (skips pyenv's shim: faster, and signals reach it).
-RNNLM = str(Path(sys.executable).parent / "rnnlm")
-if not os.path.exists(RNNLM):
-    RNNLM = shutil.which("rnnlm") or "rnnlm"
+RNNLAB = str(Path(sys.executable).parent / "rnnlab")
+if not os.path.exists(RNNLAB):
+    RNNLAB = shutil.which("rnnlab") or "rnnlab"
 TRIALS = {"crash_at_batch": 0, "crash_in_save": 0}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def rnnlm(*args, env_extra=None, check=None):
+def rnnlab(*args, env_extra=None, check=None):
     env = dict(ENV, **(env_extra or {}))
-    result = subprocess.run([RNNLM, *map(str, args)], capture_output=True, text=True, env=env,
+    result = subprocess.run([RNNLAB, *map(str, args)], capture_output=True, text=True, env=env,
                             timeout=300)
     if check is not None:
         assert result.returncode == check, (result.returncode, result.stderr)
@@ -80,8 +80,8 @@ def same_training(run: Path, reference: Path) -> None:
 def reference(tmp_path_factory):
     """Uninterrupted runs of both configurations."""
     root = tmp_path_factory.mktemp("reference")
-    rnnlm("train", *SCRATCH, "--out", root / "scratch", check=0)
-    rnnlm("train", *TORCH_DROPOUT, "--out", root / "torch", check=0)
+    rnnlab("train", *SCRATCH, "--out", root / "scratch", check=0)
+    rnnlab("train", *TORCH_DROPOUT, "--out", root / "torch", check=0)
     assert len(metrics(root / "scratch")) == 3
     return root
 
@@ -94,10 +94,10 @@ def test_kill_at_random_batches_then_resume_is_exact(reference, tmp_path):
     trials += [("torch", TORCH_DROPOUT, rng.randrange(1, total)) for _ in range(2)]
     for i, (name, options, batch) in enumerate(trials):
         run = tmp_path / f"{name}-{i}"
-        crashed = rnnlm("train", *options, "--out", run,
-                        env_extra={"RNNLM_TEST_CRASH_AT_BATCH": str(batch)})
+        crashed = rnnlab("train", *options, "--out", run,
+                        env_extra={"RNNLAB_TEST_CRASH_AT_BATCH": str(batch)})
         assert crashed.returncode == -signal.SIGKILL, crashed.stderr
-        rnnlm("train", "--out", run, "--resume", "--quiet", check=0)
+        rnnlab("train", "--out", run, "--resume", "--quiet", check=0)
         same_training(run, reference / name)
         TRIALS["crash_at_batch"] += 1
     print(f"\n{TRIALS['crash_at_batch']} kill-at-batch trials at global batches "
@@ -107,13 +107,13 @@ def test_kill_at_random_batches_then_resume_is_exact(reference, tmp_path):
 def test_kill_while_writing_a_checkpoint_keeps_the_previous_one(reference, tmp_path):
     for i, nth_save in enumerate((1, 20)):
         run = tmp_path / f"save-{i}"
-        crashed = rnnlm("train", *SCRATCH, "--out", run,
-                        env_extra={"RNNLM_TEST_CRASH_IN_SAVE": str(nth_save)})
+        crashed = rnnlab("train", *SCRATCH, "--out", run,
+                        env_extra={"RNNLAB_TEST_CRASH_IN_SAVE": str(nth_save)})
         assert crashed.returncode == -signal.SIGKILL
         if nth_save > 1:  # the previous checkpoint is intact and current
             ckpt = checkpoint.read_checkpoint(run)
             assert ckpt.generation == nth_save - 1
-        rnnlm("train", "--out", run, "--resume", "--quiet", check=0)
+        rnnlab("train", "--out", run, "--resume", "--quiet", check=0)
         same_training(run, reference / "scratch")
         TRIALS["crash_in_save"] += 1
     print(f"\n{TRIALS['crash_in_save']} kill-during-save trials: resumed runs bitwise equal")
@@ -125,7 +125,7 @@ def test_signal_saves_a_checkpoint_and_resume_is_exact(reference, tmp_path, sign
     # Same training as the reference, but more epochs planned, so it is still training when
     # the signal comes; --epochs does not change what each epoch computes.
     options = SCRATCH + ["--epochs", "50"]  # the later --epochs wins
-    proc = subprocess.Popen([RNNLM, "train", *options, "--out", str(run)], env=ENV,
+    proc = subprocess.Popen([RNNLAB, "train", *options, "--out", str(run)], env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not (run / "checkpoint.json").exists():
@@ -134,10 +134,10 @@ def test_signal_saves_a_checkpoint_and_resume_is_exact(reference, tmp_path, sign
     proc.send_signal(signum)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == status, err
-    assert "resume with: rnnlm train --out" in err and "Traceback" not in err
+    assert "resume with: rnnlab train --out" in err and "Traceback" not in err
     stopped = checkpoint.read_checkpoint(run)
     assert stopped.epoch < 3, "the signal came too late for this test"
-    rnnlm("train", "--out", run, "--resume", "--epochs", "3", "--quiet", check=0)
+    rnnlab("train", "--out", run, "--resume", "--epochs", "3", "--quiet", check=0)
     same_training(run, reference / "scratch")
 
 
@@ -162,7 +162,7 @@ def test_damaged_checkpoint_file_is_a_clear_error(reference, tmp_path, capsys, n
                                                            "--epochs", "4", "--quiet"]):
         assert cli.main(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and err[0].startswith("rnnlm: error: "), err
+        assert len(err) == 1 and err[0].startswith("rnnlab: error: "), err
 
 
 def test_damaged_model_through_the_command_says_what_to_do(reference, tmp_path, clean_error):
@@ -171,9 +171,9 @@ def test_damaged_model_through_the_command_says_what_to_do(reference, tmp_path, 
     current = run / checkpoint.read_pointer(run)["current"]
     with open(current / "model.safetensors", "r+b") as f:
         f.truncate(100)
-    clean_error(rnnlm("generate", run), "model.safetensors", "train again")
+    clean_error(rnnlab("generate", run), "model.safetensors", "train again")
     shutil.rmtree(run / "checkpoints")
-    clean_error(rnnlm("eval", run), "missing")
+    clean_error(rnnlab("eval", run), "missing")
 
 
 def test_vocabulary_of_another_run_is_refused(reference, tmp_path, capsys):
@@ -186,7 +186,7 @@ def test_vocabulary_of_another_run_is_refused(reference, tmp_path, capsys):
 
 def test_nan_stops_with_the_message_and_keeps_the_last_good_checkpoint(tmp_path, clean_error):
     run = tmp_path / "run"
-    result = rnnlm("train", *SCRATCH, "--out", run, env_extra={"RNNLM_TEST_NAN_AT_BATCH": "40"})
+    result = rnnlab("train", *SCRATCH, "--out", run, env_extra={"RNNLAB_TEST_NAN_AT_BATCH": "40"})
     clean_error(result, "epoch 2", "batch 7", "last finite loss", "--lr")
     ckpt = checkpoint.read_checkpoint(run)
     assert (ckpt.epoch, ckpt.progress.batch) == (1, 6)  # global batch 39, the last finite one
@@ -197,7 +197,7 @@ def test_nan_stops_with_the_message_and_keeps_the_last_good_checkpoint(tmp_path,
 def test_unwritable_run_directory_is_a_clear_error(tmp_path, clean_error):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    result = rnnlm("train", *SCRATCH, "--out", blocker / "run")
+    result = rnnlab("train", *SCRATCH, "--out", blocker / "run")
     clean_error(result, "could not write")
 
 
@@ -213,7 +213,7 @@ def test_full_disk_keeps_the_previous_checkpoint(reference, tmp_path, monkeypatc
         return real_replace(src, dst)
 
     monkeypatch.setattr(os, "replace", full_disk)
-    monkeypatch.setenv("RNNLM_DATA_DIR", DATA)
+    monkeypatch.setenv("RNNLAB_DATA_DIR", DATA)
     status = cli.main(["train", "--out", str(run), "--resume", "--epochs", "4", "--quiet",
                        "--device", "cpu"])
     err = capsys.readouterr().err

@@ -9,10 +9,10 @@ tanh work away from their linear region.
 import pytest
 import torch
 
-from rnnlm import train
-from rnnlm.models import build_model
-from rnnlm.models.fused import FusedLM, cpu
-from rnnlm.models.scratch import ScratchLM
+from rnnlab import train
+from rnnlab.models import build_model
+from rnnlab.models.fused import FusedLM, cpu
+from rnnlab.models.scratch import ScratchLM
 
 KINDS = ["rnn", "gru", "lstm"]
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}
@@ -128,11 +128,11 @@ def test_training_steps_give_the_same_weights(kind):
 
 
 def test_greedy_generation_is_the_same():
-    from rnnlm.generate import generate_ids
+    from rnnlab.generate import generate_ids
     scratch, fused = twin_models("lstm", 2, seed=8)
     assert generate_ids(fused, [1, 2, 3], 8) == generate_ids(scratch, [1, 2, 3], 8)
 
 
 def test_cpu_tensors_use_the_torch_recurrence():
-    from rnnlm.models.fused import recurrence_for
+    from rnnlab.models.fused import recurrence_for
     assert recurrence_for("lstm", torch.zeros(2, 1, 8)) is cpu.recurrence

@@ -2,10 +2,10 @@
 import pytest
 import torch
 
-from rnnlm import generate
-from rnnlm.errors import RnnlmError
-from rnnlm.models import ScratchLM
-from rnnlm.vocab import Vocab
+from rnnlab import generate
+from rnnlab.errors import RnnlabError
+from rnnlab.models import ScratchLM
+from rnnlab.vocab import Vocab
 
 VOCAB = Vocab(list("the time traveller, by h g wells"))
 
@@ -72,10 +72,10 @@ def test_unknown_prefix_tokens_warn_and_map_to_unk():
 
 @pytest.mark.parametrize("length", [-1, generate.MAX_LENGTH + 1])
 def test_absurd_lengths_are_refused(length):
-    with pytest.raises(RnnlmError, match="length"):
+    with pytest.raises(RnnlabError, match="length"):
         generate.generate_ids(random_model(), [1], length)
 
 
 def test_empty_prefix_is_refused():
-    with pytest.raises(RnnlmError, match="prefix"):
+    with pytest.raises(RnnlabError, match="prefix"):
         generate.generate_ids(random_model(), [], 5)

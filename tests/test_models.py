@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from rnnlm.errors import RnnlmError
-from rnnlm.models import RNNEncoder, ScratchLM, TorchLM, build_model
+from rnnlab.errors import RnnlabError
+from rnnlab.models import RNNEncoder, ScratchLM, TorchLM, build_model
 
 TOL = 1e-5  # float64 throughout, so differences are rounding only
 
@@ -98,7 +98,7 @@ def test_shapes_follow_the_book():
 
 
 def test_bidirectional_language_model_is_refused_but_encoder_works():
-    with pytest.raises(RnnlmError, match="bidirectional"):
+    with pytest.raises(RnnlabError, match="bidirectional"):
         TorchLM(28, 16, bidirectional=True)
     encoder = RNNEncoder(28, 16, kind="gru", bidirectional=True)
     outputs, state = encoder.encode(torch.zeros(2, 5, dtype=torch.long), encoder.begin_state(2))
@@ -108,12 +108,12 @@ def test_bidirectional_language_model_is_refused_but_encoder_works():
 def test_weight_tying_shares_the_embedding():
     model = build_model("torch", "lstm", 30, 16, embedding_dim=16, tie_weights=True)
     assert model.linear.weight is model.embedding.weight
-    with pytest.raises(RnnlmError, match="tie-weights"):
+    with pytest.raises(RnnlabError, match="tie-weights"):
         build_model("torch", "lstm", 30, 16, embedding_dim=8, tie_weights=True)
 
 
 def test_scratch_refuses_torch_only_options():
-    with pytest.raises(RnnlmError, match="--impl torch"):
+    with pytest.raises(RnnlabError, match="--impl torch"):
         build_model("scratch", "rnn", 28, 16, embedding_dim=8)
-    with pytest.raises(RnnlmError, match="unknown model"):
+    with pytest.raises(RnnlabError, match="unknown model"):
         build_model("scratch", "transformer", 28, 16)

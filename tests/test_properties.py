@@ -6,7 +6,7 @@ combining marks, emoji, the empty string. Batching runs on ``corpus = arange(N)`
 that every value in X and Y *is* its position in the corpus: "Y is X shifted by one"
 becomes ``Y == X + 1``, and overlaps and continuations are checked position by position.
 
-The number of cases per test is bounded (200, or $RNNLM_HYPOTHESIS_EXAMPLES) so the file
+The number of cases per test is bounded (200, or $RNNLAB_HYPOTHESIS_EXAMPLES) so the file
 runs in seconds; ``pytest --hypothesis-show-statistics`` prints how many ran.
 """
 import os
@@ -18,18 +18,18 @@ import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from rnnlm import batches
-from rnnlm.corpus import decode_utf8
-from rnnlm.errors import RnnlmError
-from rnnlm.tokenize import EOS, MODES, detokenize, tokenize
-from rnnlm.vocab import UNK, Vocab
+from rnnlab import batches
+from rnnlab.corpus import decode_utf8
+from rnnlab.errors import RnnlabError
+from rnnlab.tokenize import EOS, MODES, detokenize, tokenize
+from rnnlab.vocab import UNK, Vocab
 
 settings.register_profile(
-    "rnnlm-properties",
-    max_examples=int(os.environ.get("RNNLM_HYPOTHESIS_EXAMPLES", "200")),
+    "rnnlab-properties",
+    max_examples=int(os.environ.get("RNNLAB_HYPOTHESIS_EXAMPLES", "200")),
     deadline=None,  # the first call pays for torch's warm-up; no timing claims here
 )
-CASES = settings.get_profile("rnnlm-properties")
+CASES = settings.get_profile("rnnlab-properties")
 
 # Characters a tokenizer is most likely to get wrong, mixed into arbitrary Unicode.
 AWKWARD = [
@@ -169,7 +169,7 @@ RAW = st.one_of(
 @given(data=RAW)
 def test_decode_utf8_returns_text_or_names_the_bad_byte_offset(data):
     if b"\x00" in data:
-        with pytest.raises(RnnlmError, match=f"binary file .*offset {data.index(0)}\\)"):
+        with pytest.raises(RnnlabError, match=f"binary file .*offset {data.index(0)}\\)"):
             decode_utf8(data, "f.txt")
         return
     body, skipped = (data[3:], 3) if data.startswith(BOM) else (data, 0)
@@ -177,7 +177,7 @@ def test_decode_utf8_returns_text_or_names_the_bad_byte_offset(data):
         expected = body.decode("utf-8")
     except UnicodeDecodeError as e:
         offset = skipped + e.start  # offset into the file as given, BOM included
-        with pytest.raises(RnnlmError) as info:
+        with pytest.raises(RnnlabError) as info:
             decode_utf8(data, "f.txt")
         message = str(info.value)
         assert "f.txt is not UTF-8" in message
@@ -284,12 +284,12 @@ def test_different_epochs_usually_differ(case, sampling, seed):
 @given(N=st.integers(0, 60), B=st.integers(-2, 7), T=st.integers(-2, 9),
        sampling=st.sampled_from(batches.SAMPLINGS + ("shuffled",)),
        seed=st.integers(-3, 2**64), epoch=st.integers(-2, 5))
-def test_epoch_batches_raise_only_rnnlm_error(N, B, T, sampling, seed, epoch):
+def test_epoch_batches_raise_only_rnnlab_error(N, B, T, sampling, seed, epoch):
     corpus = torch.arange(N)
     valid = (B >= 1 and T >= 1 and N >= B * T + 1 and sampling in batches.SAMPLINGS
              and seed >= 0 and epoch >= 0)
     if not valid:
-        with pytest.raises(RnnlmError) as info:
+        with pytest.raises(RnnlabError) as info:
             batches.epoch_batches(corpus, B, T, sampling, seed, epoch)
         if B >= 1 and T >= 1 and N < B * T + 1:
             message = str(info.value)
@@ -302,10 +302,10 @@ def test_epoch_batches_raise_only_rnnlm_error(N, B, T, sampling, seed, epoch):
 
 @CASES
 @given(N=st.integers(0, 120), B=st.integers(-1, 7), T=st.integers(-1, 12))
-def test_eval_batches_shrink_to_fit_and_raise_only_rnnlm_error(N, B, T):
+def test_eval_batches_shrink_to_fit_and_raise_only_rnnlab_error(N, B, T):
     corpus = torch.arange(N)
     if N < 2 or B < 1 or T < 1:
-        with pytest.raises(RnnlmError):
+        with pytest.raises(RnnlabError):
             batches.eval_batches(corpus, B, T)
         return
     X, Y = batches.eval_batches(corpus, B, T)

@@ -14,4 +14,4 @@ def test_ci_runs_the_readmes_test_command():
 def test_readme_opens_with_the_two_set_up_commands():
     readme = (ROOT / "README.md").read_text()
     head = readme[: readme.index("\n## ", readme.index("```"))]
-    assert "rnnlm train" in head and "pytest" in head
+    assert "rnnlab train" in head and "pytest" in head

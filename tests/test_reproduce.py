@@ -1,4 +1,4 @@
-"""d2l's chapter-8 result, reproduced with rnnlm's own pipeline (slow: minutes on 2 cores).
+"""d2l's chapter-8 result, reproduced with rnnlab's own pipeline (slow: minutes on 2 cores).
 
 Set-up of d2l 8.5 and the notes: The Time Machine, d2l tokenization, first
 10,000 tokens, batch 32, 35 steps, scratch RNN with 512 hidden units, SGD lr 1,
@@ -10,11 +10,11 @@ import os
 import pytest
 import torch
 
-from rnnlm import batches, corpus, generate, tokenize, train
-from rnnlm.models import ScratchLM
-from rnnlm.vocab import Vocab
+from rnnlab import batches, corpus, generate, tokenize, train
+from rnnlab.models import ScratchLM
+from rnnlab.vocab import Vocab
 
-EPOCHS = int(os.environ.get("RNNLM_REPRODUCE_EPOCHS", "500"))
+EPOCHS = int(os.environ.get("RNNLAB_REPRODUCE_EPOCHS", "500"))
 # One thread: the float sums (and so the run) are then the same on every machine, and on a
 # 2-core machine that is busy with anything else one thread is also much the faster.
 # The last epoch's perplexity moves with the seed. Measured on this set-up (one thread):

@@ -4,15 +4,15 @@ from pathlib import Path
 
 import pytest
 
-from rnnlm import corpus
-from rnnlm.errors import RnnlmError
-from rnnlm.tokenize import EOS, MODES, d2l_lines, detokenize, tokenize
-from rnnlm.vocab import Vocab
+from rnnlab import corpus
+from rnnlab.errors import RnnlabError
+from rnnlab.tokenize import EOS, MODES, d2l_lines, detokenize, tokenize
+from rnnlab.vocab import Vocab
 
-SHARED = Path(os.environ.get("RNNLM_DATA_DIR") or "/work/shared/data")
+SHARED = Path(os.environ.get("RNNLAB_DATA_DIR") or "/work/shared/data")
 TIME_MACHINE = SHARED / "timemachine.txt"
 needs_data = pytest.mark.skipif(not TIME_MACHINE.is_file(),
-                                reason="timemachine.txt not found; set RNNLM_DATA_DIR")
+                                reason="timemachine.txt not found; set RNNLAB_DATA_DIR")
 
 # d2l 8.2 on The Time Machine: every character token with its count, most frequent first.
 D2L_FREQS = [
@@ -27,7 +27,7 @@ D2L_FREQS = [
 @pytest.fixture(scope="module")
 def time_machine_tokens():
     if not TIME_MACHINE.is_file():
-        pytest.skip("timemachine.txt not found; set RNNLM_DATA_DIR")
+        pytest.skip("timemachine.txt not found; set RNNLAB_DATA_DIR")
     return tokenize(corpus.read_path(TIME_MACHINE), "d2l")
 
 
@@ -116,7 +116,7 @@ def test_empty_text_gives_no_tokens_in_every_mode():
 
 
 def test_unknown_mode_names_the_modes():
-    with pytest.raises(RnnlmError) as info:
+    with pytest.raises(RnnlabError) as info:
         tokenize("text", "bytes")
     message = str(info.value)
     assert "unknown tokenization mode 'bytes'" in message

@@ -4,9 +4,9 @@ import math
 import pytest
 import torch
 
-from rnnlm import batches, train
-from rnnlm.errors import RnnlmError
-from rnnlm.models import ScratchLM, build_model
+from rnnlab import batches, train
+from rnnlab.errors import RnnlabError
+from rnnlab.models import ScratchLM, build_model
 
 
 def toy_corpus(n=600, V=7, seed=0):
@@ -103,7 +103,7 @@ def test_a_seeded_cpu_run_is_repeatable(optimizer):
 
 
 def test_unknown_optimizer_is_a_clear_error():
-    with pytest.raises(RnnlmError, match="sgd, adam, adamw"):
+    with pytest.raises(RnnlabError, match="sgd, adam, adamw"):
         train.make_optimizer("rmsprop", ScratchLM(3, 2).parameters(), 1.0)
 
 

@@ -26,7 +26,7 @@ import sys
 import pytest
 import torch
 
-from rnnlm.errors import RnnlmError
+from rnnlab.errors import RnnlabError
 
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 SHAPES = [(5, 3, 16), (4, 19, 96)]  # (T, B, H): one program, one tile; two programs, 3x6 tiles
@@ -92,7 +92,7 @@ def check(recurrence, kind, T, B, H, seed):
 def interpreter_main():
     """Child process: run every check under the interpreter, print errors as JSON."""
     assert os.environ.get("TRITON_INTERPRET") == "1"
-    from rnnlm.models.fused import triton_rnn
+    from rnnlab.models.fused import triton_rnn
     triton_rnn.POISON = True  # unwritten buffer elements become NaN and fail the checks
     results = {}
     for schedule in triton_rnn.SCHEDULES:
@@ -110,7 +110,7 @@ def compile_main():
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
-    from rnnlm.models.fused import triton_rnn as tr
+    from rnnlab.models.fused import triton_rnn as tr
     kernels = {"forward": (tr._forward_kernel, ["XW", "W_h", "b_hh", "HS", "CS", "SAVE"]),
                "backward": (tr._backward_kernel, ["DOUT", "W_h", "HS", "CS", "SAVE", "DXW", "DHN",
                                                   "DHZ", "DHBUF", "DCBUF"])}
@@ -179,7 +179,7 @@ def test_triton_kernels_compile_to_h100_machine_code():
 
 def test_reference_matches_scratch_layers():
     """The test's reference is the scratch models' function (via the stacked layout)."""
-    from rnnlm.models import layout, scratch
+    from rnnlab.models import layout, scratch
     torch.manual_seed(0)
     T, B, D, H = 4, 3, 5, 8
     for kind, Layer in scratch.LAYERS.items():
@@ -200,18 +200,18 @@ def test_reference_matches_scratch_layers():
 
 def test_unsupported_inputs_are_refused_with_a_message():
     pytest.importorskip("triton")
-    from rnnlm.models.fused import triton_rnn
+    from rnnlab.models.fused import triton_rnn
     assert not triton_rnn.supported("lstm", 512, torch.float64)
     assert not triton_rnn.supported("lstm", 500, torch.float32)
     if not torch.cuda.is_available():
         assert not triton_rnn.supported("lstm", 512, torch.float32)
     XW, W_h, b, h0 = torch.zeros(2, 1, 16), torch.zeros(16, 16), torch.zeros(16), torch.zeros(1, 16)
-    with pytest.raises(RnnlmError, match="precision"):
+    with pytest.raises(RnnlabError, match="precision"):
         triton_rnn.recurrence("rnn", XW, W_h, b, h0, precision="fp8")
-    with pytest.raises(RnnlmError, match="float32"):
+    with pytest.raises(RnnlabError, match="float32"):
         triton_rnn.recurrence("rnn", XW.double(), W_h.double(), b.double(), h0.double())
     if os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
-        with pytest.raises(RnnlmError, match="CUDA"):
+        with pytest.raises(RnnlabError, match="CUDA"):
             triton_rnn.recurrence("rnn", XW, W_h, b, h0)
 
 

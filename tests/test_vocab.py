@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from rnnlm.errors import RnnlmError
-from rnnlm.vocab import UNK, Vocab
+from rnnlab.errors import RnnlabError
+from rnnlab.vocab import UNK, Vocab
 
 
 def test_unk_is_index_zero_and_unknown_tokens_map_to_it():
@@ -91,5 +91,5 @@ def test_json_round_trip_keeps_the_table_and_non_ascii_tokens():
     json.dumps({"idx_to_token": [UNK, 3]}),
 ])
 def test_damaged_vocab_json_is_refused(text):
-    with pytest.raises(RnnlmError, match="(not a valid vocabulary|vocabulary is invalid)"):
+    with pytest.raises(RnnlabError, match="(not a valid vocabulary|vocabulary is invalid)"):
         Vocab.from_json(text)

@@ -2,7 +2,7 @@
 import collections
 import re
 
-from rnnlm import d2l
+from rnnlab import d2l
 
 lines = d2l.read_time_machine()
 print(f'# text lines: {len(lines)}')

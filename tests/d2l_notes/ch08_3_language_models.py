@@ -6,7 +6,7 @@ import random
 
 import torch
 
-from rnnlm import d2l
+from rnnlab import d2l
 
 tokens = d2l.tokenize(d2l.read_time_machine())
 corpus = [token for line in tokens for token in line]

@@ -2,7 +2,7 @@
 import torch
 from torch import nn
 
-from rnnlm import d2l
+from rnnlab import d2l
 
 batch_size, num_steps = 32, 35
 train_iter, vocab = d2l.load_data_time_machine(batch_size, num_steps)

@@ -3,7 +3,7 @@ code; only the import differs."""
 import torch
 from torch import nn
 
-from rnnlm import d2l
+from rnnlab import d2l
 
 batch_size, num_steps, device = 32, 35, d2l.try_gpu()
 train_iter, vocab = d2l.load_data_time_machine(batch_size, num_steps)

@@ -1,0 +1,178 @@
+"""A whole training step captured once in a CUDA graph and replayed for every batch.
+
+A training step of a small recurrent model launches hundreds of short kernels
+(forward, loss, backward, clipping, optimizer update); at B = 32, T = 35 the GPU
+spends more time waiting for the CPU to launch them than computing. A CUDA graph
+records those launches once and replays them with one call, so the step costs
+one launch (PyTorch's "whole-network capture").
+
+    step = GraphedTrainStep(model, optimizer, clip=1.0)
+    train.run_epoch(model, optimizer, X_all, Y_all, sampling="sequential", clip=1.0, step=step)
+
+``step(X, Y, state) -> (loss, norm, state)`` computes exactly what
+``train.train_step(model, optimizer, X, Y, state, clip)`` does: forward, mean
+cross-entropy, backward, clipping to global norm ``clip`` (``train.grad_clipping``),
+optimizer step. On the CPU, or where CUDA is unavailable, it simply calls
+``train.train_step``.
+
+Constraints of the graphed path (what a replay assumes):
+
+* Fixed shapes: X, Y are (B, T) and the state has the layout of
+  ``model.begin_state(B)`` (a tensor (L, B, H), or a pair of them for the LSTM).
+  A call with other shapes (or dtypes) captures a new graph for them and drops
+  the old one; pass ``batch_size``/``num_steps`` to make a different shape an
+  error instead.
+* The graph reads and writes fixed memory: the model's parameters, their
+  ``.grad`` tensors and the optimizer's state must stay the same tensor objects
+  (``load_state_dict`` copies in place, which is fine; replacing a parameter or
+  calling ``zero_grad(set_to_none=True)`` outside the step is not). Each call
+  copies X, Y and the state into the graph's input buffers, replays, and returns
+  clones of the loss, the norm and the new state, so nothing returned is
+  overwritten by the next replay.
+* Python numbers are frozen at capture: SGD's learning rate, ``clip``.
+  After changing the learning rate call :meth:`recapture` (Adam and AdamW run
+  with ``capturable=True``, which this class sets, and also read their lr then).
+* Capture needs a few warm-up steps (on a side stream, so that lazy
+  initialisation such as cuBLAS workspaces and the optimizer's state happens
+  outside the graph). They would train the model, so the parameters and the
+  optimizer state are saved before and put back after; optimizer state that did
+  not exist before is reset to zeros, which is its fresh value for Adam/AdamW
+  (and SGD without momentum has none). Capturing synchronises with the GPU;
+  after that, a call does not wait for it.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .errors import RnnlabError
+from .train import grad_clipping, sequence_loss, train_step
+
+WARMUP_STEPS = 3
+
+
+def _clone_state(state):
+    return tuple(s.clone() for s in state) if isinstance(state, tuple) else state.clone()
+
+
+def _copy_state(dst, src) -> None:
+    if isinstance(dst, tuple):
+        for d, s in zip(dst, src):
+            d.copy_(s)
+    else:
+        dst.copy_(src)
+
+
+def _shape_key(X, Y, state):
+    parts = state if isinstance(state, tuple) else (state,)
+    return ((tuple(X.shape), tuple(Y.shape), X.dtype)
+            + tuple((tuple(s.shape), s.dtype) for s in parts))
+
+
+class _Snapshot:
+    """The parameters and optimizer state before warm-up, to put back after it."""
+
+    def __init__(self, model, optimizer):
+        with torch.no_grad():
+            self.params = [p.detach().clone() for p in model.parameters()]
+            self.optim = {p: {k: (v.clone() if torch.is_tensor(v) else v) for k, v in s.items()}
+                          for p, s in optimizer.state.items()}
+
+    def restore(self, model, optimizer) -> None:
+        with torch.no_grad():
+            for p, saved in zip(model.parameters(), self.params):
+                p.copy_(saved)
+            for p, state in optimizer.state.items():
+                saved = self.optim.get(p)
+                for k, v in state.items():
+                    if torch.is_tensor(v):
+                        # In place, so the tensors the graph will capture stay the same.
+                        v.copy_(saved[k]) if saved is not None else v.zero_()
+                    elif saved is not None:
+                        state[k] = saved[k]
+                    else:
+                        raise RnnlabError(f"cannot reset the optimizer's state {k!r} after the "
+                                         f"CUDA graph warm-up; run one eager step first")
+
+
+def _make_capturable(optimizer, device) -> None:
+    """Adam/AdamW keep their step count on the GPU when capturable, so a graph can update it."""
+    for group in optimizer.param_groups:
+        if "capturable" in group and not group["capturable"]:
+            group["capturable"] = True
+    for state in optimizer.state.values():
+        step = state.get("step")
+        if torch.is_tensor(step) and step.device != device:
+            state["step"] = step.to(device=device, dtype=torch.float32)
+
+
+class GraphedTrainStep:
+    """``train.train_step`` as a replayed CUDA graph; see the module docstring."""
+
+    def __init__(self, model, optimizer, clip: float, batch_size: Optional[int] = None,
+                 num_steps: Optional[int] = None):
+        self.model, self.optimizer, self.clip = model, optimizer, clip
+        self.batch_size, self.num_steps = batch_size, num_steps
+        self.graph = None
+        self.key = None
+
+    def recapture(self) -> None:
+        """Forget the graph; the next call captures a new one (e.g. after changing the lr)."""
+        self.graph, self.key = None, None
+
+    def _eager(self, X, Y, state):
+        return train_step(self.model, self.optimizer, X, Y, state, self.clip)
+
+    def __call__(self, X, Y, state):
+        """X, Y (B, T), state -> (loss, grad norm, new state), as train.train_step."""
+        if not torch.cuda.is_available() or X.device.type != "cuda":
+            return self._eager(X, Y, state)
+        B, T = X.shape
+        if (B, T) != (self.batch_size or B, self.num_steps or T):
+            raise RnnlabError(f"this CUDA-graphed step was made for batches of "
+                             f"{self.batch_size} x {self.num_steps}, got {B} x {T}; make a new "
+                             f"GraphedTrainStep or use train.train_step")
+        key = _shape_key(X, Y, state)
+        if key != self.key:
+            self._capture(X, Y, state)
+            self.key = key
+        self.static_X.copy_(X)
+        self.static_Y.copy_(Y)
+        _copy_state(self.static_state, state)
+        self.graph.replay()
+        return self.loss.clone(), self.norm.clone(), _clone_state(self.state_out)
+
+    def _body(self):
+        """The step on the static buffers: the same operations as train.train_step."""
+        logits, state = self.model(self.static_X, self.static_state)
+        loss = sequence_loss(logits, self.static_Y)
+        self.optimizer.zero_grad(set_to_none=False)
+        loss.backward()
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        norm = grad_clipping(params, self.clip)
+        self.optimizer.step()
+        state = tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
+        return loss.detach(), norm.detach(), state
+
+    def _capture(self, X, Y, state) -> None:
+        self.graph = None  # free the old graph's memory pool before making a new one
+        _make_capturable(self.optimizer, X.device)
+        self.static_X, self.static_Y = X.clone(), Y.clone()
+        self.static_state = _clone_state(state)
+        snapshot = _Snapshot(self.model, self.optimizer)
+        # Warm up on a side stream (PyTorch's recipe): lazy initialisation must not be captured.
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(WARMUP_STEPS):
+                self._body()
+        torch.cuda.current_stream().wait_stream(side)
+        # The grads exist now (zero_grad(set_to_none=False) inside keeps them), so the graph
+        # zeroes and fills the same tensors the optimizer reads.
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self.loss, self.norm, self.state_out = self._body()
+        # Undo the warm-up's updates; the capture itself ran nothing.
+        snapshot.restore(self.model, self.optimizer)
+        self.graph = graph

@@ -1,0 +1,10 @@
+"""The one exception type for mistakes a user can make.
+
+Library code raises :class:`RnnlabError` with a message that names the problem and
+says what to do about it. The command line turns it into a one-line message on
+stderr and exit status 2; anything else escaping is a bug in rnnlab.
+"""
+
+
+class RnnlabError(Exception):
+    """A problem with the user's input, options or files (not a bug in rnnlab)."""

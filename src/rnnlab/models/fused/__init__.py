@@ -1,0 +1,92 @@
+"""The scratch models, computed fast: same parameters, same function, whole-sequence recurrences.
+
+Shapes: B batch size, T time steps, V vocabulary size, H hidden units, L layers,
+G gates (1 RNN, 3 GRU, 4 LSTM).
+
+:class:`FusedLM` is a :class:`~rnnlab.models.scratch.ScratchLM` (same constructor,
+parameters and ``state_dict`` keys, so a checkpoint loads into either) whose
+forward pass regroups the work into big products:
+
+    X (B, T)
+      -> layer 0's input projection by row lookup   XW = W_x[X.T] + b     (T, B, G*H)
+         (one-hot(X) @ W_x only selects rows of W_x)
+      -> layers above: one product for all steps    XW = outputs W_x + b  (T*B, H) @ (H, G*H)
+      -> the recurrence of each layer, one autograd node per sequence     (T, B, H)
+      -> the output layer as one product            outputs W_hq + b_q    (T*B, V)
+
+The recurrence runs as a Triton kernel when the tensors are on a CUDA device
+and ``rnnlab.models.fused.triton_rnn`` is importable and supports the layer
+(``triton_rnn.supported(kind, H, dtype)``); otherwise as the torch code of
+:mod:`rnnlab.models.fused.cpu`, which runs on any device. Both share the signature
+
+    recurrence(kind, XW (T, B, G*H), W_h (H, G*H), b_hh (G*H,), h0 (B, H), c0 (B, H) or None)
+        -> outputs (T, B, H), hT (B, H), cT (B, H) or None
+"""
+from __future__ import annotations
+
+from typing import Callable, List
+
+import torch
+import torch.nn.functional as F
+
+from .. import layout
+from ..scratch import ScratchLM
+from . import cpu
+
+_triton_rnn = None  # the module once imported; False if it could not be
+
+
+def _triton():
+    """``rnnlab.models.fused.triton_rnn``, or None where it (or Triton) cannot be imported."""
+    global _triton_rnn
+    if _triton_rnn is None:
+        try:
+            from . import triton_rnn
+            _triton_rnn = triton_rnn
+        except ImportError:
+            _triton_rnn = False
+    return _triton_rnn or None
+
+
+def recurrence_for(kind: str, XW: torch.Tensor) -> Callable:
+    """The recurrence function to run layer ``kind`` on XW (T, B, G*H): Triton or torch."""
+    if XW.is_cuda:
+        kernels = _triton()
+        H = XW.shape[-1] // layout.num_gates(kind)
+        if kernels is not None and kernels.supported(kind, H, XW.dtype):
+            return kernels.recurrence
+    return cpu.recurrence
+
+
+class FusedLM(ScratchLM):
+    """ScratchLM with whole-sequence recurrences: forward(X, state) -> (logits (T*B, V), state)."""
+
+    def forward(self, X: torch.Tensor, state):
+        """X (B, T) token ids, state as from begin_state -> logits (T*B, V), new state."""
+        B, T = X.shape
+        H = self.num_hiddens
+        inputs = None  # (T, B, H) outputs of the layer below
+        last_h: List[torch.Tensor] = []
+        last_c: List[torch.Tensor] = []
+        for i, layer in enumerate(self.layers):
+            W_x, W_h, b = layout.stacked(layer, self.kind)  # (D, G*H), (H, G*H), (G*H,)
+            if i == 0:
+                XW = F.embedding(X.T, W_x) + b  # (T, B, G*H): the rows one-hot(X) @ W_x selects
+            else:
+                XW = torch.addmm(b, inputs.reshape(T * B, H), W_x).view(T, B, -1)
+            if self.kind == "lstm":
+                h0, c0 = state[0][i], state[1][i]
+            else:
+                h0, c0 = state[i], None
+            recurrence = recurrence_for(self.kind, XW)
+            inputs, hT, cT = recurrence(self.kind, XW, W_h, layout.hidden_bias(layer, self.kind),
+                                        h0, c0)
+            last_h.append(hT)
+            last_c.append(cT)
+        logits = torch.addmm(self.b_q, inputs.reshape(T * B, H), self.W_hq)  # (T*B, V)
+        if self.kind == "lstm":
+            return logits, (torch.stack(last_h), torch.stack(last_c))
+        return logits, torch.stack(last_h)
+
+
+__all__ = ["FusedLM", "recurrence_for"]

@@ -1,0 +1,175 @@
+"""Training, as d2l 8.5 does it: cross-entropy, clipping by the global norm, perplexity.
+
+The loop knows nothing of files or the command line. One epoch is
+
+    for each batch (X, Y) of shape (B, T):
+        state = fresh zeros (random sampling) or the last state, detached (sequential)
+        logits, state = model(X, state)                  # logits (T*B, V)
+        loss = cross_entropy(logits, Y.T.reshape(-1))    # Y.T: rows are time-major too
+        backward; clip the gradient to global L2 norm <= theta; optimizer step
+
+Perplexity is exp(mean loss per token). Nothing here waits for the device
+inside the loop: losses and gradient norms are kept in device tensors and read
+every ``check_every`` batches (each batch on the CPU), which is also where a
+non-finite loss or gradient is caught, naming the batch it happened at.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, List, Optional
+
+import torch
+import torch.nn.functional as F
+
+from .errors import RnnlabError
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+
+
+class NonFiniteError(RnnlabError):
+    """The loss or the gradient stopped being a finite number."""
+
+
+def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
+    """SGD (d2l's choice, lr 1), Adam or AdamW."""
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr)
+    raise RnnlabError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+
+
+def grad_clipping(params, theta: float) -> torch.Tensor:
+    """Scale all gradients so their global L2 norm is at most ``theta`` (d2l 8.5.5).
+
+    g <- min(1, theta / ||g||) g, with ||g|| over every parameter together.
+    Returns the norm before clipping, as a 0-d tensor (no host sync).
+    """
+    grads = [p.grad for p in params if p.grad is not None]
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    scale = torch.clamp(theta / norm, max=1.0)  # inf/nan norms surface through the returned norm
+    torch._foreach_mul_(grads, scale)
+    return norm
+
+
+def detach_state(state):
+    """Cut the graph behind a carried state (word_language_model's repackage_hidden)."""
+    if isinstance(state, tuple):
+        return tuple(s.detach() for s in state)
+    return state.detach()
+
+
+def sequence_loss(logits: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of logits (T*B, V) against targets Y (B, T)."""
+    return F.cross_entropy(logits, Y.T.reshape(-1))
+
+
+def train_step(model, optimizer, X, Y, state, clip: float):
+    """One update on batch X, Y (B, T) from ``state``: returns (loss, grad norm, new state)."""
+    logits, state = model(X, state)
+    loss = sequence_loss(logits, Y)
+    optimizer.zero_grad(set_to_none=False)
+    loss.backward()
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    norm = grad_clipping(params, clip)
+    optimizer.step()
+    return loss.detach(), norm.detach(), detach_state(state)
+
+
+@dataclass
+class EpochProgress:
+    """Where an epoch stands: enough to resume it exactly and to report it."""
+
+    batch: int = 0            # batches finished in this epoch
+    loss_sum: float = 0.0     # sum over finished batches of (mean loss of the batch * tokens)
+    tokens: int = 0
+    seconds: float = 0.0
+    state: object = None      # the carried state (sequential sampling), detached
+    last_finite_loss: float = float("nan")
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / max(self.tokens, 1)
+
+    @property
+    def ppl(self) -> float:
+        return math.exp(min(self.loss, 700.0))
+
+
+def run_epoch(model, optimizer, X_all: torch.Tensor, Y_all: torch.Tensor, *, sampling: str,
+              clip: float, progress: Optional[EpochProgress] = None, epoch: int = 0,
+              step: Optional[Callable] = None, check_every: Optional[int] = None,
+              on_batch: Optional[Callable[[EpochProgress], bool]] = None) -> EpochProgress:
+    """Train on batches X_all, Y_all (num_batches, B, T), starting at ``progress.batch``.
+
+    ``step(X, Y, state) -> (loss, norm, state)`` defaults to :func:`train_step`.
+    ``on_batch(progress)`` runs after every checked batch (each batch on the CPU);
+    if it returns True the epoch stops early (for interrupts), leaving ``progress``
+    ready to resume. Raises NonFiniteError naming the first bad batch.
+    """
+    progress = progress or EpochProgress()
+    device = X_all.device
+    B, T = X_all.shape[1], X_all.shape[2]
+    if step is None:
+        def step(X, Y, state):
+            return train_step(model, optimizer, X, Y, state, clip)
+    if check_every is None:
+        check_every = 1 if device.type == "cpu" else 50
+    model.train()
+    pending: List = []  # (batch index, loss tensor, norm tensor) not yet read on the host
+
+    def settle() -> None:
+        values = torch.stack([torch.stack([l.float(), n.float()]) for _, l, n in pending]).tolist()
+        for (i, _, _), (loss, norm) in zip(pending, values):
+            if not (math.isfinite(loss) and math.isfinite(norm)):
+                what = "loss" if not math.isfinite(loss) else "gradient norm"
+                raise NonFiniteError(
+                    f"the {what} became {loss if what == 'loss' else norm} at epoch {epoch + 1}, "
+                    f"batch {i + 1}; the last finite loss was {progress.last_finite_loss:.4f}; "
+                    f"lower --lr or --clip and train again (the last checkpoint is kept)")
+            progress.loss_sum += loss * B * T
+            progress.tokens += B * T
+            progress.last_finite_loss = loss
+        pending.clear()
+
+    state = progress.state
+    start = time.perf_counter()
+    for i in range(progress.batch, len(X_all)):
+        if sampling == "random" or state is None:
+            state = model.begin_state(B, device)
+        loss, norm, state = step(X_all[i], Y_all[i], state)
+        pending.append((i, loss, norm))
+        if len(pending) >= check_every or i == len(X_all) - 1:
+            settle()
+            progress.batch = i + 1
+            progress.state = state
+            progress.seconds += time.perf_counter() - start
+            start = time.perf_counter()
+            if on_batch is not None and on_batch(progress):
+                break
+    return progress  # the last batch always settles, so nothing is pending here
+
+
+@torch.no_grad()
+def evaluate(model, X_all: torch.Tensor, Y_all: torch.Tensor) -> float:
+    """Mean loss per token over sequential batches X_all, Y_all (nb, B, T), state carried."""
+    model.eval()
+    state = model.begin_state(X_all.shape[1], X_all.device)
+    total = torch.zeros((), dtype=torch.float64, device=X_all.device)
+    for X, Y in zip(X_all, Y_all):
+        logits, state = model(X, state)
+        total += F.cross_entropy(logits, Y.T.reshape(-1), reduction="sum").double()
+    model.train()
+    return total.item() / Y_all.numel()
+
+
+def perplexity(mean_loss: float) -> float:
+    return math.exp(min(mean_loss, 700.0))
+
+
+def bits_per_token(mean_loss: float) -> float:
+    return mean_loss / math.log(2)
