@@ -21,6 +21,7 @@
    tokens/s = B*T / step time, and the peak memory allocated during the timed
    steps (parameters, gradients and optimizer state included).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,6 +37,10 @@ from rnnlab.cuda_graph import GraphedTrainStep
 from rnnlab.models import build_model, layout, scratch
 from rnnlab.models.fused import triton_rnn
 
+# The helpers defined inside loops below read that iteration's variables and are called
+# before the next iteration starts, so the late binding B023 warns about cannot bite.
+# ruff: noqa: B023
+
 SETUPS = [  # name, kind, V, H, L, B, T
     ("rnn 512, batch 32, 35 steps", "rnn", 28, 512, 1, 32, 35),
     ("lstm 2x1024, batch 64, 100 steps", "lstm", 28, 1024, 2, 64, 100),
@@ -47,8 +52,14 @@ def rel_error(got, want):
     return ((got.double() - want.double()).abs().max() / want.double().abs().max()).item()
 
 
-KERNEL_SHAPES = [("rnn", 35, 32, 512), ("gru", 35, 32, 512), ("lstm", 35, 32, 512),
-                 ("lstm", 100, 64, 1024), ("gru", 7, 20, 96), ("rnn", 3, 1, 16)]
+KERNEL_SHAPES = [
+    ("rnn", 35, 32, 512),
+    ("gru", 35, 32, 512),
+    ("lstm", 35, 32, 512),
+    ("lstm", 100, 64, 1024),
+    ("gru", 7, 20, 96),
+    ("rnn", 3, 1, 16),
+]
 DRY_RUN_SHAPES = [("rnn", 3, 2, 16), ("gru", 3, 17, 32), ("lstm", 2, 3, 16)]
 
 
@@ -94,21 +105,33 @@ def check_kernels(device, shapes) -> bool:
         def reference32(XW, W_h, b_hh, h0_, c0_):
             out, last = layer_f32(X.float(), (h0_, c0_) if kind == "lstm" else h0_)
             return (out, last[0], last[1]) if kind == "lstm" else (out, last, None)
-        drift = max(rel_error(g, w) for g, w in zip(run(layer_f32, torch.float32, reference32),
-                                                    want))
+
+        drift = max(
+            rel_error(g, w) for g, w in zip(run(layer_f32, torch.float32, reference32), want)
+        )
         tolerance = max(TOLERANCE, 10 * drift)
         print(f"  torch float32 {kind:4s} T={T:3d} B={B:2d} H={H:4d} max rel error {drift:.2e}")
         for schedule in triton_rnn.SCHEDULES:
             for precision in triton_rnn.PRECISIONS:
-                got = run(layer32, torch.float32, lambda *a: triton_rnn.recurrence(
-                    kind, *a[:4], a[4] if kind == "lstm" else None, precision=precision,
-                    schedule=schedule))
+                got = run(
+                    layer32,
+                    torch.float32,
+                    lambda *a: triton_rnn.recurrence(
+                        kind,
+                        *a[:4],
+                        a[4] if kind == "lstm" else None,
+                        precision=precision,
+                        schedule=schedule,
+                    ),
+                )
                 err = max(rel_error(g, w) for g, w in zip(got, want))
                 good = err <= tolerance or precision != "ieee"
                 ok &= good
                 verdict = "" if precision != "ieee" else ("ok" if good else "FAIL")
-                print(f"  kernel {kind:4s} T={T:3d} B={B:2d} H={H:4d} {schedule:10s} "
-                      f"{precision:6s} max rel error {err:.2e} {verdict}")
+                print(
+                    f"  kernel {kind:4s} T={T:3d} B={B:2d} H={H:4d} {schedule:10s} "
+                    f"{precision:6s} max rel error {err:.2e} {verdict}"
+                )
     return ok
 
 
@@ -132,8 +155,10 @@ def check_models(device) -> bool:
             results.append([logits] + [p.grad for p in model.parameters()])
         err = max(rel_error(g, w) for g, w in zip(results[1], results[0]))
         ok &= err <= TOLERANCE
-        print(f"  fused model {kind:4s} vs scratch: max rel error {err:.2e} "
-              f"{'ok' if err <= TOLERANCE else 'FAIL'}")
+        print(
+            f"  fused model {kind:4s} vs scratch: max rel error {err:.2e} "
+            f"{'ok' if err <= TOLERANCE else 'FAIL'}"
+        )
 
         for impl in ("fused", "torch"):
             torch.manual_seed(0)
@@ -149,15 +174,17 @@ def check_models(device) -> bool:
                     loss_a, norm_a, state_a = train.train_step(model_a, opt_a, X, Y, state_a, 1.0)
                     loss_b, norm_b, state_b = step(X, Y, state_b)
                     errs += [rel_error(loss_b, loss_a), rel_error(norm_b, norm_a)]
-            except Exception as error:  # e.g. a cuDNN call that cannot be captured
+            except Exception as error:  # noqa: BLE001 - e.g. a cuDNN call that cannot be captured
                 print(f"  graphed step {impl:5s} {kind:4s}: {type(error).__name__}: {error}")
                 ok &= impl != "fused"
                 continue
             errs += [rel_error(q, p) for p, q in zip(model_a.parameters(), model_b.parameters())]
             err = max(errs)
             ok &= err <= 1e-5
-            print(f"  graphed step {impl:5s} {kind:4s} (adam) vs train_step: max rel error "
-                  f"{err:.2e} {'ok' if err <= 1e-5 else 'FAIL'}")
+            print(
+                f"  graphed step {impl:5s} {kind:4s} (adam) vs train_step: max rel error "
+                f"{err:.2e} {'ok' if err <= 1e-5 else 'FAIL'}"
+            )
     return ok
 
 
@@ -197,13 +224,17 @@ def time_training(impl, graphed, kind, V, H, L, B, T, steps, repeats, device):
     torch.manual_seed(0)
     model = build_model(impl, kind, V, H, L).to(device)
     optimizer = train.make_optimizer("sgd", model.parameters(), 1.0)
-    data = [(torch.randint(V, (B, T), device=device), torch.randint(V, (B, T), device=device))
-            for _ in range(4)]
+    data = [
+        (torch.randint(V, (B, T), device=device), torch.randint(V, (B, T), device=device))
+        for _ in range(4)
+    ]
     if graphed:
         step = GraphedTrainStep(model, optimizer, clip=1.0)
     else:
+
         def step(X, Y, state):
             return train.train_step(model, optimizer, X, Y, state, 1.0)
+
     carry = {"state": model.begin_state(B, device), "i": 0}
 
     def run():  # one step on the next batch, the state carried as in sequential sampling
@@ -234,15 +265,17 @@ def time_recurrences(kind, H, B, T, schedule, precision, steps, repeats, device)
             out.sum().backward()
     else:
         XW = (torch.randn(T, B, G * H, device=device) * 0.5).requires_grad_()
-        W_h = (torch.randn(H, G * H, device=device) / H ** 0.5).requires_grad_()
+        W_h = (torch.randn(H, G * H, device=device) / H**0.5).requires_grad_()
         b = torch.zeros(G * H, device=device, requires_grad=True)
         h0 = torch.zeros(B, H, device=device, requires_grad=True)
         c0 = torch.zeros(B, H, device=device, requires_grad=True) if kind == "lstm" else None
 
         def run():
-            out, _, _ = triton_rnn.recurrence(kind, XW, W_h, b, h0, c0, precision=precision,
-                                              schedule=schedule)
+            out, _, _ = triton_rnn.recurrence(
+                kind, XW, W_h, b, h0, c0, precision=precision, schedule=schedule
+            )
             out.sum().backward()
+
     for _ in range(3):
         run()
     reset_peak(device)
@@ -254,17 +287,22 @@ def print_recurrence_table(layers, steps, repeats, device):
     print(f"{'layer':28s} {'implementation':22s} {'ms':>9s} {'peak MiB':>9s}")
     for kind, H, B, T in layers:
         name = f"{kind} H={H} B={B} T={T}"
-        for schedule, precision in (("cudnn", ""), ("persistent", "ieee"), ("persistent", "tf32"),
-                                    ("per_step", "ieee"), ("per_step", "tf32")):
+        for schedule, precision in (
+            ("cudnn", ""),
+            ("persistent", "ieee"),
+            ("persistent", "tf32"),
+            ("per_step", "ieee"),
+            ("per_step", "tf32"),
+        ):
             label = f"{schedule} {precision}".strip()
             try:
-                seconds, peak = time_recurrences(kind, H, B, T, schedule, precision or "ieee",
-                                                 steps, repeats, device)
-            except Exception as error:  # report and carry on with the other rows
+                seconds, peak = time_recurrences(
+                    kind, H, B, T, schedule, precision or "ieee", steps, repeats, device
+                )
+            except Exception as error:  # noqa: BLE001 - report it, carry on with the other rows
                 print(f"{name:28s} {label:22s} failed: {type(error).__name__}: {error}")
                 continue
-            print(f"{name:28s} {label:22s} {seconds * 1e3:9.3f} {peak / 2 ** 20:9.1f}",
-                  flush=True)
+            print(f"{name:28s} {label:22s} {seconds * 1e3:9.3f} {peak / 2**20:9.1f}", flush=True)
 
 
 def uses_triton(device) -> bool:
@@ -276,6 +314,7 @@ def uses_triton(device) -> bool:
         def __getitem__(self, grid):
             count[0] += 1
             return kernel[grid]
+
     triton_rnn._forward_kernel = Counting()
     try:
         model = build_model("fused", "lstm", 28, 64).to(device)
@@ -289,10 +328,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer steps and repeats")
     parser.add_argument("--skip-checks", action="store_true")
-    parser.add_argument("--cpu-dry-run", action="store_true",
-                        help="run the checks and one timing row of each kind at tiny shapes on "
-                             "the CPU, with TRITON_INTERPRET=1 (tests this script without a GPU; "
-                             "the times mean nothing)")
+    parser.add_argument(
+        "--cpu-dry-run",
+        action="store_true",
+        help="run the checks and one timing row of each kind at tiny shapes on "
+        "the CPU, with TRITON_INTERPRET=1 (tests this script without a GPU; "
+        "the times mean nothing)",
+    )
     args = parser.parse_args()
     if args.cpu_dry_run:
         device = torch.device("cpu")
@@ -304,9 +346,11 @@ def main() -> int:
         print("no CUDA device: this script checks and times the GPU path; nothing to do")
         return 2
     device = torch.device("cuda")
-    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, "
-          f"cudnn.allow_tf32={torch.backends.cudnn.allow_tf32}, "
-          f"matmul.allow_tf32={torch.backends.cuda.matmul.allow_tf32}")
+    print(
+        f"{torch.cuda.get_device_name()}, torch {torch.__version__}, "
+        f"cudnn.allow_tf32={torch.backends.cudnn.allow_tf32}, "
+        f"matmul.allow_tf32={torch.backends.cuda.matmul.allow_tf32}"
+    )
     print(f"fused model runs the Triton kernels: {uses_triton(device)}")
     if not args.skip_checks:
         print("correctness on CUDA:")
@@ -316,24 +360,31 @@ def main() -> int:
             print("a correctness check FAILED: not timing")
             return 1
     steps, repeats = (10, 3) if args.quick else (30, 7)
-    print_recurrence_table([("rnn", 512, 32, 35), ("lstm", 1024, 64, 100)], steps, repeats,
-                           device)
+    print_recurrence_table([("rnn", 512, 32, 35), ("lstm", 1024, 64, 100)], steps, repeats, device)
     print(f"\ntraining step (SGD, clip 1), median of {repeats} x {steps} steps")
     print(f"{'set-up':34s} {'impl':25s} {'ms/step':>9s} {'tokens/s':>12s} {'peak MiB':>9s}")
     for name, kind, V, H, L, B, T in SETUPS:
-        for impl, schedule in (("scratch", None), ("torch", None), ("fused", "persistent"),
-                               ("fused", "per_step")):
+        for impl, schedule in (
+            ("scratch", None),
+            ("torch", None),
+            ("fused", "persistent"),
+            ("fused", "per_step"),
+        ):
             triton_rnn.DEFAULT_SCHEDULE = schedule or "persistent"
             for graphed in (False, True):
                 label = impl + (f" {schedule}" if schedule else "") + (" +graph" if graphed else "")
                 try:
-                    seconds, peak = time_training(impl, graphed, kind, V, H, L, B, T, steps,
-                                                  repeats, device)
-                except Exception as error:  # report and carry on with the other rows
+                    seconds, peak = time_training(
+                        impl, graphed, kind, V, H, L, B, T, steps, repeats, device
+                    )
+                except Exception as error:  # noqa: BLE001 - report it, carry on with the other rows
                     print(f"{name:34s} {label:25s} failed: {type(error).__name__}: {error}")
                     continue
-                print(f"{name:34s} {label:25s} {seconds * 1e3:9.3f} {B * T / seconds:12,.0f} "
-                      f"{peak / 2 ** 20:9.1f}", flush=True)
+                print(
+                    f"{name:34s} {label:25s} {seconds * 1e3:9.3f} {B * T / seconds:12,.0f} "
+                    f"{peak / 2**20:9.1f}",
+                    flush=True,
+                )
     return 0
 
 

@@ -11,11 +11,16 @@ else stays float32 (dW_h is a torch matmul after the kernel). Printed: the
 largest normwise relative error max|a - b| / max|b| of outputs and gradients
 against float64, next to plain float32's.
 """
+
 from __future__ import annotations
 
 import torch
 
 from rnnlab.models import layout, scratch
+
+# The helpers defined inside loops below read that iteration's variables and are called
+# before the next iteration starts, so the late binding B023 warns about cannot bite.
+# ruff: noqa: B023
 
 
 def to_tf32(x: torch.Tensor, mode: str) -> torch.Tensor:
@@ -53,20 +58,24 @@ def run(kind, layer, X, h0, c0, matmul):
             h = torch.tanh(xw + hw)
         elif kind == "gru":
             r = torch.sigmoid(xw[:, :H] + hw[:, :H])
-            z = torch.sigmoid(xw[:, H:2 * H] + hw[:, H:2 * H])
-            h = z * h + (1 - z) * torch.tanh(xw[:, 2 * H:] + r * hw[:, 2 * H:])
+            z = torch.sigmoid(xw[:, H : 2 * H] + hw[:, H : 2 * H])
+            h = z * h + (1 - z) * torch.tanh(xw[:, 2 * H :] + r * hw[:, 2 * H :])
         else:
             a = xw + hw
-            i, f = torch.sigmoid(a[:, :H]), torch.sigmoid(a[:, H:2 * H])
-            c = f * c + i * torch.tanh(a[:, 2 * H:3 * H])
-            h = torch.sigmoid(a[:, 3 * H:]) * torch.tanh(c)
+            i, f = torch.sigmoid(a[:, :H]), torch.sigmoid(a[:, H : 2 * H])
+            c = f * c + i * torch.tanh(a[:, 2 * H : 3 * H])
+            h = torch.sigmoid(a[:, 3 * H :]) * torch.tanh(c)
         outputs.append(h)
     return torch.stack(outputs)
 
 
 def main():
-    for kind, T, B, H in [("rnn", 35, 32, 512), ("gru", 35, 32, 512), ("lstm", 35, 32, 512),
-                          ("lstm", 100, 16, 1024)]:
+    for kind, T, B, H in [
+        ("rnn", 35, 32, 512),
+        ("gru", 35, 32, 512),
+        ("lstm", 35, 32, 512),
+        ("lstm", 100, 16, 1024),
+    ]:
         torch.manual_seed(0)
         layer64 = scratch.LAYERS[kind](28, H).double()
         with torch.no_grad():
@@ -87,12 +96,15 @@ def main():
         layer32 = scratch.LAYERS[kind](28, H)
         layer32.load_state_dict({k: v.float() for k, v in layer64.state_dict().items()})
         line = f"{kind:4s} T={T:3d} B={B:2d} H={H:4d}"
-        for name, mm in [("float32", torch.matmul),
-                         ("tf32 round", lambda a, b: Tf32MatMul.apply(a, b, "round")),
-                         ("tf32 truncate", lambda a, b: Tf32MatMul.apply(a, b, "truncate"))]:
+        for name, mm in [
+            ("float32", torch.matmul),
+            ("tf32 round", lambda a, b: Tf32MatMul.apply(a, b, "round")),
+            ("tf32 truncate", lambda a, b: Tf32MatMul.apply(a, b, "truncate")),
+        ]:
             got = results(layer32, torch.float32, mm)
-            err = max(((g.double() - v).abs().max() / v.abs().max()).item()
-                      for g, v in zip(got, want))
+            err = max(
+                ((g.double() - v).abs().max() / v.abs().max()).item() for g, v in zip(got, want)
+            )
             line += f"  {name} {err:.1e}"
         print(line, flush=True)
 

@@ -1,6 +1,138 @@
-"""Shared test fixtures."""
+"""Shared test fixtures: the verified corpora, the installed command, one torch thread."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
+
+# The verified corpora (see its README.md): $RNNLAB_DATA_DIR, else the shared/data folder
+# beside this repository. The one place tests name it: `from conftest import DATA_DIR`.
+DATA_DIR = (
+    Path(
+        os.environ.get("RNNLAB_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data"
+    )
+    .expanduser()
+    .resolve()
+)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def corpora_from_data_dir():
+    """Every test reads built-in corpora from DATA_DIR, never from the network.
+
+    A test may still point RNNLAB_DATA_DIR elsewhere (monkeypatch puts DATA_DIR back).
+    """
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RNNLAB_DATA_DIR", str(DATA_DIR))
+        yield
+
+
+@pytest.fixture
+def data_dir() -> Path:
+    """The folder of verified corpora (DATA_DIR)."""
+    return DATA_DIR
+
+
+# d2l 8.2 on The Time Machine: every character token with its count, most frequent first.
+TIME_MACHINE_D2L_FREQS = [
+    (" ", 29927),
+    ("e", 17838),
+    ("t", 13515),
+    ("a", 11704),
+    ("i", 10138),
+    ("n", 9917),
+    ("o", 9758),
+    ("s", 8486),
+    ("h", 8257),
+    ("r", 7674),
+    ("d", 6337),
+    ("l", 6146),
+    ("m", 4043),
+    ("u", 3805),
+    ("c", 3424),
+    ("f", 3354),
+    ("w", 3225),
+    ("g", 3075),
+    ("y", 2679),
+    ("p", 2427),
+    ("b", 1897),
+    ("v", 1295),
+    ("k", 1087),
+    ("x", 236),
+    ("z", 144),
+    ("j", 97),
+    ("q", 95),
+]
+
+
+def disturb_global_random_state(seed: int) -> None:
+    """Reseed and draw from every global generator a careless implementation might use."""
+    random.seed(seed)
+    random.random()
+    np.random.seed(seed)
+    np.random.rand(3)
+    torch.manual_seed(seed)
+    torch.rand(3)
+
+
+def rnnlab_command() -> str:
+    """The installed ``rnnlab`` console script: the one next to this Python, else on PATH.
+
+    The one next to sys.executable comes first: it skips a version manager's shim, which
+    is faster and lets a signal sent to the process reach rnnlab itself.
+    """
+    beside = Path(sys.executable).parent / "rnnlab"
+    if beside.is_file():
+        return str(beside)
+    found = shutil.which("rnnlab")
+    if found is None:
+        pytest.fail("the rnnlab command is not installed; run: pip install -e '.[test]'")
+    return found
+
+
+def run_cli(
+    *args,
+    env_extra: dict[str, str] | None = None,
+    timeout: float = 300,
+    check: int | None = None,
+) -> subprocess.CompletedProcess:
+    """Run ``rnnlab ARGS...`` as a user would, on one thread and the verified corpora.
+
+    Arguments may be paths or numbers. Returns the finished process with its stdout and
+    stderr as text; ``check``, if given, is the exit status it must have.
+    """
+    env = {
+        **os.environ,
+        "RNNLAB_DATA_DIR": str(DATA_DIR),
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        **(env_extra or {}),
+    }
+    result = subprocess.run(
+        [rnnlab_command(), *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        check=False,
+    )
+    if check is not None:
+        assert result.returncode == check, (args, result.returncode, result.stderr)
+    return result
+
+
+@pytest.fixture
+def cli():
+    """run_cli, for tests that take their helpers as fixtures."""
+    return run_cli
 
 
 @pytest.fixture
@@ -14,7 +146,8 @@ def one_thread():
 
 
 def check_clean_error(result, *words):
-    """A user's mistake: exit status 2, one line 'rnnlab: error: ...' naming ``words``, no traceback."""
+    """A user's mistake: exit status 2, one line 'rnnlab: error: ...' naming ``words``,
+    and no traceback."""
     assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()

@@ -2,28 +2,27 @@
 
 Most tests batch ``arange(N)``, so a value in X or Y is its position in the corpus.
 """
-import os
-from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import disturb_global_random_state
 from rnnlab import batches, corpus
 from rnnlab.errors import RnnlabError
 from rnnlab.tokenize import tokenize
 from rnnlab.vocab import Vocab
 
-TIME_MACHINE = Path(os.environ.get("RNNLAB_DATA_DIR") or "/work/shared/data") / "timemachine.txt"
-
 
 def d2l_sequential(corpus_ids, batch_size, num_steps, offset):
     """d2l 8.3's seq_data_iter_sequential with the offset given, as a list of (X, Y)."""
     num_tokens = ((len(corpus_ids) - offset - 1) // batch_size) * batch_size
-    Xs = torch.tensor(corpus_ids[offset: offset + num_tokens]).reshape(batch_size, -1)
-    Ys = torch.tensor(corpus_ids[offset + 1: offset + 1 + num_tokens]).reshape(batch_size, -1)
+    Xs = torch.tensor(corpus_ids[offset : offset + num_tokens]).reshape(batch_size, -1)
+    Ys = torch.tensor(corpus_ids[offset + 1 : offset + 1 + num_tokens]).reshape(batch_size, -1)
     num_batches = Xs.shape[1] // num_steps
-    return [(Xs[:, i: i + num_steps], Ys[:, i: i + num_steps])
-            for i in range(0, num_steps * num_batches, num_steps)]
+    return [
+        (Xs[:, i : i + num_steps], Ys[:, i : i + num_steps])
+        for i in range(0, num_steps * num_batches, num_steps)
+    ]
 
 
 def test_min_tokens_is_one_more_than_a_batch():
@@ -32,9 +31,11 @@ def test_min_tokens_is_one_more_than_a_batch():
 
 def test_sequential_layout_matches_the_docstring_diagram():
     X, Y = batches.sequential_partition(torch.arange(19), 2, 3, offset=0)
-    assert X.tolist() == [[[0, 1, 2], [9, 10, 11]],
-                          [[3, 4, 5], [12, 13, 14]],
-                          [[6, 7, 8], [15, 16, 17]]]
+    assert X.tolist() == [
+        [[0, 1, 2], [9, 10, 11]],
+        [[3, 4, 5], [12, 13, 14]],
+        [[6, 7, 8], [15, 16, 17]],
+    ]
     assert torch.equal(Y, X + 1)
 
 
@@ -75,17 +76,22 @@ def test_random_batches_are_shuffled():
 
 @pytest.mark.parametrize("sampling", batches.SAMPLINGS)
 def test_an_epoch_is_rebuilt_exactly_from_seed_and_epoch(sampling):
+    """As a resumed run rebuilds it: after other epochs, with the global generators elsewhere."""
     ids = torch.arange(500)
+    disturb_global_random_state(0)
     X1, Y1 = batches.epoch_batches(ids, 3, 6, sampling, seed=7, epoch=4)
+    others = [batches.epoch_batches(ids, 3, 6, sampling, seed=7, epoch=e)[0] for e in range(5, 15)]
+    disturb_global_random_state(1)
     X2, Y2 = batches.epoch_batches(ids, 3, 6, sampling, seed=7, epoch=4)
     assert torch.equal(X1, X2) and torch.equal(Y1, Y2)
-    others = [batches.epoch_batches(ids, 3, 6, sampling, seed=7, epoch=e)[0] for e in range(5, 15)]
     assert any(X.shape != X1.shape or not torch.equal(X, X1) for X in others)
 
 
 def test_epoch_offset_is_drawn_below_num_steps():
-    offsets = {int(batches.epoch_batches(torch.arange(300), 2, 5, "sequential", 0, e)[0][0, 0, 0])
-               for e in range(60)}
+    offsets = {
+        int(batches.epoch_batches(torch.arange(300), 2, 5, "sequential", 0, e)[0][0, 0, 0])
+        for e in range(60)
+    }
     assert offsets == set(range(5))
 
 
@@ -98,9 +104,7 @@ def test_offset_never_leaves_too_few_tokens_for_a_batch():
 
 @pytest.mark.parametrize("sampling", batches.SAMPLINGS)
 def test_d2l_time_machine_batches_are_8_of_32_by_35(sampling):
-    if not TIME_MACHINE.is_file():
-        pytest.skip("timemachine.txt not found; set RNNLAB_DATA_DIR")
-    tokens = tokenize(corpus.read_path(TIME_MACHINE), "d2l")[:10000]  # d2l's max_tokens=10000
+    tokens = tokenize(corpus.read_text("timemachine"), "d2l")[:10000]  # d2l's max_tokens=10000
     vocab = Vocab(tokens)
     ids = torch.tensor(vocab[tokens])
     assert len(vocab) == 28 and len(ids) == 10000
@@ -134,7 +138,9 @@ def test_negative_seed_or_epoch_is_refused(seed, epoch):
 
 
 def test_unknown_sampling_names_the_choices():
-    with pytest.raises(RnnlabError, match="unknown sampling 'shuffle'; choose one of sequential, random"):
+    with pytest.raises(
+        RnnlabError, match="unknown sampling 'shuffle'; choose one of sequential, random"
+    ):
         batches.epoch_batches(torch.arange(100), 2, 5, "shuffle", 0, 0)
 
 
@@ -145,12 +151,15 @@ def test_eval_batches_start_at_the_first_token_with_full_sizes():
     assert torch.equal(Y, X + 1)
 
 
-@pytest.mark.parametrize("N,B,T,shape", [
-    (2, 32, 35, (1, 1, 1)),     # one prediction is still scored
-    (10, 4, 35, (1, 1, 9)),     # fewer steps than asked
-    (30, 4, 10, (1, 2, 10)),    # fewer streams than asked
-    (41, 4, 10, (1, 4, 10)),    # exactly one full batch
-])
+@pytest.mark.parametrize(
+    "N,B,T,shape",
+    [
+        (2, 32, 35, (1, 1, 1)),  # one prediction is still scored
+        (10, 4, 35, (1, 1, 9)),  # fewer steps than asked
+        (30, 4, 10, (1, 2, 10)),  # fewer streams than asked
+        (41, 4, 10, (1, 4, 10)),  # exactly one full batch
+    ],
+)
 def test_eval_batches_shrink_for_short_text(N, B, T, shape):
     X, Y = batches.eval_batches(torch.arange(N), B, T)
     assert X.shape == Y.shape == shape
@@ -169,7 +178,9 @@ def test_validation_split_is_the_tail():
     assert torch.equal(train, torch.arange(90)) and torch.equal(val, torch.arange(90, 100))
 
 
-@pytest.mark.parametrize("n,frac,n_val", [(100, 0.0, 0), (100, 0.25, 25), (7, 0.3, 2), (10, 1.0, 10)])
+@pytest.mark.parametrize(
+    "n,frac,n_val", [(100, 0.0, 0), (100, 0.25, 25), (7, 0.3, 2), (10, 1.0, 10)]
+)
 def test_validation_split_takes_the_rounded_fraction_and_loses_nothing(n, frac, n_val):
     train, val = batches.split_tail(torch.arange(n), frac)
     assert len(val) == n_val

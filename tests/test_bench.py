@@ -1,25 +1,57 @@
 """The benchmark returns well-formed rows (no timing assertions: the machine is shared)."""
+
 import json
+import runpy
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from rnnlab import bench
+from rnnlab.config import BenchConfig
 from rnnlab.errors import RnnlabError
+from rnnlab.models import IMPLS
 
-KEYS = {"impl", "model", "hidden", "layers", "batch", "steps", "device", "tokens_per_s",
-        "vs_scratch", "vs_torch", "peak_mem_mb"}
+KEYS = {
+    "impl",
+    "cell",
+    "hidden",
+    "layers",
+    "batch",
+    "steps",
+    "device",
+    "tokens_per_s",
+    "vs_scratch",
+    "vs_torch",
+    "peak_mem_mb",
+}
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py"
+# The command's options for the smallest run: one cell, one size, one timed batch.
+TINY = (
+    "--cells",
+    "rnn",
+    "--hidden",
+    "8",
+    "--batches",
+    "1",
+    "--warmup",
+    "0",
+    "--batch-size",
+    "2",
+    "--num-steps",
+    "3",
+)
 
 
 def tiny_corpus() -> torch.Tensor:
     return torch.randint(0, 7, (500,), generator=torch.Generator().manual_seed(0))
 
 
-def test_run_bench_gives_one_row_per_implementation_and_model():
-    rows = bench.run_bench(kinds=("lstm",), hidden_sizes=(16,), batch_size=4, num_steps=5,
-                           batches=2, warmup=1, corpus_ids=tiny_corpus())
-    assert [(r["model"], r["impl"]) for r in rows] == [
-        (k, i) for k in ("lstm",) for i in ("scratch", "torch", "fused")]
+def test_run_bench_gives_one_row_per_implementation_and_cell(one_thread):
+    cfg = BenchConfig(cells=("lstm",), hidden=(16,), batch_size=4, num_steps=5, batches=2, warmup=1)
+    rows = bench.run_bench(cfg, corpus_ids=tiny_corpus())
+    assert [(r["cell"], r["impl"]) for r in rows] == [("lstm", i) for i in IMPLS]
     for r in rows:
         assert set(r) == KEYS
         assert (r["hidden"], r["layers"], r["batch"], r["steps"]) == (16, 1, 4, 5)
@@ -32,27 +64,66 @@ def test_run_bench_gives_one_row_per_implementation_and_model():
         assert r["vs_torch"] == pytest.approx(r["tokens_per_s"] / speed["torch"])
     table = bench.format_table(rows).splitlines()
     assert len(table) == 2 + len(rows)
-    assert table[0].split()[:3] == ["impl", "model", "hidden"]
+    assert table[0].split()[:3] == ["impl", "cell", "hidden"]
 
 
-def test_ratios_are_none_without_the_reference():
-    rows = bench.run_bench(impls=("fused",), kinds=("rnn",), hidden_sizes=(8,), batch_size=2,
-                           num_steps=3, batches=1, warmup=0, corpus_ids=tiny_corpus())
+def test_ratios_are_none_without_the_reference_and_threads_are_put_back():
+    threads = torch.get_num_threads()
+    cfg = BenchConfig(
+        impls=("fused",),
+        cells=("rnn",),
+        hidden=(8,),
+        batch_size=2,
+        num_steps=3,
+        batches=1,
+        warmup=0,
+        threads=1,
+    )
+    rows = bench.run_bench(cfg, corpus_ids=tiny_corpus())
     assert rows[0]["vs_scratch"] is None and rows[0]["vs_torch"] is None
     assert " - " in bench.format_table(rows).splitlines()[2] + " "
+    assert torch.get_num_threads() == threads
 
 
-def test_main_writes_json(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(bench, "_time_machine_ids", tiny_corpus)
+def test_save_rows_writes_the_rows_with_what_was_run(tmp_path):
     out = tmp_path / "rows.json"
-    assert bench.main(["--kinds", "rnn", "--hidden", "8", "--batches", "1", "--warmup", "0",
-                       "--batch-size", "2", "--num-steps", "3", "--json", "--out", str(out)]) == 0
-    printed = json.loads(capsys.readouterr().out)
+    cfg = BenchConfig(cells=("gru",), hidden=(8,), threads=1, out=str(out))
+    rows = [{"impl": "scratch", "cell": "gru", "tokens_per_s": 1.0}]
+    bench.save_rows(cfg, rows)
     saved = json.loads(out.read_text())
-    assert printed == saved["rows"] and len(printed) == 3
-    assert "date" in saved["meta"]
+    assert saved["rows"] == rows
+    assert saved["meta"]["torch"] == torch.__version__ and saved["meta"]["threads"] == 1
+    assert saved["meta"]["config"]["cells"] == ["gru"] and "date" in saved["meta"]
 
 
-def test_unknown_implementation_is_a_user_error():
-    with pytest.raises(RnnlabError, match="unknown implementation"):
-        bench.run_bench(impls=("numpy",), corpus_ids=tiny_corpus())
+def test_bench_command_prints_json_and_writes_out(tmp_path, cli):
+    out = tmp_path / "rows.json"
+    result = cli("bench", "--json", "--out", out, "--impls", "scratch,fused", *TINY)
+    assert result.returncode == 0, result.stderr
+    printed = json.loads(result.stdout)
+    saved = json.loads(out.read_text())
+    assert printed == saved["rows"]
+    assert [(r["cell"], r["impl"], r["hidden"]) for r in printed] == [
+        ("rnn", "scratch", 8),
+        ("rnn", "fused", 8),
+    ]
+    assert saved["meta"]["config"]["impls"] == ["scratch", "fused"]
+
+
+def test_benchmark_script_is_the_bench_command(monkeypatch, capsys):
+    """benchmarks/bench.py passes its arguments to ``rnnlab bench``."""
+    monkeypatch.setattr(bench, "_time_machine_ids", tiny_corpus)
+    monkeypatch.setattr(sys, "argv", [str(SCRIPT), "--json", "--impls", "torch", *TINY])
+    with pytest.raises(SystemExit) as done:
+        runpy.run_path(str(SCRIPT), run_name="__main__")
+    assert done.value.code == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["impl"], r["cell"], r["batch"], r["steps"]) for r in rows] == [
+        ("torch", "rnn", 2, 3)
+    ]
+
+
+def test_unknown_implementation_is_a_user_error(cli, clean_error):
+    with pytest.raises(RnnlabError, match="--impls 'numpy' is not known"):
+        BenchConfig(impls=("numpy",))
+    clean_error(cli("bench", "--impls", "scratch,numpy"), "--impls", "numpy")

@@ -1,18 +1,22 @@
 """The run directory: atomic writes, exact save/load, verification of every file."""
+
 from __future__ import annotations
 
 import errno
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
 
-from rnnlab import checkpoint
-from rnnlab.config import TrainConfig
+from rnnlab import checkpoint, files, rundir
+from rnnlab.batches import eval_batches
+from rnnlab.config import ModelConfig, TrainConfig
+from rnnlab.data import prepare
 from rnnlab.errors import RnnlabError
 from rnnlab.models import build_model
-from rnnlab.train import EpochProgress, NonFiniteError, make_optimizer, train_step
+from rnnlab.train import EpochProgress, NonFiniteError, evaluate, make_optimizer, train_step
 from rnnlab.vocab import Vocab
 
 V = 6
@@ -21,33 +25,36 @@ V = 6
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def make_run(tmp_path, kind="lstm", optimizer="adam", impl="torch"):
+def make_run(tmp_path, cell="lstm", optimizer="adam", impl="torch"):
     """A run directory with one checkpoint taken after two Adam steps, mid-epoch."""
     torch.manual_seed(0)
-    cfg = TrainConfig(impl=impl, model=kind, hidden=8, layers=2, batch_size=3, num_steps=4,
-                      optimizer=optimizer, lr=0.01)
+    cfg = TrainConfig(
+        model=ModelConfig(impl=impl, cell=cell, hidden=8, layers=2),
+        batch_size=3,
+        num_steps=4,
+        optimizer=optimizer,
+        lr=0.01,
+    )
     vocab = Vocab(list("abcde"))
     run = tmp_path / "run"
-    checkpoint.init_run(run, cfg, vocab)
-    model = build_model(impl, kind, V, 8, 2)
+    rundir.create(run, cfg, vocab)
+    model = build_model(cfg.model, V)
     opt = make_optimizer(optimizer, model.parameters(), 0.01)
     state = model.begin_state(3)
     X = torch.randint(0, V, (3, 4))
     for _ in range(2):
         _, _, state = train_step(model, opt, X, X, state, 1.0)
-    progress = EpochProgress(batch=2, loss_sum=1 / 3, tokens=24, seconds=0.1, state=state,
-                             last_finite_loss=1.2345678901234567)
+    progress = EpochProgress(
+        batch=2,
+        loss_sum=1 / 3,
+        tokens=24,
+        seconds=0.1,
+        state=state,
+        last_finite_loss=1.2345678901234567,
+    )
     history = [{"epoch": 1, "train_ppl": 3.5, "val_ppl": 4.25}]
     checkpoint.save_checkpoint(run, model, opt, 1, progress, history, cfg)
     return run, cfg, model, opt, progress, history
-
-
-def test_atomic_write_replaces_whole_files_and_leaves_no_temporaries(tmp_path):
-    path = tmp_path / "f.bin"
-    checkpoint.atomic_write(path, b"old")
-    checkpoint.atomic_write(path, b"new contents")
-    assert path.read_bytes() == b"new contents"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.bin"]
 
 
 def test_save_then_load_restores_everything_exactly(tmp_path):
@@ -61,7 +68,7 @@ def test_save_then_load_restores_everything_exactly(tmp_path):
     for key, value in model.state_dict().items():
         assert torch.equal(ckpt.weights[key], value)
     assert torch.equal(ckpt.rng["rng.torch"], rng)
-    fresh = build_model("torch", "lstm", V, 8, 2)
+    fresh = build_model(cfg.model, V)
     fresh_opt = make_optimizer("adam", fresh.parameters(), 0.01)
     fresh_opt.load_state_dict(ckpt.optimizer)
     for a, b in zip(fresh_opt.state_dict()["state"].values(), opt.state_dict()["state"].values()):
@@ -69,15 +76,16 @@ def test_save_then_load_restores_everything_exactly(tmp_path):
         assert all(torch.equal(a[k], b[k]) for k in a)
     cfg2, vocab, loaded, _ = checkpoint.load_run(run)
     assert cfg2 == cfg and len(vocab) == V
-    assert (run / "model.safetensors").read_bytes() == \
-        (run / checkpoint.read_pointer(run)["current"] / "model.safetensors").read_bytes()
+    assert (run / "model.safetensors").read_bytes() == (
+        run / checkpoint.read_pointer(run)["current"] / "model.safetensors"
+    ).read_bytes()
 
 
 def test_tied_weights_save_and_load(tmp_path):
-    cfg = TrainConfig(impl="torch", hidden=8, embedding=8, tie_weights=True)
+    cfg = TrainConfig(model=ModelConfig(impl="torch", hidden=8, embedding=8, tie_weights=True))
     run = tmp_path / "run"
-    checkpoint.init_run(run, cfg, Vocab(list("abcde")))
-    model = build_model("torch", "rnn", V, 8, 1, embedding_dim=8, tie_weights=True)
+    rundir.create(run, cfg, Vocab(list("abcde")))
+    model = build_model(cfg.model, V)
     opt = make_optimizer("sgd", model.parameters(), 1.0)
     checkpoint.save_checkpoint(run, model, opt, 1, EpochProgress(), [], cfg)
     _, _, loaded, _ = checkpoint.load_run(run)
@@ -92,8 +100,9 @@ def test_a_new_checkpoint_replaces_the_old_one(tmp_path):
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["gen-000002"]
 
 
-@pytest.mark.parametrize("name", ["manifest.json", "model.safetensors", "trainer.safetensors",
-                                  "trainer.json"])
+@pytest.mark.parametrize(
+    "name", ["manifest.json", "model.safetensors", "trainer.safetensors", "trainer.json"]
+)
 @pytest.mark.parametrize("damage", ["flip", "truncate", "delete"])
 def test_damaged_files_are_reported_with_what_to_do(tmp_path, name, damage):
     run = make_run(tmp_path)[0]
@@ -129,7 +138,7 @@ def test_vocabulary_of_another_run_is_refused(tmp_path):
 def test_edited_config_disagreeing_with_the_weights_is_refused(tmp_path):
     run = make_run(tmp_path)[0]
     data = json.loads((run / "config.json").read_text())
-    data["hidden"] = 16
+    data["model"]["hidden"] = 16
     (run / "config.json").write_text(json.dumps(data))
     with pytest.raises(RnnlabError, match="hidden"):
         checkpoint.load_run(run)
@@ -137,20 +146,20 @@ def test_edited_config_disagreeing_with_the_weights_is_refused(tmp_path):
 
 def test_crash_before_the_switch_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     run, cfg, model, opt, progress, history = make_run(tmp_path)
-    real = checkpoint.atomic_write
+    real = files.atomic_write
 
     def dies_at_manifest(path, data):
         if path.name == "manifest.json":
             raise KeyboardInterrupt  # stands for a kill between two files of one checkpoint
         real(path, data)
 
-    monkeypatch.setattr(checkpoint, "atomic_write", dies_at_manifest)
+    monkeypatch.setattr(files, "atomic_write", dies_at_manifest)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(1.0)
     with pytest.raises(KeyboardInterrupt):
         checkpoint.save_checkpoint(run, model, opt, 3, EpochProgress(), history, cfg)
-    monkeypatch.setattr(checkpoint, "atomic_write", real)
+    monkeypatch.setattr(files, "atomic_write", real)
     ckpt = checkpoint.read_checkpoint(run)
     assert (ckpt.generation, ckpt.epoch, ckpt.progress.batch) == (1, 1, 2)
     # the next save cleans up the half-written folder and succeeds
@@ -180,8 +189,34 @@ def test_non_finite_weights_are_never_saved(tmp_path):
     assert checkpoint.read_checkpoint(run).generation == 1
 
 
-def test_metrics_are_rewritten_from_the_history(tmp_path):
-    history = [{"epoch": 1, "train_ppl": 2.0}, {"epoch": 2, "train_ppl": 1.5}]
-    checkpoint.write_metrics(tmp_path, history)
+def test_metrics_and_plot_are_rewritten_from_the_history(tmp_path):
+    history = [
+        {"epoch": 1, "train_ppl": 2.0, "val_ppl": 2.5},
+        {"epoch": 2, "train_ppl": 1.5, "val_ppl": 2.25},
+    ]
+    rundir.write_metrics(tmp_path, history)
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line) for line in lines] == history
+    assert (tmp_path / "perplexity.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_run_directory_written_by_rnnlm_0_1_still_loads():
+    """tests/data/run-rnnlm-0.1.0 was written by rnnlm 0.1.0 (a 2-epoch GRU, 8 units)."""
+    old = Path(__file__).parent / "data" / "run-rnnlm-0.1.0"
+    cfg, vocab, model, ckpt = checkpoint.load_run(old)
+    assert cfg.model == ModelConfig(cell="gru", impl="scratch", hidden=8)
+    assert (ckpt.epoch, len(vocab)) == (2, 27)
+    # What `rnnlm eval --json` printed for this run when it was written:
+    # {"ppl": 18.035186337833856, ..., "loss": 2.8923246463139853, "tokens": 192}
+    data = prepare(
+        cfg.source,
+        cfg.mode,
+        cfg.max_tokens,
+        cfg.val_frac,
+        cfg.batch_size,
+        cfg.num_steps,
+        vocab=vocab,
+    )
+    X, Y = eval_batches(data.val_ids, cfg.batch_size, cfg.num_steps)
+    assert Y.numel() == 192
+    assert evaluate(model, X, Y) == pytest.approx(2.8923246463139853, rel=1e-6)

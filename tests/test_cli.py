@@ -5,45 +5,49 @@ bad inputs goes through ``cli.main`` in this process (the same code, without pay
 torch's start-up for each), with a few repeated as subprocesses to see that no
 traceback reaches the terminal.
 """
+
 from __future__ import annotations
 
+import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import run_cli
 from rnnlab import cli
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = os.environ.get("RNNLAB_DATA_DIR") or str((REPO / ".." / "shared" / "data").resolve())
-ENV = {**os.environ, "RNNLAB_DATA_DIR": DATA, "OMP_NUM_THREADS": "1"}
-RNNLAB = str(Path(sys.executable).parent / "rnnlab")
-if not os.path.exists(RNNLAB):
-    RNNLAB = shutil.which("rnnlab") or "rnnlab"
-TINY = ["--max-tokens", "3000", "--hidden", "32", "--batch-size", "8", "--num-steps", "10",
-        "--impl", "scratch", "--device", "cpu", "--sample-every", "1", "--threads", "1"]
+TINY = [
+    "--max-tokens",
+    "3000",
+    "--hidden",
+    "32",
+    "--batch-size",
+    "8",
+    "--num-steps",
+    "10",
+    "--impl",
+    "scratch",
+    "--device",
+    "cpu",
+    "--sample-every",
+    "1",
+    "--threads",
+    "1",
+]
 
 
 @pytest.fixture(autouse=True)
-def environment(monkeypatch):
-    monkeypatch.setenv("RNNLAB_DATA_DIR", DATA)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def one_thread_here(one_thread):
+    """Every test of this module runs the library on one thread."""
 
 
-def rnnlab(*args, check=0):
-    result = subprocess.run([RNNLAB, *map(str, args)], capture_output=True, text=True, env=ENV,
-                            timeout=300)
-    if check is not None:
-        assert result.returncode == check, (result.returncode, result.stderr)
-    return result
+def rnnlab(*args, check: int | None = 0):
+    """The command, which must succeed unless ``check`` says otherwise."""
+    return run_cli(*args, check=check)
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +55,9 @@ def run(tmp_path_factory):
     """A tiny run of two epochs, trained through the command."""
     out = tmp_path_factory.mktemp("cli") / "run"
     result = rnnlab("train", "timemachine", "--out", out, "--epochs", "2", *TINY)
-    assert result.stdout.count("epoch ") == 2 and "time traveller" in result.stdout
+    prefix = json.loads((out / "config.json").read_text())["prefix"]
+    assert result.stdout.count("epoch ") == 2
+    assert result.stdout.count("\n" + prefix) == 1 and result.stdout.count("  " + prefix) == 1
     return out
 
 
@@ -63,10 +69,17 @@ def test_data_json_reports_the_d2l_facts():
 
 def test_train_writes_a_complete_run_directory(run):
     names = {p.name for p in run.iterdir()}
-    assert {"config.json", "vocab.json", "model.safetensors", "checkpoint.json", "metrics.jsonl",
-            "perplexity.png", "checkpoints"} <= names
+    assert {
+        "config.json",
+        "vocab.json",
+        "model.safetensors",
+        "checkpoint.json",
+        "metrics.jsonl",
+        "perplexity.png",
+        "checkpoints",
+    } <= names
     config = json.loads((run / "config.json").read_text())
-    assert config["hidden"] == 32 and config["epochs"] == 2 and "version" in config
+    assert config["model"]["hidden"] == 32 and config["epochs"] == 2 and "version" in config
     assert config["threads"] == 1
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2]
@@ -77,31 +90,48 @@ def test_train_writes_a_complete_run_directory(run):
 
 
 def test_generate_echoes_the_prefix_and_generates_length_tokens(run):
-    result = rnnlab("generate", run, "--prefix", "time traveller", "--length", "25",
-                   "--temperature", "0.8", "--top-k", "5", "--seed", "1")
+    sampled = [
+        "--prefix",
+        "time traveller",
+        "--length",
+        "25",
+        "--temperature",
+        "0.8",
+        "--top-k",
+        "5",
+        "--seed",
+        "1",
+    ]
+    result = rnnlab("generate", run, *sampled)
     text = result.stdout.rstrip("\n")
     assert text.startswith("time traveller") and len(text) == len("time traveller") + 25
-    again = rnnlab("generate", run, "--prefix", "time traveller", "--length", "25",
-                  "--temperature", "0.8", "--top-k", "5", "--seed", "1")
-    assert again.stdout == result.stdout  # seeded sampling repeats
+    assert rnnlab("generate", run, *sampled).stdout == result.stdout  # seeded sampling repeats
 
 
 def test_generate_warns_about_prefix_characters_outside_the_vocabulary(tmp_path, capsys):
-    from rnnlab import checkpoint
-    from rnnlab.config import TrainConfig
+    from rnnlab import checkpoint, rundir
+    from rnnlab.config import ModelConfig, TrainConfig
     from rnnlab.models import build_model
     from rnnlab.train import EpochProgress, make_optimizer
     from rnnlab.vocab import Vocab
 
-    cfg = TrainConfig(mode="chars", impl="scratch", hidden=8)
+    cfg = TrainConfig(mode="chars", model=ModelConfig(impl="scratch", hidden=8), prefix="ab")
     vocab = Vocab(list("abc \n"))
-    model = build_model("scratch", "rnn", len(vocab), 8)
-    checkpoint.init_run(tmp_path / "run", cfg, vocab)
-    checkpoint.save_checkpoint(tmp_path / "run", model, make_optimizer("sgd", model.parameters(), 1),
-                               1, EpochProgress(), [], cfg)
+    model = build_model(cfg.model, len(vocab))
+    rundir.create(tmp_path / "run", cfg, vocab)
+    checkpoint.save_checkpoint(
+        tmp_path / "run",
+        model,
+        make_optimizer("sgd", model.parameters(), 1),
+        1,
+        EpochProgress(),
+        [],
+        cfg,
+    )
     assert cli.main(["generate", str(tmp_path / "run"), "--prefix", "ab?!", "--length", "4"]) == 0
     out, err = capsys.readouterr()
-    generated = out.rstrip("\n")[len("ab?!"):].replace("<unk>", "?")  # an untrained model may say <unk>
+    # print() adds one line break; an untrained model may say <unk> (or line breaks)
+    generated = out[:-1][len("ab?!") :].replace("<unk>", "?")
     assert out.startswith("ab?!") and len(generated) == 4
     assert err.count("\n") == 1 and "warning" in err and "'?', '!'" in err
 
@@ -129,7 +159,13 @@ def test_resume_continues_from_the_saved_epoch(run, tmp_path, capsys):
 
 
 def option_strings(parser):
-    return [s for a in parser._actions for s in a.option_strings if s.startswith("--")]
+    """The options a parser shows (hidden ones, such as the old --model, are left out)."""
+    return [
+        s
+        for a in parser._actions
+        for s in a.option_strings
+        if s.startswith("--") and a.help != argparse.SUPPRESS
+    ]
 
 
 def test_every_help_mentions_every_option_and_its_default():
@@ -142,11 +178,33 @@ def test_every_help_mentions_every_option_and_its_default():
         for option in option_strings(subparser):
             assert option in text, (name, option)
         assert "default" in text
-    for option in ["--mode", "--model", "--impl", "--hidden", "--layers", "--dropout",
-                   "--embedding", "--tie-weights", "--batch-size", "--num-steps", "--sampling",
-                   "--epochs", "--lr", "--optimizer", "--clip", "--val-frac", "--max-tokens",
-                   "--device", "--seed", "--prefix", "--sample-every", "--checkpoint-every",
-                   "--quiet", "--resume", "--out"]:
+    for option in [
+        "--mode",
+        "--cell",
+        "--impl",
+        "--hidden",
+        "--layers",
+        "--dropout",
+        "--embedding",
+        "--tie-weights",
+        "--batch-size",
+        "--num-steps",
+        "--sampling",
+        "--epochs",
+        "--lr",
+        "--optimizer",
+        "--clip",
+        "--val-frac",
+        "--max-tokens",
+        "--device",
+        "--seed",
+        "--prefix",
+        "--sample-every",
+        "--checkpoint-every",
+        "--quiet",
+        "--resume",
+        "--out",
+    ]:
         assert option in train_help
     assert "(default: 512)" in train_help and "(default: fused)" in train_help
 
@@ -178,8 +236,10 @@ def test_bad_input_is_one_line_and_exit_status_2(tmp_path, run, capsys):
         (["data", str(latin1)], "byte offset 3"),
         (["data", "timemachin"], "timemachine, tinyshakespeare, ptb"),
         (["data", "timemachine", "--max-tokens", "0"], "--max-tokens"),
-        (["train", str(short), "--out", str(tmp_path / "r1"), *small],
-         "has 45 tokens, and batch_size 32 x num_steps 35 needs at least 1121"),
+        (
+            ["train", str(short), "--out", str(tmp_path / "r1"), *small],
+            "has 45 tokens, and batch_size 32 x num_steps 35 needs at least 1121",
+        ),
         (["train", "--out", str(tmp_path / "r2"), "--hidden", "0"], "--hidden"),
         (["train", "--out", str(tmp_path / "r2"), "--batch-size", "-1"], "--batch-size"),
         (["train", "--out", str(tmp_path / "r2"), "--num-steps", "0"], "--num-steps"),
@@ -197,7 +257,8 @@ def test_bad_input_is_one_line_and_exit_status_2(tmp_path, run, capsys):
         (["generate", str(no_run)], "no run directory"),
         (["generate", str(tmp_path)], "not a run directory"),
         (["eval", str(run), "--split", "test"], "no 'test' split"),
-        (["bench", "--kinds", "rnn,cnn"], "cnn"),
+        (["bench", "--cells", "rnn,cnn"], "cnn"),
+        (["bench", "--hidden", "256,0"], "--hidden"),
     ]
     if not torch.cuda.is_available():
         cases.append((["train", "--out", str(tmp_path / "r3"), "--device", "cuda"], "no CUDA"))
@@ -229,14 +290,23 @@ def test_progress_bar_only_on_a_terminal_and_quiet_silences_everything(tmp_path)
     import io
 
     from rnnlab.config import TrainConfig
-    from rnnlab.runner import fit
+    from rnnlab.trainer import fit
 
     class Terminal(io.StringIO):
         def isatty(self):
             return True
 
-    cfg = TrainConfig(impl="scratch", max_tokens=3000, hidden=16, batch_size=8, num_steps=10,
-                      epochs=1, device="cpu")
+    cfg = TrainConfig.from_options(
+        dict(
+            impl="scratch",
+            max_tokens=3000,
+            hidden=16,
+            batch_size=8,
+            num_steps=10,
+            epochs=1,
+            device="cpu",
+        )
+    )
     for quiet, name in ((False, "loud"), (True, "quiet")):
         out, err = io.StringIO(), Terminal()
         assert fit(cfg, tmp_path / name, quiet=quiet, out=out, err=err) == 0
@@ -245,3 +315,44 @@ def test_progress_bar_only_on_a_terminal_and_quiet_silences_everything(tmp_path)
     plain = io.StringIO()  # not a terminal: log lines, no bar
     assert fit(cfg, tmp_path / "plain", out=io.StringIO(), err=plain) == 0
     assert plain.getvalue() == ""
+
+
+def test_help_and_version_answer_without_importing_torch():
+    code = (
+        "import sys; from rnnlab.cli import main\n"
+        "for argv in (['--version'], ['--help']):\n"
+        "    try:\n"
+        "        main(argv)\n"
+        "    except SystemExit as e:\n"
+        "        assert e.code == 0, e.code\n"
+        "print('torch' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert result.stdout.splitlines()[0].startswith("rnnlab ")
+    assert "COMMAND" in result.stdout and "train" in result.stdout
+    assert result.stdout.splitlines()[-1] == "False"
+
+
+def test_python_dash_m_is_the_same_command():
+    result = subprocess.run(
+        [sys.executable, "-m", "rnnlab", "--version"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0 and result.stdout == rnnlab("--version").stdout
+
+
+def test_default_prompt_comes_from_the_runs_own_text(tmp_path):
+    source = tmp_path / "code.txt"
+    source.write_text("int main(void) {\n    return 0;\n}\n" * 200)
+    out = tmp_path / "run"
+    result = rnnlab("train", source, "--out", out, "--mode", "chars", "--epochs", "1", *TINY)
+    assert json.loads((out / "config.json").read_text())["prefix"] == "int main(void) {\n"
+    assert "time traveller" not in result.stdout
+    assert rnnlab("generate", out, "--length", "5").stdout.startswith("int main(void) {\n")
+
+
+def test_the_old_model_option_still_names_the_cell(tmp_path):
+    out = tmp_path / "run"
+    rnnlab("train", "--out", out, "--model", "gru", "--epochs", "1", *TINY)
+    assert json.loads((out / "config.json").read_text())["model"]["cell"] == "gru"

@@ -4,6 +4,7 @@ The scripts live in examples/hello_ohlol/ and are not part of the package, so
 that directory is put on sys.path and each script's ``main`` is called
 in-process (much faster than a subprocess per script).
 """
+
 import importlib
 import re
 import sys

@@ -1,12 +1,13 @@
 """Fault injection: kills, signals, damaged files, full disks and diverging losses.
 
-Drives the installed ``rnnlab`` command as a subprocess on tiny runs. Crashes come
-from test-only environment variables that make the process SIGKILL itself at a
-chosen global batch (RNNLAB_TEST_CRASH_AT_BATCH) or in the middle of writing its
-Nth checkpoint (RNNLAB_TEST_CRASH_IN_SAVE); RNNLAB_TEST_NAN_AT_BATCH makes the
-update at a batch diverge. After each crash the run is resumed and must end with
-the same per-epoch metrics and bitwise the same weights as an uninterrupted run.
+Drives the command on tiny runs. Crashes and divergence come from tests/faults.py,
+a launcher that wraps the function to break (the update step, or the file writer)
+and then calls the command line's ``main``: the process SIGKILLs itself at a
+chosen global batch or in the middle of writing its Nth checkpoint, or the update
+at a batch diverges. After each crash the run is resumed and must end with the
+same per-epoch metrics and bitwise the same weights as an uninterrupted run.
 """
+
 from __future__ import annotations
 
 import errno
@@ -24,41 +25,75 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import DATA_DIR, rnnlab_command, run_cli
 from rnnlab import checkpoint, cli
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = os.environ.get("RNNLAB_DATA_DIR") or str((REPO / ".." / "shared" / "data").resolve())
+LAUNCHER = Path(__file__).resolve().parent / "faults.py"
 # One thread: the same arithmetic in every process (and no thread oversubscription on a
 # shared 2-core machine).
-ENV = {**os.environ, "RNNLAB_DATA_DIR": DATA, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-for hook in ("RNNLAB_TEST_CRASH_AT_BATCH", "RNNLAB_TEST_CRASH_IN_SAVE", "RNNLAB_TEST_NAN_AT_BATCH"):
-    ENV.pop(hook, None)
+ENV = {
+    **os.environ,
+    "RNNLAB_DATA_DIR": str(DATA_DIR),
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+}
 
-TINY = ["timemachine", "--max-tokens", "3000", "--hidden", "32", "--batch-size", "8",
-        "--num-steps", "10", "--epochs", "3", "--checkpoint-every", "3", "--quiet",
-        "--device", "cpu"]
+TINY = [
+    "timemachine",
+    "--max-tokens",
+    "3000",
+    "--hidden",
+    "32",
+    "--batch-size",
+    "8",
+    "--num-steps",
+    "10",
+    "--epochs",
+    "3",
+    "--checkpoint-every",
+    "3",
+    "--quiet",
+    "--device",
+    "cpu",
+]
 SCRATCH = TINY + ["--impl", "scratch"]
 # Dropout (torch's RNG), Adam (optimizer state), random sampling (fresh states).
-TORCH_DROPOUT = TINY + ["--impl", "torch", "--layers", "2", "--dropout", "0.3", "--optimizer",
-                        "adam", "--lr", "0.01", "--sampling", "random", "--model", "lstm"]
+TORCH_DROPOUT = TINY + [
+    "--impl",
+    "torch",
+    "--layers",
+    "2",
+    "--dropout",
+    "0.3",
+    "--optimizer",
+    "adam",
+    "--lr",
+    "0.01",
+    "--sampling",
+    "random",
+    "--model",
+    "lstm",
+]
 BATCHES_PER_EPOCH = 33  # 2700 training tokens, 8 streams of 10 steps (after a random offset < 10)
-# The console script next to this Python (skips pyenv's shim: faster, and signals reach it).
-RNNLAB = str(Path(sys.executable).parent / "rnnlab")
-if not os.path.exists(RNNLAB):
-    RNNLAB = shutil.which("rnnlab") or "rnnlab"
 TRIALS = {"crash_at_batch": 0, "crash_in_save": 0}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def rnnlab(*args, env_extra=None, check=None):
-    env = dict(ENV, **(env_extra or {}))
-    result = subprocess.run([RNNLAB, *map(str, args)], capture_output=True, text=True, env=env,
-                            timeout=300)
-    if check is not None:
-        assert result.returncode == check, (result.returncode, result.stderr)
-    return result
+def rnnlab(*args, check: int | None = None):
+    return run_cli(*args, check=check)
+
+
+def with_fault(fault: str, n: int, *args) -> subprocess.CompletedProcess:
+    """The command with one fault injected by tests/faults.py."""
+    return subprocess.run(
+        [sys.executable, str(LAUNCHER), fault, str(n), "--", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+    )
 
 
 def metrics(run: Path):
@@ -68,8 +103,9 @@ def metrics(run: Path):
 def same_training(run: Path, reference: Path) -> None:
     """Per-epoch losses and final weights equal, bit for bit."""
     got, want = metrics(run), metrics(reference)
-    assert [(m["epoch"], m["train_loss"], m["val_loss"]) for m in got] == \
-           [(m["epoch"], m["train_loss"], m["val_loss"]) for m in want]
+    assert [(m["epoch"], m["train_loss"], m["val_loss"]) for m in got] == [
+        (m["epoch"], m["train_loss"], m["val_loss"]) for m in want
+    ]
     a, b = load_file(run / "model.safetensors"), load_file(reference / "model.safetensors")
     assert a.keys() == b.keys()
     for key in a:
@@ -94,21 +130,21 @@ def test_kill_at_random_batches_then_resume_is_exact(reference, tmp_path):
     trials += [("torch", TORCH_DROPOUT, rng.randrange(1, total)) for _ in range(2)]
     for i, (name, options, batch) in enumerate(trials):
         run = tmp_path / f"{name}-{i}"
-        crashed = rnnlab("train", *options, "--out", run,
-                        env_extra={"RNNLAB_TEST_CRASH_AT_BATCH": str(batch)})
+        crashed = with_fault("crash-at-batch", batch, "train", *options, "--out", run)
         assert crashed.returncode == -signal.SIGKILL, crashed.stderr
         rnnlab("train", "--out", run, "--resume", "--quiet", check=0)
         same_training(run, reference / name)
         TRIALS["crash_at_batch"] += 1
-    print(f"\n{TRIALS['crash_at_batch']} kill-at-batch trials at global batches "
-          f"{[b for _, _, b in trials]}: resumed runs bitwise equal")
+    print(
+        f"\n{TRIALS['crash_at_batch']} kill-at-batch trials at global batches "
+        f"{[b for _, _, b in trials]}: resumed runs bitwise equal"
+    )
 
 
 def test_kill_while_writing_a_checkpoint_keeps_the_previous_one(reference, tmp_path):
     for i, nth_save in enumerate((1, 20)):
         run = tmp_path / f"save-{i}"
-        crashed = rnnlab("train", *SCRATCH, "--out", run,
-                        env_extra={"RNNLAB_TEST_CRASH_IN_SAVE": str(nth_save)})
+        crashed = with_fault("crash-in-save", nth_save, "train", *SCRATCH, "--out", run)
         assert crashed.returncode == -signal.SIGKILL
         if nth_save > 1:  # the previous checkpoint is intact and current
             ckpt = checkpoint.read_checkpoint(run)
@@ -125,8 +161,13 @@ def test_signal_saves_a_checkpoint_and_resume_is_exact(reference, tmp_path, sign
     # Same training as the reference, but more epochs planned, so it is still training when
     # the signal comes; --epochs does not change what each epoch computes.
     options = SCRATCH + ["--epochs", "50"]  # the later --epochs wins
-    proc = subprocess.Popen([RNNLAB, "train", *options, "--out", str(run)], env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [rnnlab_command(), "train", *options, "--out", str(run)],
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 120
     while not (run / "checkpoint.json").exists():
         assert proc.poll() is None and time.time() < deadline, proc.communicate()
@@ -141,8 +182,18 @@ def test_signal_saves_a_checkpoint_and_resume_is_exact(reference, tmp_path, sign
     same_training(run, reference / "scratch")
 
 
-@pytest.mark.parametrize("name", ["config.json", "vocab.json", "checkpoint.json", "manifest.json",
-                                  "model.safetensors", "trainer.safetensors", "trainer.json"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "config.json",
+        "vocab.json",
+        "checkpoint.json",
+        "manifest.json",
+        "model.safetensors",
+        "trainer.safetensors",
+        "trainer.json",
+    ],
+)
 @pytest.mark.parametrize("damage", ["flip", "truncate"])
 def test_damaged_checkpoint_file_is_a_clear_error(reference, tmp_path, capsys, name, damage):
     run = tmp_path / "run"
@@ -158,8 +209,10 @@ def test_damaged_checkpoint_file_is_a_clear_error(reference, tmp_path, capsys, n
     else:
         data = data[: len(data) // 2]
     path.write_bytes(bytes(data))
-    for argv in (["generate", str(run), "--length", "5"], ["train", "--out", str(run), "--resume",
-                                                           "--epochs", "4", "--quiet"]):
+    for argv in (
+        ["generate", str(run), "--length", "5"],
+        ["train", "--out", str(run), "--resume", "--epochs", "4", "--quiet"],
+    ):
         assert cli.main(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("rnnlab: error: "), err
@@ -186,7 +239,7 @@ def test_vocabulary_of_another_run_is_refused(reference, tmp_path, capsys):
 
 def test_nan_stops_with_the_message_and_keeps_the_last_good_checkpoint(tmp_path, clean_error):
     run = tmp_path / "run"
-    result = rnnlab("train", *SCRATCH, "--out", run, env_extra={"RNNLAB_TEST_NAN_AT_BATCH": "40"})
+    result = with_fault("nan-at-batch", 40, "train", *SCRATCH, "--out", run)
     clean_error(result, "epoch 2", "batch 7", "last finite loss", "--lr")
     ckpt = checkpoint.read_checkpoint(run)
     assert (ckpt.epoch, ckpt.progress.batch) == (1, 6)  # global batch 39, the last finite one
@@ -213,9 +266,9 @@ def test_full_disk_keeps_the_previous_checkpoint(reference, tmp_path, monkeypatc
         return real_replace(src, dst)
 
     monkeypatch.setattr(os, "replace", full_disk)
-    monkeypatch.setenv("RNNLAB_DATA_DIR", DATA)
-    status = cli.main(["train", "--out", str(run), "--resume", "--epochs", "4", "--quiet",
-                       "--device", "cpu"])
+    status = cli.main(
+        ["train", "--out", str(run), "--resume", "--epochs", "4", "--quiet", "--device", "cpu"]
+    )
     err = capsys.readouterr().err
     assert status == 2 and "No space left on device" in err and "previous checkpoint" in err
     monkeypatch.setattr(os, "replace", real_replace)

@@ -6,16 +6,16 @@ checked against numerical derivatives in float64 by torch.autograd.gradcheck.
 Weights are drawn with std 0.3, not the book's 0.01, so that the gates and
 tanh work away from their linear region.
 """
+
 import pytest
 import torch
 
 from rnnlab import train
-from rnnlab.models import build_model
+from rnnlab.config import ModelConfig
+from rnnlab.models import CELLS, build_model, layout
 from rnnlab.models.fused import FusedLM, cpu
 from rnnlab.models.scratch import ScratchLM
 
-KINDS = ["rnn", "gru", "lstm"]
-GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 V, H, B, T = 13, 12, 3, 6
 RTOL = 1e-4
 
@@ -28,14 +28,14 @@ def as_tuple(state):
     return state if isinstance(state, tuple) else (state,)
 
 
-def twin_models(kind: str, layers: int, seed: int):
+def twin_models(cell: str, layers: int, seed: int):
     """A ScratchLM with fresh std-0.3 weights and a FusedLM holding the same weights."""
     torch.manual_seed(seed)
-    scratch = ScratchLM(V, H, layers, kind)
+    scratch = ScratchLM(V, H, layers, cell)
     with torch.no_grad():
         for p in scratch.parameters():
             p.normal_(0.0, 0.3)
-    fused = FusedLM(V, H, layers, kind)
+    fused = FusedLM(V, H, layers, cell)
     fused.load_state_dict(scratch.state_dict())
     return scratch, fused
 
@@ -48,13 +48,13 @@ def random_state(model, seed: int):
     b = tuple(x.clone() for x in a)
     for x in a + b:
         x.requires_grad_()
-    return (a, b) if model.kind == "lstm" else (a[0], b[0])
+    return (a, b) if model.cell == "lstm" else (a[0], b[0])
 
 
 @pytest.mark.parametrize("layers", [1, 2])
-@pytest.mark.parametrize("kind", KINDS)
-def test_fused_matches_scratch_logits_states_and_every_gradient(kind, layers):
-    scratch, fused = twin_models(kind, layers, seed=layers * 10 + KINDS.index(kind))
+@pytest.mark.parametrize("cell", CELLS)
+def test_fused_matches_scratch_logits_states_and_every_gradient(cell, layers):
+    scratch, fused = twin_models(cell, layers, seed=layers * 10 + CELLS.index(cell))
     X = torch.randint(0, V, (B, T), generator=torch.Generator().manual_seed(1))
     s0_scratch, s0_fused = random_state(scratch, seed=2)
     logits_s, state_s = scratch(X, s0_scratch)
@@ -76,48 +76,53 @@ def test_fused_matches_scratch_logits_states_and_every_gradient(kind, layers):
         assert rel_err(a.grad, b.grad) < RTOL
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_cpu_recurrence_passes_gradcheck(kind):
+@pytest.mark.parametrize("cell", CELLS)
+def test_cpu_recurrence_passes_gradcheck(cell):
     g = torch.Generator().manual_seed(4)
     steps, batch, hidden = 4, 2, 3
-    GH = GATES[kind] * hidden
+    GH = layout.num_gates(cell) * hidden
 
     def rand(*shape):
         return (torch.randn(*shape, generator=g, dtype=torch.float64)).requires_grad_()
+
     inputs = [rand(steps, batch, GH), rand(hidden, GH), rand(GH), rand(batch, hidden)]
-    if kind == "lstm":
+    if cell == "lstm":
         inputs.append(rand(batch, hidden))
 
     def run(*args):
-        outputs, hT, cT = cpu.recurrence(kind, *args)
+        outputs, hT, cT = cpu.recurrence(cell, *args)
         return (outputs, hT) if cT is None else (outputs, hT, cT)
+
     assert torch.autograd.gradcheck(run, tuple(inputs), eps=1e-6, atol=1e-6, rtol=1e-5)
 
 
 def test_cpu_recurrence_handles_a_single_step():
-    outputs, hT, _ = cpu.recurrence("gru", torch.randn(1, 2, 9), torch.randn(3, 9),
-                                    torch.randn(9), torch.randn(2, 3))
+    outputs, hT, _ = cpu.recurrence(
+        "gru", torch.randn(1, 2, 9), torch.randn(3, 9), torch.randn(9), torch.randn(2, 3)
+    )
     assert outputs.shape == (1, 2, 3)
     assert torch.equal(outputs[0], hT)
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_state_dict_loads_both_ways(kind):
-    scratch, fused = twin_models(kind, 2, seed=5)
+@pytest.mark.parametrize("cell", CELLS)
+def test_state_dict_loads_both_ways(cell):
+    scratch, fused = twin_models(cell, 2, seed=5)
     assert list(scratch.state_dict()) == list(fused.state_dict())
-    back = ScratchLM(V, H, 2, kind)
+    back = ScratchLM(V, H, 2, cell)
     back.load_state_dict(fused.state_dict())
     for (_, a), (_, b) in zip(back.state_dict().items(), scratch.state_dict().items()):
         assert torch.equal(a, b)
-    assert isinstance(build_model("fused", kind, V, H), FusedLM)
+    assert isinstance(build_model(ModelConfig(cell=cell, impl="fused", hidden=H), V), FusedLM)
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_training_steps_give_the_same_weights(kind):
-    scratch, fused = twin_models(kind, 2, seed=6)
+@pytest.mark.parametrize("cell", CELLS)
+def test_training_steps_give_the_same_weights(cell):
+    scratch, fused = twin_models(cell, 2, seed=6)
     g = torch.Generator().manual_seed(7)
-    batches = [(torch.randint(0, V, (B, T), generator=g), torch.randint(0, V, (B, T), generator=g))
-               for _ in range(3)]
+    batches = [
+        (torch.randint(0, V, (B, T), generator=g), torch.randint(0, V, (B, T), generator=g))
+        for _ in range(3)
+    ]
     for model in (scratch, fused):
         optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
         state = model.begin_state(B)
@@ -129,10 +134,12 @@ def test_training_steps_give_the_same_weights(kind):
 
 def test_greedy_generation_is_the_same():
     from rnnlab.generate import generate_ids
+
     scratch, fused = twin_models("lstm", 2, seed=8)
     assert generate_ids(fused, [1, 2, 3], 8) == generate_ids(scratch, [1, 2, 3], 8)
 
 
 def test_cpu_tensors_use_the_torch_recurrence():
     from rnnlab.models.fused import recurrence_for
+
     assert recurrence_for("lstm", torch.zeros(2, 1, 8)) is cpu.recurrence

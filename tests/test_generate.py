@@ -1,18 +1,22 @@
-"""Generation: the book's warm-up, greedy decoding, seeded sampling, unknown prefix tokens."""
+"""Generation: the book's warm-up, greedy decoding, seeded sampling, unknown prefix tokens;
+text prompts and the default prompt a run takes from its own text."""
+
 import pytest
 import torch
 
 from rnnlab import generate
 from rnnlab.errors import RnnlabError
-from rnnlab.models import ScratchLM
+from rnnlab.models import CELLS, ScratchLM
+from rnnlab.tokenize import tokenize
 from rnnlab.vocab import Vocab
 
 VOCAB = Vocab(list("the time traveller, by h g wells"))
+WORDS = Vocab(tokenize("the time machine\nby h g wells\n", "words"))
 
 
-def random_model(kind="gru", seed=0):
+def random_model(cell="gru", seed=0):
     torch.manual_seed(seed)
-    model = ScratchLM(len(VOCAB), 12, 2, kind)
+    model = ScratchLM(len(VOCAB), 12, 2, cell)
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0, 0.5)
@@ -32,9 +36,9 @@ def d2l_style_predict(prefix, num_preds, net, vocab):
     return "".join(vocab.to_tokens(outputs))
 
 
-@pytest.mark.parametrize("kind", ["rnn", "gru", "lstm"])
-def test_greedy_generation_equals_the_books_predict(kind):
-    model = random_model(kind)
+@pytest.mark.parametrize("cell", CELLS)
+def test_greedy_generation_equals_the_books_predict(cell):
+    model = random_model(cell)
     tokens = generate.predict(model, list("time traveller "), 20, VOCAB)
     assert "".join(tokens) == d2l_style_predict("time traveller ", 20, model, VOCAB)
     assert "".join(tokens[:15]) == "time traveller " and len(tokens) == 15 + 20
@@ -52,8 +56,21 @@ def test_sampling_is_repeatable_with_a_seed_and_varies_without_it():
 def test_top_k_one_is_greedy():
     model = random_model()
     ids = [VOCAB["t"], VOCAB["h"]]
-    assert (generate.generate_ids(model, ids, 30, temperature=0.7, top_k=1, seed=0)
-            == generate.generate_ids(model, ids, 30))
+    assert generate.generate_ids(
+        model, ids, 30, temperature=0.7, top_k=1, seed=0
+    ) == generate.generate_ids(model, ids, 30)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_sampling_draws_from_softmax_of_logits_over_temperature(temperature):
+    logits = torch.tensor([2.0, 1.0, 0.0, -1.0])
+    expected = torch.softmax(logits / temperature, dim=0)
+    g = torch.Generator().manual_seed(0)
+    n = 4000
+    draws = torch.tensor([generate.next_token(logits, temperature, generator=g) for _ in range(n)])
+    frequencies = torch.bincount(draws, minlength=4) / n
+    # within 4 standard deviations (sqrt(p (1 - p) / n) <= 0.008) of each probability
+    torch.testing.assert_close(frequencies, expected, rtol=0, atol=0.03)
 
 
 def test_top_k_only_draws_from_the_k_most_likely():
@@ -79,3 +96,91 @@ def test_absurd_lengths_are_refused(length):
 def test_empty_prefix_is_refused():
     with pytest.raises(RnnlabError, match="prefix"):
         generate.generate_ids(random_model(), [], 5)
+
+
+def constant_model(vocab, token):
+    """A model whose greedy choice is always ``token``, whatever came before."""
+    model = ScratchLM(len(vocab), 4)
+    with torch.no_grad():
+        model.W_hq.zero_()
+        model.b_q.zero_()
+        model.b_q[vocab[token]] = 5.0
+    return model
+
+
+def test_prompt_ids_read_unknown_tokens_as_unk_and_report_each_once():
+    ids, unknown = generate.prompt_ids("tZeZ?", "chars", VOCAB)
+    assert ids == [VOCAB["t"], VOCAB.unk, VOCAB["e"], VOCAB.unk, VOCAB.unk]
+    assert unknown == ["Z", "?"]
+    ids, unknown = generate.prompt_ids("The  Time", "letters", VOCAB)  # cleaned as training text
+    assert ids == VOCAB[list("the time")] and unknown == []
+    ids, unknown = generate.prompt_ids("the time traveller", "words", WORDS)
+    assert ids == [WORDS["the"], WORDS["time"], WORDS.unk] and unknown == ["traveller"]
+
+
+@pytest.mark.parametrize(
+    "prompt, mode", [("", "chars"), ("", "letters"), ("", "d2l"), (" \n\t", "words")]
+)
+def test_a_prompt_without_tokens_is_refused(prompt, mode):
+    with pytest.raises(RnnlabError, match="no tokens"):
+        generate.prompt_ids(prompt, mode, VOCAB)
+    with pytest.raises(RnnlabError, match="no tokens"):
+        generate.continue_text(random_model(), VOCAB, mode, prompt, 5)
+
+
+def test_continue_text_is_the_prompt_as_typed_then_the_continuation():
+    model = constant_model(VOCAB, "e")
+    assert generate.continue_text(model, VOCAB, "chars", "th", 3) == "theee"
+    assert generate.continue_text(model, VOCAB, "letters", "Th", 2) == "Thee"
+
+
+@pytest.mark.parametrize("prompt", ["the time", "the time ", "the time  "])
+def test_words_are_continued_with_one_space_between_them(prompt):
+    model = constant_model(WORDS, "machine")
+    assert (
+        generate.continue_text(model, WORDS, "words", prompt, 3)
+        == "the time machine machine machine"
+    )
+
+
+def test_continue_text_samples_repeatably_with_a_seed():
+    model = random_model()
+    texts = [
+        generate.continue_text(model, VOCAB, "chars", "the ", 30, temperature=1.0, seed=s)
+        for s in (1, 1, 2)
+    ]
+    assert texts[0] == texts[1] != texts[2]
+    assert all(t.startswith("the ") and len(t) > len("the ") for t in texts)
+
+
+@pytest.mark.parametrize(
+    "text, mode, prompt",
+    [
+        # a long first line is cut after its last space within 24 characters
+        ("The Time Machine, by H. G. Wells\n\nI\n", "letters", "the time machine by h g "),
+        (
+            "The Time Traveller (for so it will be convenient to speak of him)\nwas",
+            "chars",
+            "The Time Traveller (for ",
+        ),
+        ("time traveller\nsome more text", "letters", "time traveller some more "),  # \n: a space
+        # a short first line is taken whole; in chars mode with its line break
+        ("Time Traveller!", "letters", "time traveller"),
+        ("int main(void) {\n    return 0;\n}\n", "chars", "int main(void) {\n"),
+        ("\n\n   Title\nbody", "chars", "Title\n"),  # blank lines and indentation skipped
+        ("hello", "chars", "hello"),  # the whole text: there is no line break to keep
+        # words mode: the first three words, whatever lines they are on
+        ("the time machine\nby h g wells\n", "words", "the time machine "),
+        ("hello world\nfoo bar\n", "words", "hello world foo "),
+        # text without spaces between words (Chinese): the first 8 characters
+        (
+            "我们的时间旅行者（这样称呼他比较方便）正在向我们讲解一个深奥的问题。\n",
+            "chars",
+            "我们的时间旅行者",
+        ),
+        ("", "chars", ""),
+        ("", "words", ""),
+    ],
+)
+def test_default_prompt_is_the_start_of_the_runs_own_text(text, mode, prompt):
+    assert generate.default_prompt(tokenize(text, mode), mode) == prompt

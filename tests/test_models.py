@@ -1,16 +1,26 @@
-"""The scratch models are the specification: torch.nn must compute the same function."""
+"""The scratch models are the specification: torch.nn must compute the same function.
+
+build_model makes the model a ModelConfig describes; the config refuses what no model can be.
+"""
+
+import sys
+from dataclasses import FrozenInstanceError, replace
+
 import pytest
 import torch
 
+import rnnlab.models
+from rnnlab.config import ModelConfig
 from rnnlab.errors import RnnlabError
-from rnnlab.models import RNNEncoder, ScratchLM, TorchLM, build_model
+from rnnlab.models import CELLS, IMPLS, RNNEncoder, ScratchLM, TorchLM, build_model, usable_impl
+from rnnlab.models.fused import FusedLM
 
 TOL = 1e-5  # float64 throughout, so differences are rounding only
 
 
-def random_scratch(kind, layers, V=11, H=8, seed=0):
+def random_scratch(cell, layers, V=11, H=8, seed=0):
     torch.manual_seed(seed)
-    model = ScratchLM(V, H, layers, kind).double()
+    model = ScratchLM(V, H, layers, cell).double()
     with torch.no_grad():  # larger than the 0.01 init so every nonlinearity is exercised
         for p in model.parameters():
             p.normal_(0, 0.4)
@@ -19,20 +29,22 @@ def random_scratch(kind, layers, V=11, H=8, seed=0):
 
 def random_state(model, B, seed):
     g = torch.Generator().manual_seed(seed)
-    shape = (model.num_layers, B, model.num_hiddens)
+    shape = (len(model.layers), B, model.hidden)
     make = lambda: torch.randn(shape, generator=g, dtype=torch.float64).requires_grad_()
-    return (make(), make()) if model.kind == "lstm" else make()
+    return (make(), make()) if model.cell == "lstm" else make()
 
 
 def flat(state):
-    return torch.cat([s.reshape(-1) for s in state]) if isinstance(state, tuple) else state.reshape(-1)
+    if isinstance(state, tuple):
+        return torch.cat([s.reshape(-1) for s in state])
+    return state.reshape(-1)
 
 
-@pytest.mark.parametrize("kind", ["rnn", "gru", "lstm"])
+@pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("layers", [1, 2])
-def test_scratch_matches_torch_nn_outputs_states_and_gradients(kind, layers):
-    scratch = random_scratch(kind, layers, seed=layers)
-    torch_model = TorchLM(11, 8, layers, kind).double().copy_from_scratch(scratch)
+def test_scratch_matches_torch_nn_outputs_states_and_gradients(cell, layers):
+    scratch = random_scratch(cell, layers, seed=layers)
+    torch_model = TorchLM(11, 8, layers, cell).double().copy_from_scratch(scratch)
     X = torch.randint(0, 11, (3, 6), generator=torch.Generator().manual_seed(7))
     Y = torch.randint(0, 11, (3, 6), generator=torch.Generator().manual_seed(8))
     s1, s2 = random_state(scratch, 3, 1), random_state(scratch, 3, 1)
@@ -47,22 +59,23 @@ def test_scratch_matches_torch_nn_outputs_states_and_gradients(kind, layers):
         loss = torch.nn.functional.cross_entropy(out, Y.T.reshape(-1)) + flat(last).sum()
         loss.backward()
     # Same gradients: compare through the stacked layout torch.nn uses.
-    grads = TorchLM(11, 8, layers, kind).double()
+    grads = TorchLM(11, 8, layers, cell).double()
     for p, g in zip(scratch.parameters(), [q.grad for q in scratch.parameters()]):
         p.data = g.clone()
     grads.copy_from_scratch(scratch)
     for name, p in torch_model.named_parameters():
         expected = dict(grads.named_parameters())[name]
-        if "bias_hh" in name and kind != "gru":
+        if "bias_hh" in name and cell != "gru":
             # scratch has one bias per gate; torch's two biases both get its gradient
             expected = dict(grads.named_parameters())[name.replace("hh", "ih")]
         if "bias_hh" in name:  # GRU: only the candidate part has a scratch counterpart (b_hh)
             H = 8
-            torch.testing.assert_close(p.grad[2 * H:], expected[2 * H:], rtol=TOL, atol=TOL)
+            torch.testing.assert_close(p.grad[2 * H :], expected[2 * H :], rtol=TOL, atol=TOL)
             continue
         torch.testing.assert_close(p.grad, expected, rtol=TOL, atol=TOL, msg=name)
-    for a, b in zip((s1,) if not isinstance(s1, tuple) else s1,
-                    (s2,) if not isinstance(s2, tuple) else s2):
+    for a, b in zip(
+        (s1,) if not isinstance(s1, tuple) else s1, (s2,) if not isinstance(s2, tuple) else s2
+    ):
         torch.testing.assert_close(a.grad, b.grad, rtol=TOL, atol=TOL)
 
 
@@ -92,28 +105,79 @@ def test_shapes_follow_the_book():
     X = torch.arange(10).reshape(2, 5)
     logits, state = model(X, model.begin_state(2))
     assert logits.shape == (10, 28) and state.shape == (1, 2, 512)
-    lstm = build_model("torch", "lstm", 28, 16, num_layers=2, embedding_dim=8)
+    lstm = build_model(ModelConfig(cell="lstm", impl="torch", hidden=16, layers=2, embedding=8), 28)
     logits, (h, c) = lstm(X, lstm.begin_state(2))
     assert logits.shape == (10, 28) and h.shape == c.shape == (2, 2, 16)
+
+
+def layer_count(model) -> int:
+    """L: the scratch and fused models hold a list of layers, the torch model one nn.RNN."""
+    return model.rnn.num_layers if isinstance(model, TorchLM) else len(model.layers)
+
+
+# The class each implementation builds (a new implementation adds its line here).
+CLASSES = {"scratch": ScratchLM, "fused": FusedLM, "torch": TorchLM}
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("cell", CELLS)
+def test_build_model_makes_the_model_the_config_describes(impl, cell):
+    model = build_model(ModelConfig(cell=cell, impl=impl, hidden=6, layers=2), 9)
+    assert type(model) is CLASSES[impl]
+    assert (model.cell, model.hidden, layer_count(model), model.vocab_size) == (cell, 6, 2, 9)
+    logits, state = model(torch.zeros(2, 3, dtype=torch.long), model.begin_state(2))
+    assert logits.shape == (3 * 2, 9)
+    for s in state if cell == "lstm" else (state,):
+        assert s.shape == (2, 2, 6)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_every_implementation_is_described_and_usable_here(impl):
+    assert isinstance(IMPLS[impl], str) and IMPLS[impl]  # the --help text
+    assert usable_impl(impl) == (impl, None)  # fused imports here, so nothing falls back
+
+
+def test_fused_falls_back_to_scratch_where_it_cannot_be_imported(monkeypatch):
+    monkeypatch.delattr(rnnlab.models, "fused")
+    monkeypatch.setitem(sys.modules, "rnnlab.models.fused", None)  # importing it now fails
+    impl, why = usable_impl("fused")
+    assert impl == "scratch" and "not available" in why
+    model = build_model(ModelConfig(impl="fused", hidden=4), 5)
+    assert type(model) is ScratchLM
+
+
+def test_configs_vary_by_replace_and_are_frozen():
+    base = ModelConfig(cell="gru", impl="scratch", hidden=8)
+    wider = replace(base, hidden=16)
+    assert (wider.cell, wider.impl, wider.hidden) == ("gru", "scratch", 16)
+    with pytest.raises(FrozenInstanceError):
+        base.hidden = 32
+    with pytest.raises(RnnlabError, match="--hidden"):
+        replace(base, hidden=0)  # replace runs the same checks
 
 
 def test_bidirectional_language_model_is_refused_but_encoder_works():
     with pytest.raises(RnnlabError, match="bidirectional"):
         TorchLM(28, 16, bidirectional=True)
-    encoder = RNNEncoder(28, 16, kind="gru", bidirectional=True)
+    encoder = RNNEncoder(28, 16, cell="gru", bidirectional=True)
     outputs, state = encoder.encode(torch.zeros(2, 5, dtype=torch.long), encoder.begin_state(2))
     assert outputs.shape == (5, 2, 32) and state.shape == (2, 2, 16)
 
 
 def test_weight_tying_shares_the_embedding():
-    model = build_model("torch", "lstm", 30, 16, embedding_dim=16, tie_weights=True)
+    tied = ModelConfig(cell="lstm", impl="torch", hidden=16, embedding=16, tie_weights=True)
+    model = build_model(tied, 30)
     assert model.linear.weight is model.embedding.weight
-    with pytest.raises(RnnlabError, match="tie-weights"):
-        build_model("torch", "lstm", 30, 16, embedding_dim=8, tie_weights=True)
+    with pytest.raises(RnnlabError, match="--tie-weights"):
+        replace(tied, embedding=8)
+    with pytest.raises(RnnlabError, match="embedding size equal to the hidden size"):
+        TorchLM(30, 16, cell="lstm", embedding=8, tie_weights=True)
 
 
-def test_scratch_refuses_torch_only_options():
-    with pytest.raises(RnnlabError, match="--impl torch"):
-        build_model("scratch", "rnn", 28, 16, embedding_dim=8)
-    with pytest.raises(RnnlabError, match="unknown model"):
-        build_model("scratch", "transformer", 28, 16)
+@pytest.mark.parametrize("impl", ["scratch", "fused"])
+def test_one_hot_models_refuse_torch_only_options(impl):
+    for option in ({"embedding": 8}, {"dropout": 0.5}, {"tie_weights": True}):
+        with pytest.raises(RnnlabError, match="--impl torch"):
+            ModelConfig(impl=impl, hidden=8, **option)
+    with pytest.raises(RnnlabError, match="--cell 'transformer'.*" + ", ".join(CELLS)):
+        ModelConfig(impl=impl, cell="transformer")

@@ -5,6 +5,7 @@ Set-up of d2l 8.5 and the notes: The Time Machine, d2l tokenization, first
 clipping 1, 500 epochs. The book reports training perplexity 1.0 (sequential)
 and about 1.5 (random; the notes 1.4).
 """
+
 import os
 
 import pytest
@@ -25,26 +26,17 @@ EPOCHS = int(os.environ.get("RNNLAB_REPRODUCE_EPOCHS", "500"))
 SEEDS = {"sequential": 2, "random": 0}
 
 
-def reproduce(sampling):
-    threads = torch.get_num_threads()
-    try:
-        return train_books_rnn(sampling)
-    finally:
-        torch.set_num_threads(threads)
-
-
 def train_books_rnn(sampling):
+    """Train the book's model from scratch (call it on one thread: the one_thread fixture)."""
     tokens = tokenize.tokenize(corpus.read_text("timemachine"), "d2l")[:10000]
     vocab = Vocab(tokens)
     ids = torch.tensor(vocab[tokens])
-    torch.set_num_threads(1)
     torch.manual_seed(SEEDS[sampling])
     model = ScratchLM(len(vocab), 512)
     optimizer = train.make_optimizer("sgd", model.parameters(), 1.0)
     for epoch in range(EPOCHS):
         X, Y = batches.epoch_batches(ids, 32, 35, sampling, seed=SEEDS[sampling], epoch=epoch)
-        progress = train.run_epoch(model, optimizer, X, Y, sampling=sampling, clip=1.0,
-                                   epoch=epoch)
+        progress = train.run_epoch(model, optimizer, X, Y, sampling=sampling, clip=1.0, epoch=epoch)
     text = "".join(tokens)
     sample = "".join(generate.predict(model, list("time traveller "), 50, vocab))
     print(f"{sampling}: perplexity {progress.ppl:.3f} after {EPOCHS} epochs; {sample!r}")
@@ -52,15 +44,15 @@ def train_books_rnn(sampling):
 
 
 @pytest.mark.slow
-def test_sequential_sampling_reaches_perplexity_about_one():
-    ppl, sample, text = reproduce("sequential")
+def test_sequential_sampling_reaches_perplexity_about_one(one_thread):
+    ppl, sample, text = train_books_rnn("sequential")
     assert ppl <= 1.1
     # it has learned the text: the greedy continuation is a passage of the corpus
-    assert sample[len("time traveller "):][:40] in text
+    assert sample[len("time traveller ") :][:40] in text
 
 
 @pytest.mark.slow
-def test_random_sampling_reaches_perplexity_about_one_and_a_half():
-    ppl, sample, _ = reproduce("random")
+def test_random_sampling_reaches_perplexity_about_one_and_a_half(one_thread):
+    ppl, sample, _ = train_books_rnn("random")
     assert ppl <= 1.6
     assert sample.startswith("time traveller ")

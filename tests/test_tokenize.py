@@ -1,60 +1,40 @@
 """Tokenization modes: d2l's Time Machine numbers, and what each mode keeps."""
-import os
-from pathlib import Path
 
 import pytest
 
+from conftest import TIME_MACHINE_D2L_FREQS
 from rnnlab import corpus
 from rnnlab.errors import RnnlabError
 from rnnlab.tokenize import EOS, MODES, d2l_lines, detokenize, tokenize
 from rnnlab.vocab import Vocab
 
-SHARED = Path(os.environ.get("RNNLAB_DATA_DIR") or "/work/shared/data")
-TIME_MACHINE = SHARED / "timemachine.txt"
-needs_data = pytest.mark.skipif(not TIME_MACHINE.is_file(),
-                                reason="timemachine.txt not found; set RNNLAB_DATA_DIR")
-
-# d2l 8.2 on The Time Machine: every character token with its count, most frequent first.
-D2L_FREQS = [
-    (" ", 29927), ("e", 17838), ("t", 13515), ("a", 11704), ("i", 10138), ("n", 9917),
-    ("o", 9758), ("s", 8486), ("h", 8257), ("r", 7674), ("d", 6337), ("l", 6146),
-    ("m", 4043), ("u", 3805), ("c", 3424), ("f", 3354), ("w", 3225), ("g", 3075),
-    ("y", 2679), ("p", 2427), ("b", 1897), ("v", 1295), ("k", 1087), ("x", 236),
-    ("z", 144), ("j", 97), ("q", 95),
-]
-
 
 @pytest.fixture(scope="module")
 def time_machine_tokens():
-    if not TIME_MACHINE.is_file():
-        pytest.skip("timemachine.txt not found; set RNNLAB_DATA_DIR")
-    return tokenize(corpus.read_path(TIME_MACHINE), "d2l")
+    """The Time Machine in d2l mode (the copy shipped with rnnlab, checked by its SHA-1)."""
+    return tokenize(corpus.read_text("timemachine"), "d2l")
 
 
-@needs_data
 def test_d2l_mode_gives_170580_tokens_on_the_time_machine(time_machine_tokens):
     assert len(time_machine_tokens) == 170580
     assert "".join(time_machine_tokens[:29]) == "the time machine by h g wells"
 
 
-@needs_data
 def test_d2l_mode_reproduces_the_books_frequency_table(time_machine_tokens):
     vocab = Vocab(time_machine_tokens)
-    assert vocab.token_freqs == D2L_FREQS
+    assert vocab.token_freqs == TIME_MACHINE_D2L_FREQS
     assert sum(freq for _, freq in vocab.token_freqs) == 170580
 
 
-@needs_data
 def test_d2l_vocabulary_is_unk_space_and_26_letters_in_frequency_order(time_machine_tokens):
     vocab = Vocab(time_machine_tokens)
     assert len(vocab) == 28
-    assert vocab.idx_to_token == ["<unk>"] + [token for token, _ in D2L_FREQS]
+    assert vocab.idx_to_token == ["<unk>"] + [token for token, _ in TIME_MACHINE_D2L_FREQS]
     assert vocab[" "] == 1 and vocab["e"] == 2 and vocab["q"] == 27
 
 
-@needs_data
 def test_d2l_mode_glues_lines_where_letters_mode_puts_a_space():
-    text = corpus.read_path(TIME_MACHINE)
+    text = corpus.read_text("timemachine")
     assert "of him)\nwas" in text
     assert "of himwas" in "".join(tokenize(text, "d2l"))
     assert "of him was" in "".join(tokenize(text, "letters"))
@@ -68,7 +48,12 @@ def test_d2l_mode_joins_lines_with_no_separator():
 
 def test_d2l_lines_clean_each_line_like_the_book():
     assert d2l_lines("  The TIME-Machine, 1895!\n\n   \nI.\n") == [
-        "the time machine", "", "", "i", ""]
+        "the time machine",
+        "",
+        "",
+        "i",
+        "",
+    ]
 
 
 def test_letter_modes_keep_only_lowercase_letters_and_spaces():
@@ -95,8 +80,18 @@ def test_chars_mode_keeps_any_unicode_character():
 def test_words_mode_adds_eos_after_each_non_empty_line():
     text = " aer banknote berlitz \n\n   \n no it was n't black monday \n"
     assert tokenize(text, "words") == [
-        "aer", "banknote", "berlitz", EOS,
-        "no", "it", "was", "n't", "black", "monday", EOS]
+        "aer",
+        "banknote",
+        "berlitz",
+        EOS,
+        "no",
+        "it",
+        "was",
+        "n't",
+        "black",
+        "monday",
+        EOS,
+    ]
 
 
 def test_words_mode_splits_on_any_whitespace_within_a_line():

@@ -1,10 +1,12 @@
 """The training loop: loss layout, clipping, state carry, repeatability, non-finite detection."""
+
 import math
 
 import pytest
 import torch
 
 from rnnlab import batches, train
+from rnnlab.config import ModelConfig
 from rnnlab.errors import RnnlabError
 from rnnlab.models import ScratchLM, build_model
 
@@ -81,11 +83,11 @@ def test_random_sampling_starts_each_batch_fresh():
     assert len(seen) > 2 and all(torch.all(s == 0) for s in seen)
 
 
-def train_twice(impl, kind, optimizer):
+def train_twice(impl, cell, optimizer):
     results = []
     for _ in range(2):
         torch.manual_seed(3)
-        model = build_model(impl, kind, 7, 6)
+        model = build_model(ModelConfig(cell=cell, impl=impl, hidden=6), 7)
         opt = train.make_optimizer(optimizer, model.parameters(), 0.01 if optimizer != "sgd" else 1)
         losses = []
         for epoch in range(2):
@@ -102,9 +104,44 @@ def test_a_seeded_cpu_run_is_repeatable(optimizer):
     assert l1[0] != l1[1]  # the epochs really trained on different batches
 
 
+@pytest.mark.parametrize("name", train.OPTIMIZERS)
+def test_make_optimizer_builds_the_named_optimizer_with_the_rate(name):
+    model = ScratchLM(3, 2)
+    optimizer = train.make_optimizer(name, model.parameters(), 0.25)
+    assert type(optimizer) is train.OPTIMIZERS[name]
+    assert optimizer.param_groups[0]["lr"] == 0.25
+    assert optimizer.param_groups[0]["params"] == list(model.parameters())
+
+
+def test_optimizers_are_the_books_sgd_and_adams():
+    assert train.OPTIMIZERS == {
+        "sgd": torch.optim.SGD,
+        "adam": torch.optim.Adam,
+        "adamw": torch.optim.AdamW,
+    }
+
+
 def test_unknown_optimizer_is_a_clear_error():
     with pytest.raises(RnnlabError, match="sgd, adam, adamw"):
         train.make_optimizer("rmsprop", ScratchLM(3, 2).parameters(), 1.0)
+
+
+def test_devices_resolve_to_where_torch_can_run():
+    assert train.DEVICES == ("auto", "cpu", "cuda")
+    assert train.resolve_device("cpu") == torch.device("cpu")
+    gpu = torch.cuda.is_available()
+    assert train.resolve_device("auto").type == ("cuda" if gpu else "cpu")
+    if not gpu:
+        with pytest.raises(RnnlabError, match="no CUDA GPU.*--device cpu"):
+            train.resolve_device("cuda")
+    with pytest.raises(RnnlabError, match="auto, cpu, cuda"):
+        train.resolve_device("tpu")
+
+
+def test_perplexity_of_a_diverged_loss_is_still_a_number():
+    assert train.perplexity(0.0) == 1.0
+    assert train.perplexity(math.log(28)) == pytest.approx(28.0)
+    assert math.isfinite(train.perplexity(1e6))
 
 
 def test_non_finite_loss_is_caught_at_its_batch():
@@ -125,7 +162,7 @@ def test_non_finite_loss_is_caught_at_its_batch():
 def test_on_batch_can_stop_an_epoch_and_it_resumes_exactly():
     def fresh():
         torch.manual_seed(0)
-        model = ScratchLM(7, 5, kind="rnn")
+        model = ScratchLM(7, 5, cell="rnn")
         return model, train.make_optimizer("sgd", model.parameters(), 1.0)
 
     X, Y = batches.epoch_batches(toy_corpus(), 4, 10, "sequential", seed=0, epoch=0)
@@ -133,8 +170,9 @@ def test_on_batch_can_stop_an_epoch_and_it_resumes_exactly():
     whole = train.run_epoch(model, opt, X, Y, sampling="sequential", clip=1.0)
 
     model2, opt2 = fresh()
-    part = train.run_epoch(model2, opt2, X, Y, sampling="sequential", clip=1.0,
-                           on_batch=lambda p: p.batch == 5)
+    part = train.run_epoch(
+        model2, opt2, X, Y, sampling="sequential", clip=1.0, on_batch=lambda p: p.batch == 5
+    )
     assert part.batch == 5
     done = train.run_epoch(model2, opt2, X, Y, sampling="sequential", clip=1.0, progress=part)
     assert done.loss == whole.loss

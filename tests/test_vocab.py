@@ -1,4 +1,5 @@
 """Vocab: index order, unknown tokens, reserved tokens, min_freq, saving and loading."""
+
 import json
 
 import numpy as np
@@ -80,16 +81,19 @@ def test_json_round_trip_keeps_the_table_and_non_ascii_tokens():
     assert again[["🙂", "zz"]] == [4, 0]
 
 
-@pytest.mark.parametrize("text", [
-    "not json",
-    "[]",
-    json.dumps({"tokens": [UNK]}),
-    json.dumps({"idx_to_token": []}),
-    json.dumps({"idx_to_token": ["a", UNK]}),
-    json.dumps({"idx_to_token": [UNK, "a", "a"]}),
-    json.dumps({"idx_to_token": 5}),
-    json.dumps({"idx_to_token": [UNK, 3]}),
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "not json",
+        "[]",
+        json.dumps({"tokens": [UNK]}),
+        json.dumps({"idx_to_token": []}),
+        json.dumps({"idx_to_token": ["a", UNK]}),
+        json.dumps({"idx_to_token": [UNK, "a", "a"]}),
+        json.dumps({"idx_to_token": 5}),
+        json.dumps({"idx_to_token": [UNK, 3]}),
+    ],
+)
 def test_damaged_vocab_json_is_refused(text):
     with pytest.raises(RnnlabError, match="(not a valid vocabulary|vocabulary is invalid)"):
         Vocab.from_json(text)

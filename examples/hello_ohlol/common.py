@@ -11,7 +11,8 @@ Shapes of the tensors built here:
 * ``index_inputs()``     -> (batch=1, seq_len=5), long, batch-first
 * ``targets()``          -> (seq_len * batch = 5,), long
 """
-from typing import Callable, Iterable, Tuple
+
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
@@ -49,7 +50,7 @@ def targets() -> torch.Tensor:
     return encode(TARGET_STRING)
 
 
-def sequence_loss(logits: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+def sequence_loss(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Cross-entropy of (seq_len * batch, vocab) logits against the target string."""
     loss = nn.functional.cross_entropy(logits, targets())
     return loss, logits.argmax(dim=1)
@@ -57,7 +58,7 @@ def sequence_loss(logits: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
 
 def train(
     model: nn.Module,
-    step: Callable[[], Tuple[torch.Tensor, torch.Tensor]],
+    step: Callable[[], tuple[torch.Tensor, torch.Tensor]],
     epochs: int,
     lr: float = 0.1,
     quiet: bool = False,
@@ -76,8 +77,10 @@ def train(
         if not quiet:
             # Like the course, report the prediction the loss was computed from,
             # i.e. the one made before this epoch's update.
-            print(f"Predicted string: {decode(predicted)}, "
-                  f"Epoch [{epoch}/{epochs}] loss={loss.item():.4f}")
+            print(
+                f"Predicted string: {decode(predicted)}, "
+                f"Epoch [{epoch}/{epochs}] loss={loss.item():.4f}"
+            )
     with torch.no_grad():
         _, predicted = step()
     return decode(predicted)

@@ -14,10 +14,10 @@ Shapes:
 
 Run: ``python examples/hello_ohlol/embedding_rnn.py``
 """
-import torch
-from torch import nn
 
+import torch
 from common import VOCAB_SIZE, index_inputs, sequence_loss, train
+from torch import nn
 
 EMBEDDING_DIM = 10
 HIDDEN_SIZE = 8

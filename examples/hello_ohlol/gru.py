@@ -13,10 +13,10 @@ Shapes:
 
 Run: ``python examples/hello_ohlol/gru.py``
 """
-import torch
-from torch import nn
 
+import torch
 from common import VOCAB_SIZE, one_hot_inputs, sequence_loss, train
+from torch import nn
 
 HIDDEN_SIZE = 8
 

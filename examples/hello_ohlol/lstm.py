@@ -13,10 +13,10 @@ Shapes:
 
 Run: ``python examples/hello_ohlol/lstm.py``
 """
-import torch
-from torch import nn
 
+import torch
 from common import VOCAB_SIZE, index_inputs, sequence_loss, train
+from torch import nn
 
 EMBEDDING_DIM = 10
 HIDDEN_SIZE = 8

@@ -17,10 +17,10 @@ Shapes:
 
 Run: ``python examples/hello_ohlol/rnn_module.py``
 """
-import torch
-from torch import nn
 
+import torch
 from common import VOCAB_SIZE, one_hot_inputs, sequence_loss, train
+from torch import nn
 
 HIDDEN_SIZE = VOCAB_SIZE
 NUM_LAYERS = 1

@@ -21,10 +21,10 @@ this problem.
 
 Run: ``python examples/hello_ohlol/rnncell_loop.py``
 """
-import torch
-from torch import nn
 
+import torch
 from common import VOCAB_SIZE, one_hot_inputs, targets, train
+from torch import nn
 
 HIDDEN_SIZE = VOCAB_SIZE
 

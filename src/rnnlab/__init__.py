@@ -3,8 +3,14 @@
 The pipeline, one module per stage:
 corpus (text) -> tokenize (tokens) -> vocab (ids) -> batches (X, Y) -> models -> train -> generate.
 """
-__version__ = "0.1.0"
 
-from .errors import RnnlabError  # noqa: E402
+from importlib.metadata import PackageNotFoundError, version
+
+from .errors import RnnlabError
+
+try:
+    __version__ = version("rnnlab")  # the one place it is written is pyproject.toml
+except PackageNotFoundError:  # run from a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = ["RnnlabError", "__version__"]

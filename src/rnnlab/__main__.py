@@ -1,4 +1,5 @@
 """python -m rnnlab: the same as the rnnlab command."""
+
 import sys
 
 from .cli import main

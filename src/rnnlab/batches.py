@@ -21,9 +21,8 @@ An epoch's random choices (offset, shuffle) come from a generator seeded with
 (seed, epoch): any epoch's batches can be rebuilt exactly, which is what makes
 resuming in the middle of an epoch exact.
 """
-from __future__ import annotations
 
-from typing import Tuple
+from __future__ import annotations
 
 import numpy as np
 import torch
@@ -40,24 +39,30 @@ def min_tokens(batch_size: int, num_steps: int) -> int:
 
 def check_sizes(batch_size: int, num_steps: int) -> None:
     if batch_size < 1 or num_steps < 1:
-        raise RnnlabError(f"batch_size and num_steps must be at least 1, got batch_size "
-                         f"{batch_size} and num_steps {num_steps}; give positive sizes")
+        raise RnnlabError(
+            f"batch_size and num_steps must be at least 1, got batch_size "
+            f"{batch_size} and num_steps {num_steps}; give positive sizes"
+        )
 
 
 def check_length(n_tokens: int, batch_size: int, num_steps: int, what: str = "the corpus") -> None:
     check_sizes(batch_size, num_steps)
     need = min_tokens(batch_size, num_steps)
     if n_tokens < need:
-        raise RnnlabError(f"{what} is too short for one batch: it has {n_tokens} tokens, and "
-                         f"batch_size {batch_size} x num_steps {num_steps} needs at least {need}; "
-                         f"use more text or a smaller --batch-size/--num-steps")
+        raise RnnlabError(
+            f"{what} is too short for one batch: it has {n_tokens} tokens, and "
+            f"batch_size {batch_size} x num_steps {num_steps} needs at least {need}; "
+            f"use more text or a smaller --batch-size/--num-steps"
+        )
 
 
 def epoch_rng(seed: int, epoch: int) -> np.random.Generator:
     """The generator for epoch ``epoch``'s offset and shuffle."""
     if seed < 0 or epoch < 0:  # numpy's SeedSequence takes only non-negative integers
-        raise RnnlabError(f"seed and epoch must be non-negative, got seed {seed} and epoch {epoch}; "
-                         f"give a seed of 0 or more")
+        raise RnnlabError(
+            f"seed and epoch must be non-negative, got seed {seed} and epoch "
+            f"{epoch}; give a seed of 0 or more"
+        )
     return np.random.default_rng([seed, epoch])
 
 
@@ -67,8 +72,9 @@ def _random_offset(rng: np.random.Generator, n_tokens: int, batch_size: int, num
     return int(rng.integers(0, largest + 1))
 
 
-def sequential_partition(corpus: torch.Tensor, batch_size: int, num_steps: int,
-               offset: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
+def sequential_partition(
+    corpus: torch.Tensor, batch_size: int, num_steps: int, offset: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """All of an epoch's sequential batches at once.
 
     corpus: (N,) token ids. Returns X, Y of shape (num_batches, B, T); batch i is
@@ -77,8 +83,8 @@ def sequential_partition(corpus: torch.Tensor, batch_size: int, num_steps: int,
     per_stream = (len(corpus) - offset - 1) // batch_size
     num_batches = per_stream // num_steps
     used = batch_size * per_stream
-    Xs = corpus[offset: offset + used].reshape(batch_size, per_stream)
-    Ys = corpus[offset + 1: offset + 1 + used].reshape(batch_size, per_stream)
+    Xs = corpus[offset : offset + used].reshape(batch_size, per_stream)
+    Ys = corpus[offset + 1 : offset + 1 + used].reshape(batch_size, per_stream)
     # (B, nb*T) -> (B, nb, T) -> (nb, B, T)
     span = num_batches * num_steps
     X = Xs[:, :span].reshape(batch_size, num_batches, num_steps).transpose(0, 1)
@@ -86,8 +92,9 @@ def sequential_partition(corpus: torch.Tensor, batch_size: int, num_steps: int,
     return X.contiguous(), Y.contiguous()
 
 
-def random_partition(corpus: torch.Tensor, batch_size: int, num_steps: int, offset: int,
-           rng: np.random.Generator) -> Tuple[torch.Tensor, torch.Tensor]:
+def random_partition(
+    corpus: torch.Tensor, batch_size: int, num_steps: int, offset: int, rng: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """All of an epoch's randomly partitioned batches: X, Y of shape (num_batches, B, T)."""
     num_subseqs = (len(corpus) - offset - 1) // num_steps
     num_batches = num_subseqs // batch_size
@@ -97,9 +104,10 @@ def random_partition(corpus: torch.Tensor, batch_size: int, num_steps: int, offs
     return corpus[idx], corpus[idx + 1]
 
 
-def epoch_batches(corpus: torch.Tensor, batch_size: int, num_steps: int, sampling: str,
-                  seed: int, epoch: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Epoch ``epoch``'s batches, X and Y of shape (num_batches, B, T), reproducible from (seed, epoch)."""
+def epoch_batches(
+    corpus: torch.Tensor, batch_size: int, num_steps: int, sampling: str, seed: int, epoch: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Epoch ``epoch``'s batches: X, Y (num_batches, B, T), reproducible from (seed, epoch)."""
     check_length(len(corpus), batch_size, num_steps)
     rng = epoch_rng(seed, epoch)
     offset = _random_offset(rng, len(corpus), batch_size, num_steps)
@@ -110,8 +118,9 @@ def epoch_batches(corpus: torch.Tensor, batch_size: int, num_steps: int, samplin
     raise RnnlabError(f"unknown sampling {sampling!r}; choose one of {', '.join(SAMPLINGS)}")
 
 
-def eval_batches(corpus: torch.Tensor, batch_size: int,
-                 num_steps: int) -> Tuple[torch.Tensor, torch.Tensor]:
+def eval_batches(
+    corpus: torch.Tensor, batch_size: int, num_steps: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Sequential batches from offset 0 for evaluation, shrunk to fit a short held-out text.
 
     Uses min(B, (N-1)//T) streams (at least one, with fewer steps if N-1 < T) so that
@@ -120,14 +129,16 @@ def eval_batches(corpus: torch.Tensor, batch_size: int,
     check_sizes(batch_size, num_steps)
     n = len(corpus)
     if n < 2:
-        raise RnnlabError(f"the held-out text has {n} token(s); it needs at least 2 to score one "
-                         f"prediction: use a larger --val-frac or a longer file")
+        raise RnnlabError(
+            f"the held-out text has {n} token(s); it needs at least 2 to score one "
+            f"prediction: use a larger --val-frac or a longer file"
+        )
     steps = min(num_steps, n - 1)
     streams = max(1, min(batch_size, (n - 1) // steps))
     return sequential_partition(corpus, streams, steps, 0)
 
 
-def split_tail(ids: torch.Tensor, val_frac: float) -> Tuple[torch.Tensor, torch.Tensor]:
+def split_tail(ids: torch.Tensor, val_frac: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Split token ids into (train, validation): the validation part is the last ``val_frac``."""
-    n_val = int(round(len(ids) * val_frac))
-    return ids[: len(ids) - n_val], ids[len(ids) - n_val:]
+    n_val = round(len(ids) * val_frac)
+    return ids[: len(ids) - n_val], ids[len(ids) - n_val :]

@@ -1,13 +1,18 @@
 """Corpora: turn a name or a path into text.
 
-A built-in name (``timemachine``, ``tinyshakespeare``, ``ptb``) is read from the
-copy shipped inside the package where there is one (The Time Machine and Tiny
-Shakespeare, checked against their SHA-1 like a download), else looked up in
-``$RNNLAB_DATA_DIR`` (``$RNNLM_DATA_DIR``, the old name, is read too), then in the
-per-user cache, then downloaded, checked against its SHA-1 and written atomically
-into the cache. Any other source is a path to a UTF-8 text file or to a folder of
-``.txt`` files.
+A built-in name is found in the first of these places that has it:
+
+1. the copy shipped inside the package (The Time Machine and Tiny Shakespeare),
+   checked against its SHA-1 the first time the process reads it;
+2. the data folder named by ``$RNNLAB_DATA_DIR`` (or, when that is unset, by
+   ``$RNNLM_DATA_DIR``, the variable's name before the rename);
+3. the per-user cache (``$XDG_CACHE_HOME/rnnlab``, else ``~/.cache/rnnlab``);
+4. the network: downloaded, checked against its SHA-1 and written atomically into
+   the cache (how ``ptb`` arrives the first time).
+
+Any other source is a path to a UTF-8 text file or to a folder of ``.txt`` files.
 """
+
 from __future__ import annotations
 
 import codecs
@@ -16,16 +21,18 @@ import io
 import os
 import urllib.request
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
 
 from .errors import RnnlabError
 from .files import atomic_write
 
 D2L_DATA = "http://d2l-data.s3-accelerate.amazonaws.com/"
 PACKAGED = Path(__file__).resolve().parent / "corpora"  # the corpora shipped as package data
-DATA_DIR_VARIABLES = ("RNNLAB_DATA_DIR", "RNNLM_DATA_DIR")  # the second is the old name
+DATA_DIR_VARIABLES = ("RNNLAB_DATA_DIR", "RNNLM_DATA_DIR")  # the first one set is used
+
+Fetch = Callable[[str], bytes]  # url -> the whole response body
 
 
 @dataclass(frozen=True)
@@ -35,26 +42,34 @@ class CorpusSpec:
     name: str
     url: str
     sha1: str  # of the downloaded file (the zip, for ptb)
-    files: Dict[str, str]  # split -> file name inside the data folder
-    zip_members: Optional[Dict[str, str]] = None  # split -> member of the zip
-    packaged: bool = False  # shipped inside the package (under corpora/, named as in files)
+    files: dict[str, str]  # split -> file name inside the data folder
+    zip_members: dict[str, str] | None = None  # split -> member of the zip
+    # One-file corpora only: shipped inside the package as corpora/<files["train"]>.
+    packaged: bool = False
 
 
-CORPORA: Dict[str, CorpusSpec] = {
+CORPORA: dict[str, CorpusSpec] = {
     "timemachine": CorpusSpec(
-        "timemachine", D2L_DATA + "timemachine.txt",
+        "timemachine",
+        D2L_DATA + "timemachine.txt",
         "090b5e7e70c295757f55df93cb0a180b9691891a",
-        {"train": "timemachine.txt"}, packaged=True),
+        {"train": "timemachine.txt"},
+        packaged=True,
+    ),
     "tinyshakespeare": CorpusSpec(
         "tinyshakespeare",
         "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
         "04486597058d11dcc2c556b1d0433891eb639d2e",
-        {"train": "tinyshakespeare.txt"}, packaged=True),
+        {"train": "tinyshakespeare.txt"},
+        packaged=True,
+    ),
     "ptb": CorpusSpec(
-        "ptb", D2L_DATA + "ptb.zip",
+        "ptb",
+        D2L_DATA + "ptb.zip",
         "319d85e578af0cdc590547f26231e4e31cdf1e42",
         {"train": "ptb/train.txt", "valid": "ptb/valid.txt", "test": "ptb/test.txt"},
-        {"train": "ptb/ptb.train.txt", "valid": "ptb/ptb.valid.txt", "test": "ptb/ptb.test.txt"}),
+        {"train": "ptb/ptb.train.txt", "valid": "ptb/ptb.valid.txt", "test": "ptb/ptb.test.txt"},
+    ),
 }
 
 
@@ -65,49 +80,65 @@ def cache_dir() -> Path:
 
 
 def sha1_of(data: bytes) -> str:
+    """The SHA-1 of ``data`` as 40 hex digits (how the corpora's checksums are written)."""
     return hashlib.sha1(data).hexdigest()
 
 
 def _fetch(url: str, timeout: float = 60.0) -> bytes:
-    with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (fixed https/http URLs)
+    # urlopen with a fixed URL from CORPORA, never one a user typed
+    with urllib.request.urlopen(url, timeout=timeout) as response:
         return response.read()
 
 
-def download(spec: CorpusSpec, root: Path, fetch=_fetch) -> None:
+def download(spec: CorpusSpec, root: Path, fetch: Fetch = _fetch) -> None:
     """Download ``spec`` into ``root``, verify its checksum, and write its files atomically.
 
     Nothing is written unless the whole download arrived and its SHA-1 matches.
     """
-    hint = (f"download it by hand from {spec.url} and put its files in "
-            f"{root} (or in a folder named by RNNLAB_DATA_DIR): {', '.join(spec.files.values())}")
+    hint = (
+        f"download it by hand from {spec.url} and put its files in "
+        f"{root} (or in a folder named by RNNLAB_DATA_DIR): {', '.join(spec.files.values())}"
+    )
     try:
         data = fetch(spec.url)
-    except Exception as e:  # network errors come in many types; all mean the same here
+    except Exception as e:  # noqa: BLE001 (network errors come in many types; all mean the same)
         raise RnnlabError(f"could not download corpus {spec.name!r} ({e}); {hint}") from None
     got = sha1_of(data)
     if got != spec.sha1:
-        raise RnnlabError(f"checksum mismatch for {spec.name!r}: expected sha1 {spec.sha1}, "
-                         f"got {got}; nothing was saved; {hint}")
+        raise RnnlabError(
+            f"checksum mismatch for {spec.name!r}: expected sha1 {spec.sha1}, "
+            f"got {got}; nothing was saved; {hint}"
+        )
     files = {spec.files["train"]: data}
     if spec.zip_members:
         with zipfile.ZipFile(io.BytesIO(data)) as z:
-            files = {spec.files[split]: z.read(member) for split, member in spec.zip_members.items()}
+            files = {
+                spec.files[split]: z.read(member) for split, member in spec.zip_members.items()
+            }
     for name, contents in files.items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         atomic_write(root / name, contents)
 
 
-def data_dirs() -> List[Path]:
-    """The folders named by $RNNLAB_DATA_DIR (or the old $RNNLM_DATA_DIR), then the cache."""
-    named = [os.environ.get(name) for name in DATA_DIR_VARIABLES]
-    return [Path(folder) for folder in named if folder] + [cache_dir()]
+def data_dirs() -> list[Path]:
+    """Where to look for a corpus before downloading it: the data folder, then the cache.
+
+    The data folder is $RNNLAB_DATA_DIR, or $RNNLM_DATA_DIR (the old name) when
+    RNNLAB_DATA_DIR is unset or empty.
+    """
+    named = next((os.environ[name] for name in DATA_DIR_VARIABLES if os.environ.get(name)), None)
+    return ([Path(named)] if named else []) + [cache_dir()]
 
 
-_verified_packaged: Dict[Path, bool] = {}  # packaged files whose SHA-1 was checked
+_verified_packaged: set[Path] = set()  # packaged files whose SHA-1 this process has checked
 
 
-def packaged_path(spec: CorpusSpec, packaged: Path = PACKAGED) -> Optional[Path]:
-    """The verified copy of ``spec`` shipped in the package, or None if it has none."""
+def packaged_path(spec: CorpusSpec, packaged: Path = PACKAGED) -> Path | None:
+    """The verified copy of ``spec`` in the folder ``packaged``, or None if it has none there.
+
+    A copy whose SHA-1 is wrong is an error, not a reason to look elsewhere: the
+    installation is damaged and reinstalling mends it.
+    """
     if not spec.packaged:
         return None
     path = packaged / spec.files["train"]
@@ -116,19 +147,30 @@ def packaged_path(spec: CorpusSpec, packaged: Path = PACKAGED) -> Optional[Path]
     if path not in _verified_packaged:
         got = sha1_of(path.read_bytes())
         if got != spec.sha1:
-            raise RnnlabError(f"the copy of {spec.name!r} shipped with rnnlab ({path}) is damaged: "
-                              f"sha1 {got}, expected {spec.sha1}; reinstall rnnlab")
-        _verified_packaged[path] = True
+            raise RnnlabError(
+                f"the copy of {spec.name!r} shipped with rnnlab ({path}) is damaged: "
+                f"sha1 {got}, expected {spec.sha1}; reinstall rnnlab "
+                f"(pip install --force-reinstall rnnlab)"
+            )
+        _verified_packaged.add(path)
     return path
 
 
-def builtin_path(name: str, split: str = "train", fetch=_fetch, packaged: Path = PACKAGED) -> Path:
-    """The local file of split ``split`` of built-in corpus ``name``, downloading it if needed."""
+def builtin_path(
+    name: str, split: str = "train", fetch: Fetch = _fetch, packaged: Path = PACKAGED
+) -> Path:
+    """The local file of split ``split`` of built-in corpus ``name``, downloading it if needed.
+
+    Looks in the package (``packaged``), the data folder and the cache, in that order;
+    ``fetch`` (url -> bytes) is what downloads.
+    """
     if name not in CORPORA:
         raise RnnlabError(f"unknown corpus {name!r}: known names are {', '.join(CORPORA)}")
     spec = CORPORA[name]
     if split not in spec.files:
-        raise RnnlabError(f"corpus {name!r} has no {split!r} split; it has: {', '.join(spec.files)}")
+        raise RnnlabError(
+            f"corpus {name!r} has no {split!r} split; it has: {', '.join(spec.files)}"
+        )
     shipped = packaged_path(spec, packaged)
     if shipped is not None:
         return shipped
@@ -142,16 +184,20 @@ def builtin_path(name: str, split: str = "train", fetch=_fetch, packaged: Path =
 def decode_utf8(data: bytes, where: str) -> str:
     """Decode UTF-8 (dropping a BOM, turning CRLF and CR line ends into LF)."""
     if b"\x00" in data[:8192]:
-        raise RnnlabError(f"{where} looks like a binary file (it contains NUL bytes at offset "
-                         f"{data.index(0)}); give a UTF-8 text file")
+        raise RnnlabError(
+            f"{where} looks like a binary file (it contains NUL bytes at offset "
+            f"{data.index(0)}); give a UTF-8 text file"
+        )
     # Strip the BOM ourselves: the utf-8-sig codec reports error offsets counted after it.
     bom = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
     try:
         text = data[bom:].decode("utf-8")
     except UnicodeDecodeError as e:
         at = bom + e.start
-        raise RnnlabError(f"{where} is not UTF-8 text: invalid byte 0x{data[at]:02x} at byte "
-                         f"offset {at}; convert it to UTF-8 (e.g. iconv -t UTF-8)") from None
+        raise RnnlabError(
+            f"{where} is not UTF-8 text: invalid byte 0x{data[at]:02x} at byte "
+            f"offset {at}; convert it to UTF-8 (e.g. iconv -t UTF-8)"
+        ) from None
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
@@ -164,15 +210,18 @@ def _read_file(path: Path) -> str:
 
 
 def read_path(path: Path) -> str:
-    """Read a UTF-8 text file, or every ``.txt`` file under a folder (sorted by path, joined by newlines)."""
+    """Read a UTF-8 text file, or all ``.txt`` files under a folder (sorted, joined by newlines)."""
     if not path.exists():
-        raise RnnlabError(f"no such file or folder: {path}; give a built-in corpus name "
-                         f"({', '.join(CORPORA)}) or the path of a UTF-8 text file")
+        raise RnnlabError(
+            f"no such file or folder: {path}; give a built-in corpus name "
+            f"({', '.join(CORPORA)}) or the path of a UTF-8 text file"
+        )
     if path.is_dir():
         files = sorted(p for p in path.rglob("*.txt") if p.is_file())
         if not files:
-            raise RnnlabError(f"folder {path} has no .txt files; put UTF-8 text files "
-                             f"ending in .txt in it")
+            raise RnnlabError(
+                f"folder {path} has no .txt files; put UTF-8 text files ending in .txt in it"
+            )
         text = "\n".join(_read_file(p) for p in files)  # an empty file among others is fine
     else:
         text = _read_file(path)
@@ -182,6 +231,7 @@ def read_path(path: Path) -> str:
 
 
 def is_builtin(source: str) -> bool:
+    """Whether ``source`` names a built-in corpus rather than a path."""
     return source in CORPORA
 
 
@@ -193,6 +243,8 @@ def read_text(source: str, split: str = "train") -> str:
         raise RnnlabError(f"only built-in corpora have a {split!r} split; {source!r} is a path")
     path = Path(source).expanduser()
     if not path.exists() and os.sep not in source and "." not in source:
-        raise RnnlabError(f"unknown corpus {source!r}: known names are {', '.join(CORPORA)}, "
-                         f"or give the path of a text file or folder")
+        raise RnnlabError(
+            f"unknown corpus {source!r}: known names are {', '.join(CORPORA)}, "
+            f"or give the path of a text file or folder"
+        )
     return read_path(path)

@@ -1,10 +1,8 @@
 """A whole training step captured once in a CUDA graph and replayed for every batch.
 
-A training step of a small recurrent model launches hundreds of short kernels
-(forward, loss, backward, clipping, optimizer update); at B = 32, T = 35 the GPU
-spends more time waiting for the CPU to launch them than computing. A CUDA graph
-records those launches once and replays them with one call, so the step costs
-one launch (PyTorch's "whole-network capture").
+A CUDA graph records the step's kernel launches (forward, loss, backward,
+clipping, optimizer update) once and replays them with one call: PyTorch's
+"whole-network capture", for models whose steps are many short kernels.
 
     step = GraphedTrainStep(model, optimizer, clip=1.0)
     train.run_epoch(model, optimizer, X_all, Y_all, sampling="sequential", clip=1.0, step=step)
@@ -12,37 +10,34 @@ one launch (PyTorch's "whole-network capture").
 ``step(X, Y, state) -> (loss, norm, state)`` computes exactly what
 ``train.train_step(model, optimizer, X, Y, state, clip)`` does: forward, mean
 cross-entropy, backward, clipping to global norm ``clip`` (``train.grad_clipping``),
-optimizer step. On the CPU, or where CUDA is unavailable, it simply calls
+optimizer step. X, Y are (B, T); the state is a tensor (L, B, H), or a pair of
+them for the LSTM. On the CPU, or where CUDA is unavailable, it simply calls
 ``train.train_step``.
 
-Constraints of the graphed path (what a replay assumes):
+What a replay assumes:
 
-* Fixed shapes: X, Y are (B, T) and the state has the layout of
-  ``model.begin_state(B)`` (a tensor (L, B, H), or a pair of them for the LSTM).
-  A call with other shapes (or dtypes) captures a new graph for them and drops
-  the old one; pass ``batch_size``/``num_steps`` to make a different shape an
-  error instead.
-* The graph reads and writes fixed memory: the model's parameters, their
-  ``.grad`` tensors and the optimizer's state must stay the same tensor objects
-  (``load_state_dict`` copies in place, which is fine; replacing a parameter or
-  calling ``zero_grad(set_to_none=True)`` outside the step is not). Each call
-  copies X, Y and the state into the graph's input buffers, replays, and returns
-  clones of the loss, the norm and the new state, so nothing returned is
-  overwritten by the next replay.
-* Python numbers are frozen at capture: SGD's learning rate, ``clip``.
-  After changing the learning rate call :meth:`recapture` (Adam and AdamW run
-  with ``capturable=True``, which this class sets, and also read their lr then).
-* Capture needs a few warm-up steps (on a side stream, so that lazy
-  initialisation such as cuBLAS workspaces and the optimizer's state happens
-  outside the graph). They would train the model, so the parameters and the
-  optimizer state are saved before and put back after; optimizer state that did
-  not exist before is reset to zeros, which is its fresh value for Adam/AdamW
-  (and SGD without momentum has none). Capturing synchronises with the GPU;
-  after that, a call does not wait for it.
+* Fixed shapes: X, Y and the state keep the shapes and dtypes of the call that
+  captured the graph. A call with other shapes captures a new graph for them
+  and drops the old one; pass ``batch_size``/``num_steps`` to make a different
+  shape an error instead.
+* Fixed memory: the model's parameters, their ``.grad`` tensors and the
+  optimizer's state must stay the same tensor objects (``load_state_dict``
+  copies in place, which is fine; replacing a parameter or calling
+  ``zero_grad(set_to_none=True)`` outside the step is not). What a call returns
+  is a clone, so the next replay does not overwrite it.
+* Python numbers are frozen at capture: the learning rate, ``clip``. After
+  changing the learning rate call :meth:`GraphedTrainStep.recapture`. (Adam
+  and AdamW are switched to ``capturable=True``, which keeps their step count
+  on the GPU; their learning rate is frozen at capture too.)
+* The first call for a shape runs ``WARMUP_STEPS`` warm-up steps, then
+  captures, then puts the parameters and the optimizer state back as they
+  were; optimizer state the warm-up created is reset to zeros (its fresh value
+  for Adam/AdamW). Capturing synchronises with the GPU; later calls do not.
+
+Design notes: docs/gpu.md
 """
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 import torch
 
@@ -66,8 +61,9 @@ def _copy_state(dst, src) -> None:
 
 def _shape_key(X, Y, state):
     parts = state if isinstance(state, tuple) else (state,)
-    return ((tuple(X.shape), tuple(Y.shape), X.dtype)
-            + tuple((tuple(s.shape), s.dtype) for s in parts))
+    return (tuple(X.shape), tuple(Y.shape), X.dtype) + tuple(
+        (tuple(s.shape), s.dtype) for s in parts
+    )
 
 
 class _Snapshot:
@@ -76,8 +72,10 @@ class _Snapshot:
     def __init__(self, model, optimizer):
         with torch.no_grad():
             self.params = [p.detach().clone() for p in model.parameters()]
-            self.optim = {p: {k: (v.clone() if torch.is_tensor(v) else v) for k, v in s.items()}
-                          for p, s in optimizer.state.items()}
+            self.optim = {
+                p: {k: (v.clone() if torch.is_tensor(v) else v) for k, v in s.items()}
+                for p, s in optimizer.state.items()
+            }
 
     def restore(self, model, optimizer) -> None:
         with torch.no_grad():
@@ -92,8 +90,10 @@ class _Snapshot:
                     elif saved is not None:
                         state[k] = saved[k]
                     else:
-                        raise RnnlabError(f"cannot reset the optimizer's state {k!r} after the "
-                                         f"CUDA graph warm-up; run one eager step first")
+                        raise RnnlabError(
+                            f"cannot reset the optimizer's state {k!r} after the "
+                            f"CUDA graph warm-up; run one eager step first"
+                        )
 
 
 def _make_capturable(optimizer, device) -> None:
@@ -110,11 +110,17 @@ def _make_capturable(optimizer, device) -> None:
 class GraphedTrainStep:
     """``train.train_step`` as a replayed CUDA graph; see the module docstring."""
 
-    def __init__(self, model, optimizer, clip: float, batch_size: Optional[int] = None,
-                 num_steps: Optional[int] = None):
+    def __init__(
+        self,
+        model,
+        optimizer,
+        clip: float,
+        batch_size: int | None = None,
+        num_steps: int | None = None,
+    ):
         self.model, self.optimizer, self.clip = model, optimizer, clip
         self.batch_size, self.num_steps = batch_size, num_steps
-        self.graph = None
+        self.graph: torch.cuda.CUDAGraph | None = None
         self.key = None
 
     def recapture(self) -> None:
@@ -130,9 +136,11 @@ class GraphedTrainStep:
             return self._eager(X, Y, state)
         B, T = X.shape
         if (B, T) != (self.batch_size or B, self.num_steps or T):
-            raise RnnlabError(f"this CUDA-graphed step was made for batches of "
-                             f"{self.batch_size} x {self.num_steps}, got {B} x {T}; make a new "
-                             f"GraphedTrainStep or use train.train_step")
+            raise RnnlabError(
+                f"this CUDA-graphed step was made for batches of "
+                f"{self.batch_size} x {self.num_steps}, got {B} x {T}; make a new "
+                f"GraphedTrainStep or use train.train_step"
+            )
         key = _shape_key(X, Y, state)
         if key != self.key:
             self._capture(X, Y, state)
@@ -140,6 +148,7 @@ class GraphedTrainStep:
         self.static_X.copy_(X)
         self.static_Y.copy_(Y)
         _copy_state(self.static_state, state)
+        assert self.graph is not None  # captured above, or by an earlier call of these shapes
         self.graph.replay()
         return self.loss.clone(), self.norm.clone(), _clone_state(self.state_out)
 

@@ -29,13 +29,17 @@ Kept from the book on purpose, because results and printed text depend on them:
   hides these behind its live plot; a script shows them), then the final
   perplexity line and two predictions. Its plot goes to a PNG file: see
   :mod:`rnnlab.d2l_plot` (``$RNNLAB_D2L_PLOTS``, default the current folder).
+
+Guide: docs/d2l.md
 """
+
 from __future__ import annotations
 
 import collections
 import math
 import random
 import time
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,16 +53,37 @@ from .d2l_plot import Animator, plot, set_axes, set_figsize, use_svg_display
 from .tokenize import d2l_lines
 from .vocab import Vocab as _RnnlabVocab
 
-__all__ = [
-    "try_gpu", "try_all_gpus", "Timer", "Accumulator", "sgd",
-    "read_time_machine", "tokenize", "count_corpus", "Vocab", "load_corpus_time_machine",
-    "seq_data_iter_random", "seq_data_iter_sequential", "SeqDataLoader", "load_data_time_machine",
-    "RNNModelScratch", "RNNModel", "predict_ch8", "grad_clipping", "train_epoch_ch8", "train_ch8",
-    "Animator", "plot", "set_axes", "set_figsize", "use_svg_display",
+__all__ = [  # noqa: RUF022 - grouped as the book introduces them, not sorted
+    "try_gpu",
+    "try_all_gpus",
+    "Timer",
+    "Accumulator",
+    "sgd",
+    "read_time_machine",
+    "tokenize",
+    "count_corpus",
+    "Vocab",
+    "load_corpus_time_machine",
+    "seq_data_iter_random",
+    "seq_data_iter_sequential",
+    "SeqDataLoader",
+    "load_data_time_machine",
+    "RNNModelScratch",
+    "RNNModel",
+    "predict_ch8",
+    "grad_clipping",
+    "train_epoch_ch8",
+    "train_ch8",
+    "Animator",
+    "plot",
+    "set_axes",
+    "set_figsize",
+    "use_svg_display",
 ]
 
 
 # ---------------------------------------------------------------- devices and small utilities
+
 
 def try_gpu(i: int = 0) -> torch.device:
     """GPU number ``i`` if there is one, else the CPU."""
@@ -106,8 +131,10 @@ class Accumulator:
 
     def add(self, *args) -> None:
         # detach: float() of a tensor that requires grad works, but recent torch warns about it
-        self.data = [total + float(x.detach() if isinstance(x, torch.Tensor) else x)
-                     for total, x in zip(self.data, args)]
+        self.data = [
+            total + float(x.detach() if isinstance(x, torch.Tensor) else x)
+            for total, x in zip(self.data, args)
+        ]
 
     def reset(self) -> None:
         self.data = [0.0] * len(self.data)
@@ -126,12 +153,13 @@ def sgd(params, lr: float, batch_size: int) -> None:
 
 # ---------------------------------------------------------------- text and vocabulary (8.2)
 
+
 def read_time_machine():
     """The Time Machine as a list of cleaned lines (3,221 of them).
 
     Each line of the file: every run of non-letters becomes one space, then strip
-    and lowercase. The file comes from $RNNLAB_DATA_DIR, the rnnlab cache, or is
-    downloaded and checked (:mod:`rnnlab.corpus`).
+    and lowercase. The file is the copy shipped with rnnlab, checked against d2l's
+    SHA-1 (:mod:`rnnlab.corpus`).
     """
     text = _corpus.read_text("timemachine")
     lines = d2l_lines(text)
@@ -162,7 +190,7 @@ def count_corpus(tokens) -> collections.Counter:
 
 
 class Vocab(_RnnlabVocab):
-    """The book's ``Vocab``: index 0 is ``<unk>``, then ``reserved_tokens``, then tokens by frequency.
+    """The book's ``Vocab``: ``<unk>`` at index 0, then ``reserved_tokens``, then by frequency.
 
     ``tokens`` is a flat list or a list of lines (a 2-D list). Tokens seen fewer than
     ``min_freq`` times are left out; ``vocab[token]`` gives 0 for them. Ties in
@@ -173,8 +201,11 @@ class Vocab(_RnnlabVocab):
     """
 
     def __init__(self, tokens=None, min_freq: int = 0, reserved_tokens=None):
-        super().__init__(tokens if tokens is not None else [], min_freq,
-                         reserved_tokens if reserved_tokens is not None else [])
+        super().__init__(
+            tokens if tokens is not None else [],
+            min_freq,
+            reserved_tokens if reserved_tokens is not None else [],
+        )
 
 
 def load_corpus_time_machine(max_tokens: int = -1):
@@ -193,6 +224,7 @@ def load_corpus_time_machine(max_tokens: int = -1):
 
 # ---------------------------------------------------------------- minibatches (8.3)
 
+
 def seq_data_iter_random(corpus, batch_size: int, num_steps: int):
     """Batches (X, Y) of shape (B, T) from random, non-overlapping pieces of ``corpus``.
 
@@ -200,13 +232,13 @@ def seq_data_iter_random(corpus, batch_size: int, num_steps: int):
     into pieces of T tokens, shuffle their starts with ``random.shuffle``, and take
     B pieces per batch. Y is X one token later. Neighbouring batches are unrelated.
     """
-    corpus = torch.as_tensor(corpus)[random.randint(0, num_steps - 1):]
+    corpus = torch.as_tensor(corpus)[random.randint(0, num_steps - 1) :]
     num_subseqs = (len(corpus) - 1) // num_steps
     starts = list(range(0, num_subseqs * num_steps, num_steps))
     random.shuffle(starts)
     steps = torch.arange(num_steps)
     for i in range(0, batch_size * (num_subseqs // batch_size), batch_size):
-        idx = torch.tensor(starts[i: i + batch_size]).reshape(-1, 1) + steps  # (B, T)
+        idx = torch.tensor(starts[i : i + batch_size]).reshape(-1, 1) + steps  # (B, T)
         yield corpus[idx], corpus[idx + 1]
 
 
@@ -245,6 +277,7 @@ def load_data_time_machine(batch_size, num_steps, use_random_iter=False, max_tok
 
 # ---------------------------------------------------------------- models (8.5, 8.6)
 
+
 class RNNModelScratch:
     """A model from raw tensors: ``get_params`` makes them, ``forward_fn`` runs the recurrence.
 
@@ -267,7 +300,7 @@ class RNNModelScratch:
 
 
 class RNNModel(nn.Module):
-    """A torch.nn recurrent layer (nn.RNN, nn.GRU, nn.LSTM; deep or bidirectional) + a linear output.
+    """A torch.nn recurrent layer (nn.RNN, GRU, LSTM; deep or bidirectional) + a linear output.
 
     forward(inputs (B, T), state) -> (logits (T*B, V), state). The linear layer
     reads H features, or 2H when the layer is bidirectional. The state is a
@@ -295,6 +328,7 @@ class RNNModel(nn.Module):
 
 
 # ---------------------------------------------------------------- prediction and training (8.5)
+
 
 def predict_ch8(prefix, num_preds, net, vocab, device):
     """``prefix`` followed by ``num_preds`` greedy predictions, as one string.
@@ -382,11 +416,14 @@ def train_ch8(net, train_iter, vocab, lr, num_epochs, device, use_random_iter=Fa
     continuations of 'time traveller' and 'traveller'.
     """
     loss = nn.CrossEntropyLoss()
-    animator = Animator(xlabel="epoch", ylabel="perplexity", legend=["train"],
-                        xlim=[10, num_epochs])
+    animator = Animator(
+        xlabel="epoch", ylabel="perplexity", legend=["train"], xlim=[10, num_epochs]
+    )
+    updater: Any  # an optimizer, or the book's sgd as a function of the batch size
     if isinstance(net, nn.Module):
         updater = torch.optim.SGD(net.parameters(), lr)
     else:
+
         def updater(batch_size):
             return sgd(net.params, lr, batch_size)
 
@@ -398,6 +435,6 @@ def train_ch8(net, train_iter, vocab, lr, num_epochs, device, use_random_iter=Fa
         if (epoch + 1) % 10 == 0:
             print(predict("time traveller"))
             animator.add(epoch + 1, [ppl])
-    print(f"perplexity {ppl:.1f}, {speed:.1f} tokens/sec on {str(device)}")
+    print(f"perplexity {ppl:.1f}, {speed:.1f} tokens/sec on {device!s}")
     print(predict("time traveller"))
     print(predict("traveller"))

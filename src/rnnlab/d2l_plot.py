@@ -11,15 +11,18 @@ process, so running a script again overwrites its own figures. An ``Animator``
 rewrites its file after every ``add``, so the PNG follows a training run as
 the notebook's live plot does; its ``path`` attribute says where it is.
 
-Figures are built with matplotlib's object API on the Agg canvas, not through
-``pyplot``: nothing here needs a display or changes the user's pyplot state.
+Figures are built with matplotlib's object API on their own Agg canvas, not
+through ``pyplot`` (as :mod:`rnnlab.plot` does): nothing here needs a display,
+changes the user's pyplot state or switches the user's matplotlib backend.
+
+Guide: docs/d2l.md ("Where the plots go")
 """
+
 from __future__ import annotations
 
 import itertools
 import os
 from pathlib import Path
-from typing import Optional
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -44,7 +47,8 @@ def save_figure(fig: Figure, path: Path) -> None:
 
 def new_figure(figsize=None, nrows: int = 1, ncols: int = 1):
     """A Figure on an Agg canvas and its axes (a single Axes when nrows*ncols == 1)."""
-    fig = Figure(figsize=tuple(figsize) if figsize is not None else tuple(_figsize))
+    width, height = figsize if figsize is not None else _figsize
+    fig = Figure(figsize=(float(width), float(height)))
     FigureCanvasAgg(fig)
     return fig, fig.subplots(nrows, ncols)
 
@@ -78,8 +82,20 @@ def _is_one_curve(X) -> bool:
     return isinstance(X, list) and not hasattr(X[0], "__len__")
 
 
-def plot(X, Y=None, xlabel=None, ylabel=None, legend=None, xlim=None, ylim=None,
-         xscale="linear", yscale="linear", fmts=FMTS, figsize=(3.5, 2.5), axes=None):
+def plot(
+    X,
+    Y=None,
+    xlabel=None,
+    ylabel=None,
+    legend=None,
+    xlim=None,
+    ylim=None,
+    xscale="linear",
+    yscale="linear",
+    fmts=FMTS,
+    figsize=(3.5, 2.5),
+    axes=None,
+):
     """Plot one or several curves, as the book's ``d2l.plot``.
 
     ``plot(Y)`` draws Y against its index; ``plot(X, Y)`` draws Y against X;
@@ -120,15 +136,29 @@ class Animator:
     (not in the book) picks the file; by default it is the next numbered figure.
     """
 
-    def __init__(self, xlabel=None, ylabel=None, legend=None, xlim=None, ylim=None,
-                 xscale="linear", yscale="linear", fmts=FMTS, nrows=1, ncols=1,
-                 figsize=(3.5, 2.5), path: Optional[os.PathLike] = None):
+    def __init__(
+        self,
+        xlabel=None,
+        ylabel=None,
+        legend=None,
+        xlim=None,
+        ylim=None,
+        xscale="linear",
+        yscale="linear",
+        fmts=FMTS,
+        nrows=1,
+        ncols=1,
+        figsize=(3.5, 2.5),
+        path: os.PathLike | None = None,
+    ):
         if legend is None:
             legend = []
         self.fig, axes = new_figure(figsize, nrows, ncols)
         self.axes = [axes] if nrows * ncols == 1 else axes
         self._axes_settings = (xlabel, ylabel, xlim, ylim, xscale, yscale, legend)
-        self.X, self.Y, self.fmts = None, None, fmts
+        self.X: list[list] = []  # one list of x values per line, made at the first add
+        self.Y: list[list] = []
+        self.fmts = fmts
         self.path = Path(path) if path is not None else next_figure_path()
 
     def config_axes(self) -> None:

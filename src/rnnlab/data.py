@@ -4,11 +4,10 @@ The vocabulary is built from every token kept (d2l's load_corpus_time_machine
 does the same), most frequent first. Validation is the last ``val_frac`` of the
 tokens, except for ptb, whose own valid file is the validation split.
 """
+
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from typing import List, Optional
 
 import torch
 
@@ -18,20 +17,23 @@ from .errors import RnnlabError
 from .tokenize import MODES, tokenize
 from .vocab import Vocab
 
-SPLITS = ("valid", "test")
+HELD_OUT_SPLITS = ("valid", "test")  # the splits a built-in corpus may have besides "train"
 
 
-def read_tokens(source: str, mode: str, max_tokens: Optional[int] = None,
-                split: str = "train") -> List[str]:
-    """The tokens of ``source`` (a split of a built-in corpus, or a path), at most ``max_tokens``."""
+def read_tokens(
+    source: str, mode: str, max_tokens: int | None = None, split: str = "train"
+) -> list[str]:
+    """The tokens of ``source`` (a built-in corpus split, or a path), at most ``max_tokens``."""
     if mode not in MODES:
         raise RnnlabError(f"unknown tokenization mode {mode!r}; choose one of {', '.join(MODES)}")
     tokens = tokenize(corpus.read_text(source, split), mode)
     if max_tokens is not None:
         tokens = tokens[:max_tokens]
     if not tokens:
-        raise RnnlabError(f"{source} has no tokens in mode {mode!r} (e.g. no letters for "
-                         f"--mode letters); try --mode chars")
+        raise RnnlabError(
+            f"{source} has no tokens in mode {mode!r} (e.g. no letters for "
+            f"--mode letters); try --mode chars"
+        )
     return tokens
 
 
@@ -49,8 +51,15 @@ class Dataset:
     tokens: int  # tokens read from the training text (before the split)
 
 
-def prepare(source: str, mode: str, max_tokens: Optional[int], val_frac: float,
-            batch_size: int, num_steps: int, vocab: Optional[Vocab] = None) -> Dataset:
+def prepare(
+    source: str,
+    mode: str,
+    max_tokens: int | None,
+    val_frac: float,
+    batch_size: int,
+    num_steps: int,
+    vocab: Vocab | None = None,
+) -> Dataset:
     """Read, tokenize, index and split ``source``; check the training part fills one batch.
 
     Pass ``vocab`` to index with an existing vocabulary (a saved run's) instead of
@@ -65,12 +74,17 @@ def prepare(source: str, mode: str, max_tokens: Optional[int], val_frac: float,
         train_ids, val_ids = ids, torch.tensor(vocab[val_tokens], dtype=torch.long)
     else:
         train_ids, val_ids = split_tail(ids, val_frac)
-    where = (f"the training split of {source!r}" if has_split(source, "valid") else
-             f"the training part of {source!r} (mode {mode}, --val-frac {val_frac} held out)")
+    where = (
+        f"the training split of {source!r}"
+        if has_split(source, "valid")
+        else f"the training part of {source!r} (mode {mode}, --val-frac {val_frac} held out)"
+    )
     check_length(len(train_ids), batch_size, num_steps, what=where)
     if len(val_ids) < 2:
-        raise RnnlabError(f"the validation part of {source!r} has {len(val_ids)} token(s); use a "
-                         f"larger --val-frac or more text")
+        raise RnnlabError(
+            f"the validation part of {source!r} has {len(val_ids)} token(s); use a "
+            f"larger --val-frac or more text"
+        )
     return Dataset(vocab, train_ids, val_ids, len(tokens))
 
 
@@ -78,16 +92,3 @@ def held_out_ids(source: str, mode: str, vocab: Vocab, split: str = "train") -> 
     """Ids of a held-out text (a file, or a built-in corpus' split) under a run's vocabulary."""
     tokens = read_tokens(source, mode, split=split)
     return torch.tensor(vocab[tokens], dtype=torch.long)
-
-
-def prefix_tokens(prefix: str, mode: str) -> List[str]:
-    """Tokens of a generation prompt, cleaned as training text was, keeping a trailing space.
-
-    (tokenize() strips each line, which would drop the space a prompt like
-    "time traveller " ends with, and the space is what the model should continue from.)
-    """
-    if mode in ("d2l", "letters"):
-        return list(re.sub("[^A-Za-z]+", " ", prefix).lower())
-    if mode == "words":
-        return prefix.split()
-    return list(prefix)

@@ -2,12 +2,26 @@
 
 A reader (or a run killed at any moment) sees the previous contents or the new ones,
 never a mix; used for downloaded corpora and for everything in a run directory.
+New files get the mode ``0o666 & ~umask``, as ``open(path, "wb")`` would give them.
 """
+
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from pathlib import Path
+
+# O_EXCL: never reuse a file someone else made; O_NOFOLLOW and O_CLOEXEC (where the
+# platform has them): the flags tempfile.mkstemp uses, but mkstemp forces mode 0600.
+_TMP_FLAGS = (
+    os.O_WRONLY
+    | os.O_CREAT
+    | os.O_EXCL
+    | getattr(os, "O_NOFOLLOW", 0)
+    | getattr(os, "O_CLOEXEC", 0)
+    | getattr(os, "O_BINARY", 0)
+)
+_TMP_ATTEMPTS = 100
 
 
 def fsync_dir(folder: Path) -> None:
@@ -24,10 +38,21 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _create_temporary(path: Path):
+    """(fd, name) of a new, empty file beside ``path``; the kernel applies the umask to 0o666."""
+    for _ in range(_TMP_ATTEMPTS):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            return os.open(tmp, _TMP_FLAGS, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"could not create a temporary file beside {path}")
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that a reader sees the old file or the new one, never a mix."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=".tmp")
+    fd, tmp = _create_temporary(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

@@ -5,22 +5,30 @@ state, discarding the outputs; the last prefix token is then the first input
 whose prediction is kept. Each prediction is either the most likely token
 (greedy, d2l's predict_ch8), or a sample from softmax(logits / temperature),
 optionally restricted to the ``top_k`` most likely tokens.
+
+``continue_text`` is the one path from a text prompt to a text continuation:
+the command line's ``generate`` and the samples printed during training use it.
 """
+
 from __future__ import annotations
 
 import warnings
-from typing import List, Optional
 
 import torch
 
 from .errors import RnnlabError
+from .tokenize import EOS, detokenize, prompt_tokens
 from .vocab import Vocab
 
 MAX_LENGTH = 1_000_000
 
 
-def next_token(logits: torch.Tensor, temperature: float = 0.0, top_k: int = 0,
-               generator: Optional[torch.Generator] = None) -> int:
+def next_token(
+    logits: torch.Tensor,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    generator: torch.Generator | None = None,
+) -> int:
     """Choose the next token id from logits (V,): greedy if temperature is 0."""
     if temperature <= 0:
         return int(logits.argmax())
@@ -33,8 +41,15 @@ def next_token(logits: torch.Tensor, temperature: float = 0.0, top_k: int = 0,
 
 
 @torch.no_grad()
-def generate_ids(model, prefix_ids: List[int], num_preds: int, temperature: float = 0.0,
-                 top_k: int = 0, seed: Optional[int] = None, device=None) -> List[int]:
+def generate_ids(
+    model,
+    prefix_ids: list[int],
+    num_preds: int,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    seed: int | None = None,
+    device=None,
+) -> list[int]:
     """prefix ids followed by ``num_preds`` generated ids."""
     if not prefix_ids:
         raise RnnlabError("the prefix is empty; give at least one token with --prefix")
@@ -56,16 +71,83 @@ def generate_ids(model, prefix_ids: List[int], num_preds: int, temperature: floa
     return outputs
 
 
-def prefix_to_ids(prefix_tokens: List[str], vocab: Vocab) -> List[int]:
+def prompt_ids(prompt: str, mode: str, vocab: Vocab) -> tuple[list[int], list[str]]:
+    """(ids, tokens not in the vocabulary) of a text prompt, tokenized as the training text was.
+
+    Unknown tokens are read as <unk>; an empty prompt is an error.
+    """
+    tokens = prompt_tokens(prompt, mode)
+    if not tokens:
+        raise RnnlabError(
+            f"the prompt {prompt!r} has no tokens in mode {mode!r}; give a prompt with some text"
+        )
+    return vocab[tokens], vocab.unknown(tokens)
+
+
+def continue_text(
+    model,
+    vocab: Vocab,
+    mode: str,
+    prompt: str,
+    length: int,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    seed: int | None = None,
+    device=None,
+) -> str:
+    """The prompt followed by ``length`` generated tokens, as text."""
+    ids, _ = prompt_ids(prompt, mode, vocab)
+    out = generate_ids(
+        model, ids, length, temperature=temperature, top_k=top_k, seed=seed, device=device
+    )
+    generated = detokenize(vocab.to_tokens(out[len(ids) :]), mode)
+    if mode == "words":  # one space between words; none next to a line break
+        prompt = prompt.rstrip(" \t")
+        joined = prompt.endswith("\n") or generated.startswith("\n") or not generated
+        return prompt + ("" if joined else " ") + generated
+    return prompt + generated
+
+
+DEFAULT_PROMPT_CHARS = 24  # at most this much of the run's text becomes its default prompt
+
+
+def default_prompt(tokens: list[str], mode: str) -> str:
+    """A prompt taken from the start of a run's own training text (its first tokens).
+
+    Words mode: the first three words. Otherwise the first non-blank line, whole
+    (with its line break) if it is short, else cut after its last space within
+    ``DEFAULT_PROMPT_CHARS`` characters, or after 8 characters where it has no
+    space (text without spaces between words, such as Chinese).
+    """
+    if mode == "words":
+        words = [t for t in tokens[:50] if t != EOS][:3]
+        return " ".join(words) + " " if words else ""
+    text = detokenize(tokens[:400], mode)
+    for line in text.split("\n"):
+        if not line.strip():
+            continue
+        line = line.lstrip()
+        if len(line) <= DEFAULT_PROMPT_CHARS:
+            return line + "\n" if mode == "chars" and len(line) < len(text) else line
+        space = line.rfind(" ", 0, DEFAULT_PROMPT_CHARS + 1)
+        return line[: space + 1] if space > 0 else line[:8]
+    return ""
+
+
+def prefix_to_ids(prefix_tokens: list[str], vocab: Vocab) -> list[int]:
     """Map prefix tokens to ids; unknown ones become <unk> with a warning."""
     missing = vocab.unknown(prefix_tokens)
     if missing:
-        warnings.warn(f"prefix tokens not in the vocabulary map to <unk>: "
-                      f"{', '.join(repr(t) for t in missing)}", stacklevel=2)
+        warnings.warn(
+            f"prefix tokens not in the vocabulary map to <unk>: "
+            f"{', '.join(repr(t) for t in missing)}",
+            stacklevel=2,
+        )
     return vocab[list(prefix_tokens)]
 
 
-def predict(model, prefix_tokens: List[str], num_preds: int, vocab: Vocab, **kwargs) -> List[str]:
+def predict(model, prefix_tokens: list[str], num_preds: int, vocab: Vocab, **kwargs) -> list[str]:
     """Tokens of the prefix followed by ``num_preds`` generated tokens."""
-    return vocab.to_tokens(generate_ids(model, prefix_to_ids(prefix_tokens, vocab), num_preds,
-                                        **kwargs))
+    return vocab.to_tokens(
+        generate_ids(model, prefix_to_ids(prefix_tokens, vocab), num_preds, **kwargs)
+    )

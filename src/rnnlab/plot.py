@@ -1,24 +1,28 @@
 """perplexity.png: training and validation perplexity against epoch.
 
 The picture d2l's Animator draws during train_ch8, written to a file instead of
-a notebook (matplotlib's Agg backend: no display needed), and rewritten
-atomically after every epoch so it can be watched while a run trains.
+a notebook and rewritten atomically after every epoch, so it can be watched
+while a run trains. The figure is drawn on its own Agg canvas, as in
+:mod:`rnnlab.d2l_plot`: no display is needed, and neither pyplot's state nor the
+user's matplotlib backend is touched.
 """
+
 from __future__ import annotations
 
 import io
-from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any
 
 
-def perplexity_png(history: List[Dict[str, Any]], title: str = "") -> bytes:
+def perplexity_png(history: list[dict[str, Any]], title: str = "") -> bytes:
     """A PNG of train_ppl and val_ppl against epoch, from metrics records."""
-    import matplotlib
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure  # a bare Figure: no global pyplot state to leak
+    # Imported when a plot is drawn, not with this module: matplotlib takes a while to
+    # import, and commands that only read a run directory draw nothing.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     epochs = [r["epoch"] for r in history]
     fig = Figure(figsize=(5, 3.5), dpi=100)
+    FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     ax.plot(epochs, [r["train_ppl"] for r in history], "-", label="train")
     ax.plot(epochs, [r["val_ppl"] for r in history], "--", label="validation")
@@ -34,8 +38,3 @@ def perplexity_png(history: List[Dict[str, Any]], title: str = "") -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     return buffer.getvalue()
-
-
-def write_perplexity_plot(path: Path, history: List[Dict[str, Any]], title: str = "") -> None:
-    from .files import atomic_write
-    atomic_write(Path(path), perplexity_png(history, title))

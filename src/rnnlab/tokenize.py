@@ -12,25 +12,31 @@
               Penn Treebank convention).
 ============  ===============================================================
 """
+
 from __future__ import annotations
 
 import re
-from typing import List
 
 from .errors import RnnlabError
 
-MODES = ("d2l", "letters", "chars", "words")
+# Each mode and what it does, in the words the command line's --help shows.
+MODES = {
+    "d2l": "the book's letters, lines joined with no separator",
+    "letters": "a-z and space, a line break read as a space",
+    "chars": "every character as it is",
+    "words": "whitespace-separated words and <eos> per line",
+}
 EOS = "<eos>"
 
 _NON_LETTERS = re.compile("[^A-Za-z]+")
 
 
-def d2l_lines(text: str) -> List[str]:
+def d2l_lines(text: str) -> list[str]:
     """d2l's line cleaning: non-letter runs -> ' ', strip, lowercase."""
     return [_NON_LETTERS.sub(" ", line).strip().lower() for line in text.split("\n")]
 
 
-def tokenize(text: str, mode: str = "letters") -> List[str]:
+def tokenize(text: str, mode: str = "letters") -> list[str]:
     """Split ``text`` into tokens according to ``mode`` (one of :data:`MODES`)."""
     if mode == "d2l":
         return list("".join(d2l_lines(text)))
@@ -39,7 +45,7 @@ def tokenize(text: str, mode: str = "letters") -> List[str]:
     if mode == "chars":
         return list(text)
     if mode == "words":
-        tokens: List[str] = []
+        tokens: list[str] = []
         for line in text.split("\n"):
             words = line.split()
             if words:
@@ -49,7 +55,7 @@ def tokenize(text: str, mode: str = "letters") -> List[str]:
     raise RnnlabError(f"unknown tokenization mode {mode!r}; choose one of {', '.join(MODES)}")
 
 
-def detokenize(tokens: List[str], mode: str) -> str:
+def detokenize(tokens: list[str], mode: str) -> str:
     """Join tokens back into text (words with spaces, <eos> as a line break)."""
     if mode == "words":
         # a space between two words of a line; no space next to a line break
@@ -62,3 +68,16 @@ def detokenize(tokens: List[str], mode: str) -> str:
         return "".join(pieces)
     return "".join(tokens)
 
+
+def prompt_tokens(prompt: str, mode: str) -> list[str]:
+    """Tokens of a generation prompt, cleaned as training text is, keeping a trailing space.
+
+    (``tokenize`` strips the text, which would drop the space a prompt like
+    "time traveller " ends with, and that space is what the model continues from.)
+    """
+    if mode in ("d2l", "letters"):
+        return list(_NON_LETTERS.sub(" ", prompt).lower())
+    if mode == "words":  # as tokenize, but the last line is still open: no <eos> after it
+        *ended, last = prompt.split("\n")
+        return tokenize("\n".join(ended), "words") + last.split()
+    return list(prompt)

@@ -8,24 +8,35 @@ The loop knows nothing of files or the command line. One epoch is
         loss = cross_entropy(logits, Y.T.reshape(-1))    # Y.T: rows are time-major too
         backward; clip the gradient to global L2 norm <= theta; optimizer step
 
-Perplexity is exp(mean loss per token). Nothing here waits for the device
-inside the loop: losses and gradient norms are kept in device tensors and read
-every ``check_every`` batches (each batch on the CPU), which is also where a
-non-finite loss or gradient is caught, naming the batch it happened at.
+Perplexity is exp(mean loss per token). Losses and gradient norms stay in
+device tensors and are read every ``check_every`` batches (each batch on the
+CPU), which is also where a non-finite loss or gradient is caught, naming the
+batch it happened at.
+
+Adding an optimizer touches ``OPTIMIZERS`` only: the configuration and the
+command line take their list from it.
 """
+
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, List, Optional
 
 import torch
 import torch.nn.functional as F
 
 from .errors import RnnlabError
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
+# name -> optimizer class; each is made with its defaults and the run's learning rate.
+OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
+    "sgd": torch.optim.SGD,  # d2l's choice, with lr 1
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+}
+
+DEVICES = ("auto", "cpu", "cuda")  # auto: cuda where torch sees a GPU, else cpu
 
 
 class NonFiniteError(RnnlabError):
@@ -33,14 +44,24 @@ class NonFiniteError(RnnlabError):
 
 
 def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
-    """SGD (d2l's choice, lr 1), Adam or AdamW."""
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr)
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr)
-    raise RnnlabError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+    """The optimizer called ``name`` in :data:`OPTIMIZERS`, over ``params``, with rate ``lr``."""
+    if name not in OPTIMIZERS:
+        raise RnnlabError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+    return OPTIMIZERS[name](params, lr=lr)
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto -> cuda where a GPU is available, else cpu; cuda without a GPU is an error."""
+    if name not in DEVICES:
+        raise RnnlabError(f"unknown device {name!r}; choose one of {', '.join(DEVICES)}")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RnnlabError(
+            "--device cuda was given but no CUDA GPU is available to torch; use "
+            "--device cpu (or auto)"
+        )
+    return torch.device(name)
 
 
 def grad_clipping(params, theta: float) -> torch.Tensor:
@@ -80,15 +101,38 @@ def train_step(model, optimizer, X, Y, state, clip: float):
     return loss.detach(), norm.detach(), detach_state(state)
 
 
+Step = Callable[[torch.Tensor, torch.Tensor, object], tuple]
+
+
+def make_step(model, optimizer, clip: float) -> Step:
+    """The update step ``step(X, Y, state) -> (loss, grad norm, new state)`` for ``model``.
+
+    On a GPU, a model that declares ``cuda_graph_safe`` (fixed shapes, no host
+    synchronisation: the fused models) gets the step replayed as a CUDA graph
+    (:mod:`rnnlab.cuda_graph`), which computes what :func:`train_step` does;
+    everywhere else the step is :func:`train_step`.
+    """
+    on_gpu = next(model.parameters()).is_cuda
+    if on_gpu and getattr(model, "cuda_graph_safe", False):
+        from .cuda_graph import GraphedTrainStep
+
+        return GraphedTrainStep(model, optimizer, clip)
+
+    def step(X, Y, state):
+        return train_step(model, optimizer, X, Y, state, clip)
+
+    return step
+
+
 @dataclass
 class EpochProgress:
     """Where an epoch stands: enough to resume it exactly and to report it."""
 
-    batch: int = 0            # batches finished in this epoch
-    loss_sum: float = 0.0     # sum over finished batches of (mean loss of the batch * tokens)
+    batch: int = 0  # batches finished in this epoch
+    loss_sum: float = 0.0  # sum over finished batches of (mean loss of the batch * tokens)
     tokens: int = 0
     seconds: float = 0.0
-    state: object = None      # the carried state (sequential sampling), detached
+    state: object = None  # the carried state (sequential sampling), detached
     last_finite_loss: float = float("nan")
 
     @property
@@ -97,16 +141,26 @@ class EpochProgress:
 
     @property
     def ppl(self) -> float:
-        return math.exp(min(self.loss, 700.0))
+        return perplexity(self.loss)
 
 
-def run_epoch(model, optimizer, X_all: torch.Tensor, Y_all: torch.Tensor, *, sampling: str,
-              clip: float, progress: Optional[EpochProgress] = None, epoch: int = 0,
-              step: Optional[Callable] = None, check_every: Optional[int] = None,
-              on_batch: Optional[Callable[[EpochProgress], bool]] = None) -> EpochProgress:
+def run_epoch(
+    model,
+    optimizer,
+    X_all: torch.Tensor,
+    Y_all: torch.Tensor,
+    *,
+    sampling: str,
+    clip: float,
+    progress: EpochProgress | None = None,
+    epoch: int = 0,
+    step: Step | None = None,
+    check_every: int | None = None,
+    on_batch: Callable[[EpochProgress], bool] | None = None,
+) -> EpochProgress:
     """Train on batches X_all, Y_all (num_batches, B, T), starting at ``progress.batch``.
 
-    ``step(X, Y, state) -> (loss, norm, state)`` defaults to :func:`train_step`.
+    ``step(X, Y, state) -> (loss, norm, state)`` defaults to :func:`make_step`'s.
     ``on_batch(progress)`` runs after every checked batch (each batch on the CPU);
     if it returns True the epoch stops early (for interrupts), leaving ``progress``
     ready to resume. Raises NonFiniteError naming the first bad batch.
@@ -115,12 +169,11 @@ def run_epoch(model, optimizer, X_all: torch.Tensor, Y_all: torch.Tensor, *, sam
     device = X_all.device
     B, T = X_all.shape[1], X_all.shape[2]
     if step is None:
-        def step(X, Y, state):
-            return train_step(model, optimizer, X, Y, state, clip)
+        step = make_step(model, optimizer, clip)
     if check_every is None:
         check_every = 1 if device.type == "cpu" else 50
     model.train()
-    pending: List = []  # (batch index, loss tensor, norm tensor) not yet read on the host
+    pending: list = []  # (batch index, loss tensor, norm tensor) not yet read on the host
 
     def settle() -> None:
         values = torch.stack([torch.stack([l.float(), n.float()]) for _, l, n in pending]).tolist()
@@ -130,7 +183,8 @@ def run_epoch(model, optimizer, X_all: torch.Tensor, Y_all: torch.Tensor, *, sam
                 raise NonFiniteError(
                     f"the {what} became {loss if what == 'loss' else norm} at epoch {epoch + 1}, "
                     f"batch {i + 1}; the last finite loss was {progress.last_finite_loss:.4f}; "
-                    f"lower --lr or --clip and train again (the last checkpoint is kept)")
+                    f"lower --lr or --clip and train again (the last checkpoint is kept)"
+                )
             progress.loss_sum += loss * B * T
             progress.tokens += B * T
             progress.last_finite_loss = loss
@@ -168,8 +222,10 @@ def evaluate(model, X_all: torch.Tensor, Y_all: torch.Tensor) -> float:
 
 
 def perplexity(mean_loss: float) -> float:
+    """exp(mean loss per token, in nats); capped so that a diverged loss prints as a number."""
     return math.exp(min(mean_loss, 700.0))
 
 
 def bits_per_token(mean_loss: float) -> float:
+    """The mean loss per token in bits (nats / ln 2)."""
     return mean_loss / math.log(2)

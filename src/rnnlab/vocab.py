@@ -4,11 +4,13 @@ Index 0 is ``<unk>``, then the reserved tokens, then every token seen at least
 ``min_freq`` times, most frequent first (ties keep the order of first
 appearance, which is what Python's stable sort gives d2l too).
 """
+
 from __future__ import annotations
 
 import collections
 import json
-from typing import Dict, Iterable, List, Sequence, Tuple, Union
+from collections.abc import Iterable, Sequence
+from typing import cast
 
 from .errors import RnnlabError
 
@@ -18,19 +20,22 @@ UNK = "<unk>"
 class Vocab:
     """Token <-> index table, with frequencies (d2l's ``Vocab``, plus saving and loading)."""
 
-    def __init__(self, tokens: Iterable = (), min_freq: int = 0,
-                 reserved_tokens: Sequence[str] = ()):
+    def __init__(
+        self, tokens: Iterable = (), min_freq: int = 0, reserved_tokens: Sequence[str] = ()
+    ):
         tokens = list(tokens)
         if tokens and isinstance(tokens[0], list):  # d2l accepts a list of lines of tokens
             tokens = [tok for line in tokens for tok in line]
         counter = collections.Counter(tokens)
         # Counter keeps first-appearance order; sorted() is stable, so ties stay in that order.
-        self.token_freqs: List[Tuple[str, int]] = sorted(counter.items(), key=lambda kv: kv[1],
-                                                         reverse=True)
+        self.token_freqs: list[tuple[str, int]] = sorted(
+            counter.items(), key=lambda kv: kv[1], reverse=True
+        )
         # dict.fromkeys drops repeated reserved tokens (keeping the first) so indices stay dense.
-        self.idx_to_token: List[str] = [UNK] + list(dict.fromkeys(
-            t for t in reserved_tokens if t != UNK))
-        self.token_to_idx: Dict[str, int] = {t: i for i, t in enumerate(self.idx_to_token)}
+        self.idx_to_token: list[str] = [UNK] + list(
+            dict.fromkeys(t for t in reserved_tokens if t != UNK)
+        )
+        self.token_to_idx: dict[str, int] = {t: i for i, t in enumerate(self.idx_to_token)}
         for token, freq in self.token_freqs:
             if freq < min_freq:
                 break
@@ -39,12 +44,18 @@ class Vocab:
                 self.idx_to_token.append(token)
 
     @classmethod
-    def from_tokens_list(cls, idx_to_token: List[str]) -> "Vocab":
+    def from_tokens_list(cls, idx_to_token: list[str]) -> Vocab:
         """Rebuild a vocabulary from its saved ``idx_to_token`` list (no frequencies)."""
-        if (not idx_to_token or idx_to_token[0] != UNK or len(set(idx_to_token)) != len(idx_to_token)
-                or not all(isinstance(t, str) for t in idx_to_token)):
-            raise RnnlabError("vocabulary is invalid: it must list distinct tokens with <unk> "
-                             "first; the run directory may be damaged")
+        if (
+            not idx_to_token
+            or idx_to_token[0] != UNK
+            or len(set(idx_to_token)) != len(idx_to_token)
+            or not all(isinstance(t, str) for t in idx_to_token)
+        ):
+            raise RnnlabError(
+                "vocabulary is invalid: it must list distinct tokens with <unk> "
+                "first; the run directory may be damaged"
+            )
         vocab = cls()
         vocab.idx_to_token = list(idx_to_token)
         vocab.token_to_idx = {t: i for i, t in enumerate(idx_to_token)}
@@ -57,10 +68,10 @@ class Vocab:
     def unk(self) -> int:
         return 0
 
-    def __getitem__(self, tokens: Union[str, Sequence[str]]):
+    def __getitem__(self, tokens: str | Sequence[str]):
         """Index of one token, or a list of indices for a list/tuple of tokens (unknown -> 0)."""
         if not isinstance(tokens, (list, tuple)):
-            return self.token_to_idx.get(tokens, self.unk)
+            return self.token_to_idx.get(cast(str, tokens), self.unk)
         return [self.__getitem__(t) for t in tokens]
 
     def to_tokens(self, indices):
@@ -71,7 +82,7 @@ class Vocab:
             return [self.idx_to_token[int(i)] for i in indices]
         return self.idx_to_token[int(indices)]
 
-    def unknown(self, tokens: Iterable[str]) -> List[str]:
+    def unknown(self, tokens: Iterable[str]) -> list[str]:
         """The distinct tokens of ``tokens`` that are not in the vocabulary, in order."""
         seen = []
         for t in tokens:
@@ -83,10 +94,12 @@ class Vocab:
         return json.dumps({"idx_to_token": self.idx_to_token}, ensure_ascii=False)
 
     @classmethod
-    def from_json(cls, text: str) -> "Vocab":
+    def from_json(cls, text: str) -> Vocab:
         try:
             data = json.loads(text)
             return cls.from_tokens_list(list(data["idx_to_token"]))
         except (ValueError, KeyError, TypeError):
-            raise RnnlabError("vocab.json is not a valid vocabulary; the run directory may be "
-                             "damaged: retrain or restore it") from None
+            raise RnnlabError(
+                "vocab.json is not a valid vocabulary; the run directory may be "
+                "damaged: retrain or restore it"
+            ) from None

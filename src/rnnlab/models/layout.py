@@ -9,18 +9,23 @@ candidate, output). ``stacked`` builds the column-stacked matrices
 from a scratch layer, differentiably, so gradients flow back to the scratch
 parameters. G is 1 (RNN), 3 (GRU) or 4 (LSTM).
 """
+
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from typing import cast
 
 import torch
 from torch import nn
 
-GATES: Dict[str, List[Tuple[str, str, str]]] = {
+GATES: dict[str, list[tuple[str, str, str]]] = {
     "rnn": [("W_xh", "W_hh", "b_h")],
     "gru": [("W_xr", "W_hr", "b_r"), ("W_xz", "W_hz", "b_z"), ("W_xh", "W_hh", "b_h")],
-    "lstm": [("W_xi", "W_hi", "b_i"), ("W_xf", "W_hf", "b_f"),
-             ("W_xc", "W_hc", "b_c"), ("W_xo", "W_ho", "b_o")],
+    "lstm": [
+        ("W_xi", "W_hi", "b_i"),
+        ("W_xf", "W_hf", "b_f"),
+        ("W_xc", "W_hc", "b_c"),
+        ("W_xo", "W_ho", "b_o"),
+    ],
 }
 
 
@@ -28,7 +33,7 @@ def num_gates(kind: str) -> int:
     return len(GATES[kind])
 
 
-def stacked(layer: nn.Module, kind: str) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def stacked(layer: nn.Module, kind: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(W_x (D, G*H), W_h (H, G*H), b (G*H,)) of a scratch layer, in cuDNN's gate order."""
     names = GATES[kind]
     W_x = torch.cat([getattr(layer, x) for x, _, _ in names], dim=1)
@@ -40,6 +45,7 @@ def stacked(layer: nn.Module, kind: str) -> Tuple[torch.Tensor, torch.Tensor, to
 def hidden_bias(layer: nn.Module, kind: str) -> torch.Tensor:
     """The bias on the recurrent side (G*H,): zero, but for the GRU candidate's b_hh."""
     if kind == "gru":
-        return torch.cat([torch.zeros_like(layer.b_r), torch.zeros_like(layer.b_z), layer.b_hh])
+        b_r, b_z, b_hh = (cast(torch.Tensor, getattr(layer, n)) for n in ("b_r", "b_z", "b_hh"))
+        return torch.cat([torch.zeros_like(b_r), torch.zeros_like(b_z), b_hh])
     first_bias = getattr(layer, GATES[kind][0][2])
     return first_bias.new_zeros(num_gates(kind) * first_bias.shape[0])

@@ -16,9 +16,8 @@ This file is what a learner reads: plain loops, one line per formula. Faster
 implementations of the same functions live in ``rnnlab.models.fused`` and are
 tested against these.
 """
-from __future__ import annotations
 
-from typing import List, Tuple
+from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
@@ -66,12 +65,21 @@ class GRULayer(nn.Module):
 
     def __init__(self, num_inputs: int, num_hiddens: int):
         super().__init__()
-        self.W_xz, self.W_hz, self.b_z = (normal(num_inputs, num_hiddens),
-                                          normal(num_hiddens, num_hiddens), zeros(num_hiddens))
-        self.W_xr, self.W_hr, self.b_r = (normal(num_inputs, num_hiddens),
-                                          normal(num_hiddens, num_hiddens), zeros(num_hiddens))
-        self.W_xh, self.W_hh, self.b_h = (normal(num_inputs, num_hiddens),
-                                          normal(num_hiddens, num_hiddens), zeros(num_hiddens))
+        self.W_xz, self.W_hz, self.b_z = (
+            normal(num_inputs, num_hiddens),
+            normal(num_hiddens, num_hiddens),
+            zeros(num_hiddens),
+        )
+        self.W_xr, self.W_hr, self.b_r = (
+            normal(num_inputs, num_hiddens),
+            normal(num_hiddens, num_hiddens),
+            zeros(num_hiddens),
+        )
+        self.W_xh, self.W_hh, self.b_h = (
+            normal(num_inputs, num_hiddens),
+            normal(num_hiddens, num_hiddens),
+            zeros(num_hiddens),
+        )
         self.b_hh = zeros(num_hiddens)
 
     def forward(self, inputs: torch.Tensor, H: torch.Tensor):
@@ -96,16 +104,28 @@ class LSTMLayer(nn.Module):
 
     def __init__(self, num_inputs: int, num_hiddens: int):
         super().__init__()
-        self.W_xi, self.W_hi, self.b_i = (normal(num_inputs, num_hiddens),
-                                          normal(num_hiddens, num_hiddens), zeros(num_hiddens))
-        self.W_xf, self.W_hf, self.b_f = (normal(num_inputs, num_hiddens),
-                                          normal(num_hiddens, num_hiddens), zeros(num_hiddens))
-        self.W_xo, self.W_ho, self.b_o = (normal(num_inputs, num_hiddens),
-                                          normal(num_hiddens, num_hiddens), zeros(num_hiddens))
-        self.W_xc, self.W_hc, self.b_c = (normal(num_inputs, num_hiddens),
-                                          normal(num_hiddens, num_hiddens), zeros(num_hiddens))
+        self.W_xi, self.W_hi, self.b_i = (
+            normal(num_inputs, num_hiddens),
+            normal(num_hiddens, num_hiddens),
+            zeros(num_hiddens),
+        )
+        self.W_xf, self.W_hf, self.b_f = (
+            normal(num_inputs, num_hiddens),
+            normal(num_hiddens, num_hiddens),
+            zeros(num_hiddens),
+        )
+        self.W_xo, self.W_ho, self.b_o = (
+            normal(num_inputs, num_hiddens),
+            normal(num_hiddens, num_hiddens),
+            zeros(num_hiddens),
+        )
+        self.W_xc, self.W_hc, self.b_c = (
+            normal(num_inputs, num_hiddens),
+            normal(num_hiddens, num_hiddens),
+            zeros(num_hiddens),
+        )
 
-    def forward(self, inputs: torch.Tensor, state: Tuple[torch.Tensor, torch.Tensor]):
+    def forward(self, inputs: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]):
         """inputs (T, B, D), state (H, C) each (B, H) -> outputs (T, B, H), last (H, C)."""
         H, C = state
         outputs = []
@@ -129,35 +149,37 @@ class ScratchLM(nn.Module):
     forward(X, state) -> (logits (T*B, V), state); begin_state(B, device) -> zero state.
     """
 
-    def __init__(self, vocab_size: int, num_hiddens: int, num_layers: int = 1, kind: str = "rnn"):
+    def __init__(self, vocab_size: int, hidden: int, layers: int = 1, cell: str = "rnn"):
         super().__init__()
-        self.vocab_size, self.num_hiddens, self.num_layers, self.kind = (
-            vocab_size, num_hiddens, num_layers, kind)
-        Layer = LAYERS[kind]
+        self.vocab_size, self.hidden, self.cell = vocab_size, hidden, cell
+        Layer = LAYERS[cell]
         self.layers = nn.ModuleList(
-            Layer(vocab_size if i == 0 else num_hiddens, num_hiddens) for i in range(num_layers))
-        self.W_hq = normal(num_hiddens, vocab_size)
+            Layer(vocab_size if i == 0 else hidden, hidden) for i in range(layers)
+        )
+        self.W_hq = normal(hidden, vocab_size)
         self.b_q = zeros(vocab_size)
 
     def begin_state(self, batch_size: int, device=None):
         """Zero state: (L, B, H), or a pair of them for the LSTM."""
-        shape = (self.num_layers, batch_size, self.num_hiddens)
+        shape = (len(self.layers), batch_size, self.hidden)
         dtype = self.W_hq.dtype
         device = device if device is not None else self.W_hq.device
-        if self.kind == "lstm":
-            return (torch.zeros(shape, device=device, dtype=dtype),
-                    torch.zeros(shape, device=device, dtype=dtype))
+        if self.cell == "lstm":
+            return (
+                torch.zeros(shape, device=device, dtype=dtype),
+                torch.zeros(shape, device=device, dtype=dtype),
+            )
         return torch.zeros(shape, device=device, dtype=dtype)
 
     def forward(self, X: torch.Tensor, state):
         """X (B, T) token ids, state as from begin_state -> logits (T*B, V), new state."""
         inputs = F.one_hot(X.T, self.vocab_size).to(self.W_hq.dtype)  # (T, B, V)
-        last: List = []
+        last: list = []
         for i, layer in enumerate(self.layers):
-            layer_state = (state[0][i], state[1][i]) if self.kind == "lstm" else state[i]
+            layer_state = (state[0][i], state[1][i]) if self.cell == "lstm" else state[i]
             inputs, layer_last = layer(inputs, layer_state)  # inputs becomes (T, B, H)
             last.append(layer_last)
-        logits = inputs.reshape(-1, self.num_hiddens) @ self.W_hq + self.b_q  # (T*B, V)
-        if self.kind == "lstm":
+        logits = inputs.reshape(-1, self.hidden) @ self.W_hq + self.b_q  # (T*B, V)
+        if self.cell == "lstm":
             return logits, (torch.stack([h for h, _ in last]), torch.stack([c for _, c in last]))
         return logits, torch.stack(last)

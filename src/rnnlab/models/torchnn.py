@@ -6,6 +6,7 @@ models leave out: dropout between layers, nn.Embedding input instead of
 one-hot, and weight tying (the output layer shares the embedding matrix;
 Press & Wolf 2017, Inan et al. 2017), which needs embedding size == hidden size.
 """
+
 from __future__ import annotations
 
 import torch
@@ -14,6 +15,7 @@ from torch import nn
 
 from ..errors import RnnlabError
 from . import layout
+from .scratch import ScratchLM
 
 RECURRENT = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
 
@@ -25,24 +27,36 @@ class RNNEncoder(nn.Module):
     the whole sequence, which is fine for encoding and wrong for a language model.
     """
 
-    def __init__(self, vocab_size: int, num_hiddens: int, num_layers: int = 1, kind: str = "rnn",
-                 dropout: float = 0.0, embedding_dim: int = 0, bidirectional: bool = False):
+    def __init__(
+        self,
+        vocab_size: int,
+        hidden: int,
+        layers: int = 1,
+        cell: str = "rnn",
+        dropout: float = 0.0,
+        embedding: int = 0,
+        bidirectional: bool = False,
+    ):
         super().__init__()
-        self.vocab_size, self.num_hiddens, self.num_layers, self.kind = (
-            vocab_size, num_hiddens, num_layers, kind)
+        self.vocab_size, self.hidden, self.cell = vocab_size, hidden, cell
         self.num_directions = 2 if bidirectional else 1
-        self.embedding = nn.Embedding(vocab_size, embedding_dim) if embedding_dim else None
-        self.rnn = RECURRENT[kind](embedding_dim or vocab_size, num_hiddens, num_layers,
-                                   dropout=dropout if num_layers > 1 else 0.0,
-                                   bidirectional=bidirectional)
+        self.embedding = nn.Embedding(vocab_size, embedding) if embedding else None
+        self.rnn = RECURRENT[cell](
+            embedding or vocab_size,
+            hidden,
+            layers,
+            dropout=dropout if layers > 1 else 0.0,
+            bidirectional=bidirectional,
+        )
 
     def begin_state(self, batch_size: int, device=None):
         """Zero state (L*directions, B, H), or a pair of them for the LSTM."""
         weight = next(self.rnn.parameters())
-        shape = (self.num_layers * self.num_directions, batch_size, self.num_hiddens)
-        zeros = torch.zeros(shape, device=device if device is not None else weight.device,
-                            dtype=weight.dtype)
-        return (zeros, zeros.clone()) if self.kind == "lstm" else zeros
+        shape = (self.rnn.num_layers * self.num_directions, batch_size, self.hidden)
+        zeros = torch.zeros(
+            shape, device=device if device is not None else weight.device, dtype=weight.dtype
+        )
+        return (zeros, zeros.clone()) if self.cell == "lstm" else zeros
 
     def encode(self, X: torch.Tensor, state):
         """X (B, T) -> outputs (T, B, H*directions), state."""
@@ -56,39 +70,51 @@ class RNNEncoder(nn.Module):
 class TorchLM(RNNEncoder):
     """Language model: nn.RNN/GRU/LSTM + a linear output layer."""
 
-    def __init__(self, vocab_size: int, num_hiddens: int, num_layers: int = 1, kind: str = "rnn",
-                 dropout: float = 0.0, embedding_dim: int = 0, tie_weights: bool = False,
-                 bidirectional: bool = False):
+    def __init__(
+        self,
+        vocab_size: int,
+        hidden: int,
+        layers: int = 1,
+        cell: str = "rnn",
+        dropout: float = 0.0,
+        embedding: int = 0,
+        tie_weights: bool = False,
+        bidirectional: bool = False,
+    ):
         if bidirectional:
-            raise RnnlabError("a bidirectional model cannot be a language model: its backward "
-                             "direction has already read the token it must predict; use a "
-                             "unidirectional model (bidirectional RNNs are for encoders)")
-        if tie_weights and embedding_dim != num_hiddens:
-            raise RnnlabError(f"--tie-weights needs --embedding equal to --hidden "
-                             f"(got embedding {embedding_dim}, hidden {num_hiddens})")
-        super().__init__(vocab_size, num_hiddens, num_layers, kind, dropout, embedding_dim)
+            raise RnnlabError(
+                "a bidirectional model cannot be a language model: its backward "
+                "direction has already read the token it must predict; use a "
+                "unidirectional model (bidirectional RNNs are for encoders)"
+            )
+        if tie_weights and embedding != hidden:
+            raise RnnlabError(
+                f"tied weights need an embedding size equal to the hidden size "
+                f"(got embedding {embedding}, hidden {hidden})"
+            )
+        super().__init__(vocab_size, hidden, layers, cell, dropout, embedding)
         self.drop = nn.Dropout(dropout)
-        self.linear = nn.Linear(num_hiddens, vocab_size)
-        if tie_weights:
+        self.linear = nn.Linear(hidden, vocab_size)
+        if tie_weights and self.embedding is not None:
             self.linear.weight = self.embedding.weight
 
     def forward(self, X: torch.Tensor, state):
         """X (B, T), state -> logits (T*B, V), state."""
         outputs, state = self.encode(X, state)  # (T, B, H)
-        logits = self.linear(self.drop(outputs).reshape(-1, self.num_hiddens))
+        logits = self.linear(self.drop(outputs).reshape(-1, self.hidden))
         return logits, state
 
     @torch.no_grad()
-    def copy_from_scratch(self, scratch: nn.Module) -> "TorchLM":
+    def copy_from_scratch(self, scratch: ScratchLM) -> TorchLM:
         """Load the weights of a one-hot ScratchLM of the same shape (for equivalence tests)."""
         if self.embedding is not None:
             raise RnnlabError("only a one-hot model has the scratch model's parameters")
         for i, layer in enumerate(scratch.layers):
-            W_x, W_h, b = layout.stacked(layer, self.kind)
+            W_x, W_h, b = layout.stacked(layer, self.cell)
             getattr(self.rnn, f"weight_ih_l{i}").copy_(W_x.T)
             getattr(self.rnn, f"weight_hh_l{i}").copy_(W_h.T)
             getattr(self.rnn, f"bias_ih_l{i}").copy_(b)
-            getattr(self.rnn, f"bias_hh_l{i}").copy_(layout.hidden_bias(layer, self.kind))
+            getattr(self.rnn, f"bias_hh_l{i}").copy_(layout.hidden_bias(layer, self.cell))
         self.linear.weight.copy_(scratch.W_hq.T)
         self.linear.bias.copy_(scratch.b_q)
         return self

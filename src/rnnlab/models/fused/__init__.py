@@ -22,9 +22,11 @@ and ``rnnlab.models.fused.triton_rnn`` is importable and supports the layer
     recurrence(kind, XW (T, B, G*H), W_h (H, G*H), b_hh (G*H,), h0 (B, H), c0 (B, H) or None)
         -> outputs (T, B, H), hT (B, H), cT (B, H) or None
 """
+
 from __future__ import annotations
 
-from typing import Callable, List
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +35,7 @@ from .. import layout
 from ..scratch import ScratchLM
 from . import cpu
 
-_triton_rnn = None  # the module once imported; False if it could not be
+_triton_rnn: Any = None  # the module once imported; False if it could not be
 
 
 def _triton():
@@ -42,6 +44,7 @@ def _triton():
     if _triton_rnn is None:
         try:
             from . import triton_rnn
+
             _triton_rnn = triton_rnn
         except ImportError:
             _triton_rnn = False
@@ -61,30 +64,35 @@ def recurrence_for(kind: str, XW: torch.Tensor) -> Callable:
 class FusedLM(ScratchLM):
     """ScratchLM with whole-sequence recurrences: forward(X, state) -> (logits (T*B, V), state)."""
 
+    # Fixed shapes and no host synchronisation in forward and backward, so a training
+    # step can be captured as a CUDA graph (train.make_step).
+    cuda_graph_safe = True
+
     def forward(self, X: torch.Tensor, state):
         """X (B, T) token ids, state as from begin_state -> logits (T*B, V), new state."""
         B, T = X.shape
-        H = self.num_hiddens
-        inputs = None  # (T, B, H) outputs of the layer below
-        last_h: List[torch.Tensor] = []
-        last_c: List[torch.Tensor] = []
+        H = self.hidden
+        inputs = torch.empty(0)  # (T, B, H): the outputs of the layer below, once there is one
+        last_h: list[torch.Tensor] = []
+        last_c: list[torch.Tensor] = []
         for i, layer in enumerate(self.layers):
-            W_x, W_h, b = layout.stacked(layer, self.kind)  # (D, G*H), (H, G*H), (G*H,)
+            W_x, W_h, b = layout.stacked(layer, self.cell)  # (D, G*H), (H, G*H), (G*H,)
             if i == 0:
                 XW = F.embedding(X.T, W_x) + b  # (T, B, G*H): the rows one-hot(X) @ W_x selects
             else:
                 XW = torch.addmm(b, inputs.reshape(T * B, H), W_x).view(T, B, -1)
-            if self.kind == "lstm":
+            if self.cell == "lstm":
                 h0, c0 = state[0][i], state[1][i]
             else:
                 h0, c0 = state[i], None
-            recurrence = recurrence_for(self.kind, XW)
-            inputs, hT, cT = recurrence(self.kind, XW, W_h, layout.hidden_bias(layer, self.kind),
-                                        h0, c0)
+            recurrence = recurrence_for(self.cell, XW)
+            inputs, hT, cT = recurrence(
+                self.cell, XW, W_h, layout.hidden_bias(layer, self.cell), h0, c0
+            )
             last_h.append(hT)
             last_c.append(cT)
         logits = torch.addmm(self.b_q, inputs.reshape(T * B, H), self.W_hq)  # (T*B, V)
-        if self.kind == "lstm":
+        if self.cell == "lstm":
             return logits, (torch.stack(last_h), torch.stack(last_c))
         return logits, torch.stack(last_h)
 

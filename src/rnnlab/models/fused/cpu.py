@@ -1,5 +1,12 @@
 """Whole-sequence RNN, GRU and LSTM recurrences with a hand-written backward pass (BPTT).
 
+Each layer's sequence is one autograd node: the forward pass runs all T steps
+into buffers allocated once, and the backward pass is backpropagation through
+time (Werbos 1990) written out by hand, ending with dW_h = H_prev^T dGates as
+one product over all steps. It computes the scratch layers' function
+(``rnnlab.models.scratch``); tests/test_fused.py checks it against them and
+with ``torch.autograd.gradcheck`` in float64.
+
 Shapes: T time steps, B batch size, H hidden units, G gates (1 RNN, 3 GRU, 4 LSTM).
 
     recurrence(kind, XW (T, B, G*H), W_h (H, G*H), b_hh (G*H,), h0 (B, H), c0 (B, H) or None)
@@ -7,7 +14,8 @@ Shapes: T time steps, B batch size, H hidden units, G gates (1 RNN, 3 GRU, 4 LST
 
 XW is the input projection of every step, input bias included; b_hh is the bias
 on the recurrent side (zero except the GRU candidate's, see ``layout.hidden_bias``).
-Gates are in cuDNN's order (GRU r, z, n; LSTM i, f, g, o):
+Gates are in cuDNN's order (GRU r, z, n; LSTM i, f, g, o), and the GRU is
+cuDNN's variant, with the reset gate applied to h W_hn + b_hn:
 
     RNN   h = tanh(XW + h W_h + b_hh)
     GRU   r, z = sigmoid(XW_rz + h W_h,rz + b_rz);  n = tanh(XW_n + r * (h W_hn + b_hn))
@@ -15,20 +23,8 @@ Gates are in cuDNN's order (GRU r, z, n; LSTM i, f, g, o):
     LSTM  i, f, o = sigmoid(.), g = tanh(.) of XW + h W_h + b_hh
           c = f * c + i * g;  h = o * tanh(c)
 
-What it saves. An autograd graph of the per-step code records dozens of small
-nodes per step, each allocating its result, and its backward multiplies
-H_{t-1}^T by the step's gate gradients T separate times. Here each sequence is
-one autograd node. The forward pass writes into buffers allocated once for all
-T steps (``addmm_``, in-place ``sigmoid_``/``tanh_``, ``out=``), so a step is a
-handful of calls: GRU 5, LSTM 8, RNN 2. The backward pass first turns the saved
-activations into the local derivatives of every step at once (sigmoid' = s(1-s),
-tanh' = 1 - t^2) with a few big element-wise operations, so its loop keeps only
-what truly runs step by step: the gate gradients of step t (one or two
-element-wise products) and dh_{t-1} = dGates_t W_h^T (one (B, G*H) @ (G*H, H)
-product). dW_h is then ONE product, H_prev^T (H, T*B) @ dGates (T*B, G*H); db_hh
-one sum; dXW is the gate-gradient buffer itself. The products themselves stay:
-at B = 32 and H >= 256 they cost most of a step, so at equal thread counts the
-gain over the scratch and torch.nn models is modest (benchmarks/results-cpu.md).
+(RNN: Elman 1990; GRU: Cho et al. 2014; LSTM: Hochreiter & Schmidhuber 1997,
+with the forget gate of Gers et al. 2000.)
 
 Memory, in elements, for one layer (besides XW, the weights and their gradients;
 the forward buffers live until backward, the backward ones only during it):
@@ -40,23 +36,15 @@ the forward buffers live until backward, the backward ones only during it):
     LSTM  forward 7*TBH (gate activations 4; c, tanh(c), h 3)
           backward 10*TBH (local derivatives 5, dGates = dXW 4, dh 1)
 
-plus O(BH) for the running state and, while the local derivatives are computed,
-one or two TBH-sized temporaries. torch-rnn's LSTM keeps about as much (its
-forward stores the gates, c and h: 6*TBH); the extra here buys the vectorised
-derivative computation. Example: LSTM, T=35, B=32, H=256, float32: forward
-7*286,720*4 bytes = 8.0 MB per layer, backward 11.5 MB more while it runs.
+plus O(BH) for the running state and one or two TBH-sized temporaries while the
+local derivatives are computed.
 
-Tried and measured slower on the project's 2-core machine (benchmarks/results-cpu.md):
-running the loops with fewer intra-op threads than the rest of the model, summing
-dW_h on a second thread during the backward loop, and running the loops on two
-halves of the batch on two Python threads.
+Works on any device and floating dtype. It is not twice differentiable.
 
-Works on any device and floating dtype; ``torch.autograd.gradcheck`` checks it in
-float64 (tests/test_fused.py). It is not twice differentiable.
+Design notes and measurements: docs/fused-cpu.md
 """
-from __future__ import annotations
 
-from typing import Optional, Tuple
+from __future__ import annotations
 
 import torch
 from torch import Tensor
@@ -90,14 +78,16 @@ def _tanh_grad(t: Tensor) -> Tensor:
 # The step-by-step loops, one function each: they write into preallocated
 # (T, B, ...) buffers in place and allocate nothing per step.
 
+
 def _rnn_forward_loop(outputs: Tensor, h: Tensor, W_h: Tensor) -> None:
     for out in outputs.unbind(0):
         out.addmm_(h, W_h).tanh_()
         h = out
 
 
-def _rnn_backward_loop(dh: Tensor, local: Tensor, dgates: Tensor, d_outputs: Tensor,
-                       W_hT: Tensor) -> None:
+def _rnn_backward_loop(
+    dh: Tensor, local: Tensor, dgates: Tensor, d_outputs: Tensor, W_hT: Tensor
+) -> None:
     dh_, local_, dgates_, d_out_ = (x.unbind(0) for x in (dh, local, dgates, d_outputs))
     for t in range(len(dh_) - 1, 0, -1):
         torch.mul(dh_[t], local_[t], out=dgates_[t])
@@ -105,12 +95,20 @@ def _rnn_backward_loop(dh: Tensor, local: Tensor, dgates: Tensor, d_outputs: Ten
     torch.mul(dh_[0], local_[0], out=dgates_[0])
 
 
-def _gru_forward_loop(hw: Tensor, XW: Tensor, n: Tensor, outputs: Tensor, h: Tensor,
-                      W_h: Tensor) -> None:
+def _gru_forward_loop(
+    hw: Tensor, XW: Tensor, n: Tensor, outputs: Tensor, h: Tensor, W_h: Tensor
+) -> None:
     H = n.shape[-1]
-    steps = zip(hw.unbind(0), hw[..., :2 * H].unbind(0), hw[..., :H].unbind(0),
-                hw[..., H:2 * H].unbind(0), hw[..., 2 * H:].unbind(0),
-                XW[..., 2 * H:].unbind(0), n.unbind(0), outputs.unbind(0))
+    steps = zip(
+        hw.unbind(0),
+        hw[..., : 2 * H].unbind(0),
+        hw[..., :H].unbind(0),
+        hw[..., H : 2 * H].unbind(0),
+        hw[..., 2 * H :].unbind(0),
+        XW[..., 2 * H :].unbind(0),
+        n.unbind(0),
+        outputs.unbind(0),
+    )
     for hw_t, rz_t, r_t, z_t, hn_t, xn_t, n_t, out_t in steps:
         hw_t.addmm_(h, W_h)
         rz_t.sigmoid_()
@@ -119,10 +117,10 @@ def _gru_forward_loop(hw: Tensor, XW: Tensor, n: Tensor, outputs: Tensor, h: Ten
         h = out_t
 
 
-def _gru_backward_loop(dh: Tensor, z: Tensor, d_outputs: Tensor, local: Tensor,
-                       dgates_h: Tensor, W_hT: Tensor) -> None:
-    dh_, z_, d_out_, local_, dgates_h_ = (
-        x.unbind(0) for x in (dh, z, d_outputs, local, dgates_h))
+def _gru_backward_loop(
+    dh: Tensor, z: Tensor, d_outputs: Tensor, local: Tensor, dgates_h: Tensor, W_hT: Tensor
+) -> None:
+    dh_, z_, d_out_, local_, dgates_h_ = (x.unbind(0) for x in (dh, z, d_outputs, local, dgates_h))
     dh1_ = dh.unsqueeze(2).unbind(0)  # (b, 1, H): broadcast over the three gates
     dgates_h3_ = [g.view(g.shape[0], 3, -1) for g in dgates_h_]
     for t in range(len(dh_) - 1, 0, -1):
@@ -132,12 +130,27 @@ def _gru_backward_loop(dh: Tensor, z: Tensor, d_outputs: Tensor, local: Tensor,
     torch.mul(local_[0], dh1_[0], out=dgates_h3_[0])
 
 
-def _lstm_forward_loop(gates: Tensor, c: Tensor, tanh_c: Tensor, outputs: Tensor, h: Tensor,
-                       c_prev: Tensor, W_h: Tensor) -> None:
+def _lstm_forward_loop(
+    gates: Tensor,
+    c: Tensor,
+    tanh_c: Tensor,
+    outputs: Tensor,
+    h: Tensor,
+    c_prev: Tensor,
+    W_h: Tensor,
+) -> None:
     H = c.shape[-1]
-    steps = zip(gates.unbind(0), gates[..., :2 * H].unbind(0), gates[..., :H].unbind(0),
-                gates[..., H:2 * H].unbind(0), gates[..., 2 * H:3 * H].unbind(0),
-                gates[..., 3 * H:].unbind(0), c.unbind(0), tanh_c.unbind(0), outputs.unbind(0))
+    steps = zip(
+        gates.unbind(0),
+        gates[..., : 2 * H].unbind(0),
+        gates[..., :H].unbind(0),
+        gates[..., H : 2 * H].unbind(0),
+        gates[..., 2 * H : 3 * H].unbind(0),
+        gates[..., 3 * H :].unbind(0),
+        c.unbind(0),
+        tanh_c.unbind(0),
+        outputs.unbind(0),
+    )
     for g_t, if_t, i_t, f_t, gg_t, o_t, c_t, tc_t, out_t in steps:
         g_t.addmm_(h, W_h)
         if_t.sigmoid_()
@@ -149,8 +162,16 @@ def _lstm_forward_loop(gates: Tensor, c: Tensor, tanh_c: Tensor, outputs: Tensor
         h, c_prev = out_t, c_t
 
 
-def _lstm_backward_loop(dh: Tensor, a_c: Tensor, f: Tensor, d_outputs: Tensor, dgates: Tensor,
-                        local: Tensor, dc: Tensor, W_hT: Tensor) -> None:
+def _lstm_backward_loop(
+    dh: Tensor,
+    a_c: Tensor,
+    f: Tensor,
+    d_outputs: Tensor,
+    dgates: Tensor,
+    local: Tensor,
+    dc: Tensor,
+    W_hT: Tensor,
+) -> None:
     T, b, GH = dgates.shape
     dgates4 = dgates.view(T, b, 4, GH // 4)
     dc1 = dc.unsqueeze(1)  # (b, 1, H): broadcast over the gates i, f, g
@@ -180,9 +201,9 @@ class RNNRecurrence(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, d_outputs: Tensor, d_hT: Tensor):
         W_h, h0, outputs = ctx.saved_tensors
-        local = _tanh_grad(outputs)              # (T, B, H) dh_t/dpre_t
-        dgates = torch.empty_like(outputs)       # (T, B, H) = dXW
-        dh = torch.empty_like(outputs)           # dh[t] = dL/dh_t, everything included
+        local = _tanh_grad(outputs)  # (T, B, H) dh_t/dpre_t
+        dgates = torch.empty_like(outputs)  # (T, B, H) = dXW
+        dh = torch.empty_like(outputs)  # dh[t] = dL/dh_t, everything included
         torch.add(d_outputs[-1], d_hT, out=dh[-1])
         W_hT = W_h.t()
         _rnn_backward_loop(dh, local, dgates, d_outputs, W_hT)
@@ -202,8 +223,8 @@ class GRURecurrence(torch.autograd.Function):
         # hw[t] = [r, z, h W_hn + b_hn]: filled with the parts known before the loop
         # (XW_rz + b_rz, b_hn) so that one addmm_ per step completes all three.
         hw = torch.empty_like(XW)
-        torch.add(XW[..., :2 * H], b_hh[:2 * H], out=hw[..., :2 * H])
-        hw[..., 2 * H:] = b_hh[2 * H:]
+        torch.add(XW[..., : 2 * H], b_hh[: 2 * H], out=hw[..., : 2 * H])
+        hw[..., 2 * H :] = b_hh[2 * H :]
         n = torch.empty(T, B, H, dtype=XW.dtype, device=XW.device)
         outputs = torch.empty_like(n)
         _gru_forward_loop(hw, XW, n, outputs, h0, W_h)
@@ -216,7 +237,7 @@ class GRURecurrence(torch.autograd.Function):
         W_h, h0, hw, n, outputs = ctx.saved_tensors
         T, B, GH = hw.shape
         H = GH // 3
-        r, z, hn = hw[..., :H], hw[..., H:2 * H], hw[..., 2 * H:]
+        r, z, hn = hw[..., :H], hw[..., H : 2 * H], hw[..., 2 * H :]
         h_prev = _previous(h0, outputs)
         # With dh the gradient reaching h_t, the gate gradients are dh times:
         #   dn_pre = dh * (1 - z) tanh'(n)                      = dh * a_n
@@ -238,7 +259,7 @@ class GRURecurrence(torch.autograd.Function):
             dh0 = dgates_h[0] @ W_hT
             dh0.addcmul_(dh[0], z[0])
         dXW = dgates_h.clone()
-        torch.mul(dh, a_n, out=dXW[..., 2 * H:])  # the input side's candidate misses the "* r"
+        torch.mul(dh, a_n, out=dXW[..., 2 * H :])  # the input side's candidate misses the "* r"
         dW = _dW_h(h0, outputs, dgates_h) if ctx.needs_input_grad[1] else None
         db = dgates_h.sum((0, 1)) if ctx.needs_input_grad[2] else None
         return dXW, dW, db, dh0
@@ -265,7 +286,7 @@ class LSTMRecurrence(torch.autograd.Function):
         W_h, h0, c0, gates, c, tanh_c, outputs = ctx.saved_tensors
         T, B, GH = gates.shape
         H = GH // 4
-        i, f, g, o = (gates[..., k * H:(k + 1) * H] for k in range(4))
+        i, f, g, o = (gates[..., k * H : (k + 1) * H] for k in range(4))
         c_prev = _previous(c0, c)
         # With dh, dc the gradients reaching h_t, c_t (dc also through h_t = o tanh(c_t)):
         #   dc += dh * o tanh'(c)                               = dh * a_c
@@ -291,8 +312,9 @@ class LSTMRecurrence(torch.autograd.Function):
         return dgates, dW, db, dh0, dc
 
 
-def recurrence(kind: str, XW: Tensor, W_h: Tensor, b_hh: Tensor, h0: Tensor,
-               c0: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+def recurrence(
+    kind: str, XW: Tensor, W_h: Tensor, b_hh: Tensor, h0: Tensor, c0: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor | None]:
     """Run layer ``kind`` over all steps: (outputs (T, B, H), hT (B, H), cT (B, H) or None)."""
     if kind == "lstm":
         return LSTMRecurrence.apply(XW, W_h, b_hh, h0, c0)

@@ -1,0 +1,93 @@
+"""Run the rnnlab command with one fault injected from outside: a kill or a diverging step.
+
+    python tests/faults.py crash-at-batch 40 -- train timemachine --out runs/x ...
+    python tests/faults.py crash-in-save 2 -- train ...
+    python tests/faults.py nan-at-batch 40 -- train ...
+
+The library has no test hooks: this launcher wraps the function to break, then
+calls the command line's ``main`` in the same process.
+
+* crash-at-batch N: SIGKILL before the update step of global batch N + 1 (after N
+  batches of this process have trained).
+* crash-in-save N: SIGKILL in the Nth checkpoint this process writes, after its
+  first file (the weights) is written and before the switch to it.
+* nan-at-batch N: the update of global batch N turns every parameter and the loss
+  into NaN, as a diverging run would.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+import torch
+
+from rnnlab import cli, files, train
+
+
+def crash_at_batch(n: int) -> None:
+    make_step = train.make_step
+    done = [0]
+
+    def counting_make_step(model, optimizer, clip):
+        step = make_step(model, optimizer, clip)
+
+        def dies_at_n(X, Y, state):
+            if done[0] == n:
+                os.kill(os.getpid(), signal.SIGKILL)
+            done[0] += 1
+            return step(X, Y, state)
+
+        return dies_at_n
+
+    train.make_step = counting_make_step
+
+
+def crash_in_save(n: int) -> None:
+    atomic_write = files.atomic_write
+    saves = [0]
+
+    def dies_in_nth_save(path, data):
+        atomic_write(path, data)
+        if path.parent.name.startswith("gen-") and path.name == "model.safetensors":
+            saves[0] += 1  # the weights are the first file of every checkpoint
+            if saves[0] == n:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    files.atomic_write = dies_in_nth_save
+
+
+def nan_at_batch(n: int) -> None:
+    make_step = train.make_step
+    done = [0]
+
+    def poisoning_make_step(model, optimizer, clip):
+        step = make_step(model, optimizer, clip)
+
+        def diverges_at_n(X, Y, state):
+            loss, norm, state = step(X, Y, state)
+            done[0] += 1
+            if done[0] == n:
+                with torch.no_grad():
+                    for p in model.parameters():
+                        p.fill_(float("nan"))
+                loss = loss * float("nan")
+            return loss, norm, state
+
+        return diverges_at_n
+
+    train.make_step = poisoning_make_step
+
+
+FAULTS = {
+    "crash-at-batch": crash_at_batch,
+    "crash-in-save": crash_in_save,
+    "nan-at-batch": nan_at_batch,
+}
+
+if __name__ == "__main__":
+    fault, count, separator, *argv = sys.argv[1:]
+    assert fault in FAULTS and separator == "--", "usage: faults.py FAULT N -- ARGS..."
+    FAULTS[fault](int(count))
+    sys.exit(cli.main(argv))
