@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -93,11 +94,13 @@ def test_tied_weights_save_and_load(tmp_path):
     assert torch.equal(loaded.embedding.weight, model.embedding.weight)
 
 
-def test_a_new_checkpoint_replaces_the_old_one(tmp_path):
+def test_a_new_checkpoint_replaces_the_old_one_and_keeps_the_previous(tmp_path):
+    """The previous checkpoint stays for readers that read the pointer just before."""
     run, cfg, model, opt, progress, history = make_run(tmp_path, "gru", "sgd", "scratch")
-    checkpoint.save_checkpoint(run, model, opt, 2, EpochProgress(), history, cfg)
-    assert checkpoint.read_checkpoint(run).generation == 2
-    assert [p.name for p in (run / "checkpoints").iterdir()] == ["gen-000002"]
+    for generation in (2, 3):
+        checkpoint.save_checkpoint(run, model, opt, 2, EpochProgress(), history, cfg)
+        assert checkpoint.read_checkpoint(run).generation == generation
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["gen-000002", "gen-000003"]
 
 
 @pytest.mark.parametrize(
@@ -121,9 +124,12 @@ def test_damaged_files_are_reported_with_what_to_do(tmp_path, name, damage):
     assert name in message and ("train again" in message or "restore" in message)
 
 
-def test_missing_pointer_means_no_checkpoint(tmp_path):
+def test_missing_pointer_is_recovered_and_no_folder_means_no_checkpoint(tmp_path):
     run = make_run(tmp_path)[0]
     (run / "checkpoint.json").unlink()
+    assert checkpoint.load_run(run)[3].generation == 1  # the newest complete one
+    assert not (run / "checkpoint.json").exists()  # reading a run writes nothing
+    shutil.rmtree(run / "checkpoints")
     with pytest.raises(RnnlabError, match="no checkpoint"):
         checkpoint.load_run(run)
 
@@ -162,9 +168,9 @@ def test_crash_before_the_switch_keeps_the_previous_checkpoint(tmp_path, monkeyp
     monkeypatch.setattr(files, "atomic_write", real)
     ckpt = checkpoint.read_checkpoint(run)
     assert (ckpt.generation, ckpt.epoch, ckpt.progress.batch) == (1, 1, 2)
-    # the next save cleans up the half-written folder and succeeds
-    assert checkpoint.save_checkpoint(run, model, opt, 3, EpochProgress(), history, cfg) == 2
-    assert [p.name for p in (run / "checkpoints").iterdir()] == ["gen-000002"]
+    # the next save is numbered past the half-written folder, and cleans it up
+    assert checkpoint.save_checkpoint(run, model, opt, 3, EpochProgress(), history, cfg) == 3
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["gen-000001", "gen-000003"]
 
 
 def test_full_disk_is_a_clear_error_that_keeps_the_previous_checkpoint(tmp_path, monkeypatch):

@@ -155,7 +155,7 @@ def test_resume_continues_from_the_saved_epoch(run, tmp_path, capsys):
     assert [r["epoch"] for r in records] == [1, 2, 3]
     assert json.loads((copy / "config.json").read_text())["epochs"] == 3
     assert cli.main(["train", "--out", str(copy), "--resume"]) == 0
-    assert "already trained its 3 epoch" in capsys.readouterr().out
+    assert "already trained 3 epoch" in capsys.readouterr().out
 
 
 def option_strings(parser):
@@ -275,6 +275,7 @@ def test_run_without_a_checkpoint_is_a_clear_error(run, tmp_path, capsys):
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
     (copy / "checkpoint.json").unlink()
+    shutil.rmtree(copy / "checkpoints")
     assert cli.main(["eval", str(copy)]) == 2
     assert "has no checkpoint" in capsys.readouterr().err
 

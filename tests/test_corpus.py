@@ -1,12 +1,18 @@
 """Corpora: built-in names (shipped, in the data folder, cached or downloaded with a fake
-fetch), and reading text files and folders."""
+fetch), reading text files and folders, and the bounds on all of them (no pipes, devices
+or folders where a file belongs; limited sizes; cache writes that fail in one line)."""
 
 import dataclasses
+import errno
 import hashlib
 import io
+import itertools
 import json
 import os
 import re
+import subprocess
+import sys
+import time
 import urllib.error
 import urllib.request
 import zipfile
@@ -457,3 +463,283 @@ def test_unknown_corpus_name_lists_the_known_ones(tmp_path, monkeypatch):
     assert "unknown corpus 'timemachin'" in message
     for name in corpus.CORPORA:
         assert name in message
+
+
+# ---------------------------------------------------------------------------
+# Every file is read with a bound: named pipes, devices, folders and sizes
+
+has_fifos = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+has_dev_zero = pytest.mark.skipif(not os.path.exists("/dev/zero"), reason="no /dev/zero")
+
+# corpus.read_text(argv[1]) in a child: prints {"text": ...} or {"error": ...}
+READ_IN_CHILD = """
+import json, sys
+from rnnlab import corpus
+from rnnlab.errors import RnnlabError
+try:
+    print(json.dumps({"text": corpus.read_text(sys.argv[1])}))
+except RnnlabError as e:
+    print(json.dumps({"error": str(e)}))
+"""
+
+
+def _one_gib_of_memory():
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+
+
+def read_text_elsewhere(source, timeout=60):
+    """corpus.read_text(source) in a child Python with 1 GiB of memory and a time limit,
+    so that reading a pipe or a device without bounds fails the test instead of hanging
+    it or filling this machine's memory. Returns the child's {"text"} or {"error"}."""
+    result = subprocess.run(
+        [sys.executable, "-c", READ_IN_CHILD, str(source)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        preexec_fn=_one_gib_of_memory,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def check_one_line(message, *words):
+    assert "\n" not in message, message
+    for word in words:
+        assert word in message, (word, message)
+
+
+@has_fifos
+def test_a_named_pipe_as_the_corpus_is_an_error_not_a_hang(tmp_path):
+    fifo = tmp_path / "corpus.txt"
+    os.mkfifo(fifo)
+    started = time.monotonic()
+    error = read_text_elsewhere(fifo)["error"]
+    check_one_line(error, str(fifo), "named pipe", "regular", "save piped text to a file")
+    assert time.monotonic() - started < 30  # the open did not wait for a writer
+
+
+@has_dev_zero
+def test_dev_zero_as_the_corpus_is_an_error_not_unbounded_memory():
+    error = read_text_elsewhere("/dev/zero")["error"]
+    check_one_line(error, "/dev/zero", "character device", "regular UTF-8 text file")
+
+
+@has_fifos
+def test_a_named_pipe_ending_in_txt_inside_a_corpus_folder_is_named(tmp_path):
+    folder = tmp_path / "books"
+    folder.mkdir()
+    (folder / "a.txt").write_text("first")
+    os.mkfifo(folder / "b.txt")
+    error = read_text_elsewhere(folder)["error"]
+    check_one_line(error, str(folder / "b.txt"), "named pipe", "remove it from")
+
+
+@has_dev_zero
+def test_a_device_ending_in_txt_inside_a_corpus_folder_is_named(tmp_path):
+    folder = tmp_path / "books"
+    folder.mkdir()
+    (folder / "a.txt").write_text("first")
+    (folder / "zero.txt").symlink_to("/dev/zero")
+    error = read_text_elsewhere(folder)["error"]
+    check_one_line(error, str(folder / "zero.txt"), "character device", "remove it from")
+
+
+def test_a_corpus_folder_skips_folders_named_txt_and_dangling_links(tmp_path):
+    folder = tmp_path / "books"
+    (folder / "part.txt").mkdir(parents=True)  # a folder whose name ends in .txt is searched
+    (folder / "part.txt" / "b.txt").write_text("second")
+    (folder / "a.txt").write_text("first")
+    (folder / ".#c.txt").symlink_to("user@host.1234")  # an editor's lock file
+    assert corpus.read_text(str(folder)) == "first\nsecond"
+
+
+@pytest.mark.parametrize("split", ["valid", "test"])
+def test_a_folder_where_a_builtin_file_belongs_is_an_error_not_a_download(
+    split, tmp_path, monkeypatch, offline
+):
+    in_the_way = data_folder(tmp_path / "data", {f"ptb/{split}.txt/inside.txt": " a b c \n"})
+    in_the_way = in_the_way / "ptb" / f"{split}.txt"
+
+    def unreachable(*args, **kwargs):
+        raise AssertionError("nothing may be downloaded past a file in the data folder")
+
+    monkeypatch.setattr(urllib.request, "urlopen", unreachable)  # what read_text's fetch calls
+    with pytest.raises(RnnlabError) as info:
+        corpus.read_text("ptb", split)
+    check_one_line(str(info.value), str(in_the_way), "is a folder, not a regular file", "remove it")
+    assert not offline.exists()
+
+
+def test_a_file_up_to_the_corpus_limit_is_read_and_a_larger_one_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(corpus, "CORPUS_LIMIT", 100)
+    path = tmp_path / "corpus.txt"
+    path.write_text("x" * 100)
+    assert corpus.read_text(str(path)) == "x" * 100
+    path.write_text("x" * 101)
+    with pytest.raises(RnnlabError) as info:
+        corpus.read_text(str(path))
+    check_one_line(str(info.value), str(path), "101 bytes, more than the 100 bytes")
+
+
+def test_a_folder_counts_its_txt_files_together_against_the_corpus_limit(tmp_path, monkeypatch):
+    monkeypatch.setattr(corpus, "CORPUS_LIMIT", 100)
+    folder = tmp_path / "books"
+    folder.mkdir()
+    (folder / "a.txt").write_text("a" * 50)
+    (folder / "b.txt").write_text("b" * 50)
+    assert corpus.read_text(str(folder)) == "a" * 50 + "\n" + "b" * 50  # exactly the limit
+    (folder / "c.txt").write_text("c")
+    with pytest.raises(RnnlabError) as info:
+        corpus.read_text(str(folder))
+    check_one_line(str(info.value), str(folder), "more than 100 bytes", str(folder / "c.txt"))
+
+
+def test_a_download_larger_than_the_limit_is_refused_even_with_the_right_checksum(
+    offline, monkeypatch, not_packaged
+):
+    monkeypatch.setattr(corpus, "DOWNLOAD_LIMIT", 100)
+    data = b"x" * 101
+    spec = fake_spec(monkeypatch, "tinyshakespeare", data)
+    with pytest.raises(RnnlabError) as info:
+        corpus.builtin_path("tinyshakespeare", fetch=lambda url: data, packaged=not_packaged)
+    message = str(info.value)
+    check_one_line(message, "larger than 100 bytes", "nothing was saved")
+    check_nothing_saved_and_hint(message, offline, spec)
+
+
+class FakeResponse:
+    """What urlopen returns, serving ``data`` (over and over if ``endless``) 7 bytes at a time."""
+
+    def __init__(self, data, endless=False):
+        self.stream = itertools.cycle(data) if endless else iter(data)
+        self.served = 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def read(self, n=-1):
+        if n is None or n < 0:
+            raise AssertionError("the response was read without a limit")
+        piece = bytes(itertools.islice(self.stream, min(n, 7)))
+        self.served += len(piece)
+        return piece
+
+
+def test_the_download_reads_the_response_with_a_limit(offline, monkeypatch, not_packaged):
+    monkeypatch.setattr(corpus, "DOWNLOAD_LIMIT", 100)
+    response = FakeResponse(b"to be or not to be\n", endless=True)
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: response)
+    with pytest.raises(RnnlabError) as info:
+        corpus.builtin_path("tinyshakespeare", packaged=not_packaged)
+    check_one_line(str(info.value), "could not download", "larger than 100 bytes")
+    assert response.served == 101  # one byte past the limit says it is too large
+    assert not offline.exists() or files_under(offline) == []
+
+
+def test_a_download_of_exactly_the_limit_is_saved(offline, monkeypatch, not_packaged):
+    data = b"to be or not to be, that is the question\n"
+    fake_spec(monkeypatch, "tinyshakespeare", data)
+    monkeypatch.setattr(corpus, "DOWNLOAD_LIMIT", len(data))
+    response = FakeResponse(data)
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: response)
+    path = corpus.builtin_path("tinyshakespeare", packaged=not_packaged)
+    assert path.read_bytes() == data
+
+
+@pytest.mark.parametrize("source", ["", "   ", "\t\n"])
+def test_an_empty_or_blank_source_is_refused_not_read_as_this_folder(source, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("a file that happens to be in the current folder")
+    with pytest.raises(RnnlabError) as info:
+        corpus.read_text(source)
+    message = str(info.value)
+    check_one_line(message, repr(source), "'.' for this folder")
+    assert ("is empty" if not source else "only white space") in message
+
+
+@pytest.mark.parametrize(
+    "source",
+    ["~no_such_user_of_rnnlab/corpus.txt", "x" * 5000 + ".txt"],
+    ids=["no such user", "name too long"],
+)
+def test_a_path_the_system_cannot_look_up_is_a_one_line_error(source):
+    with pytest.raises(RnnlabError) as info:
+        corpus.read_text(source)
+    check_one_line(str(info.value), "cannot read", "regular UTF-8 text file")
+
+
+def _disk_full(*args):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def _read_only_mkdir(self, *args, **kwargs):
+    raise OSError(errno.EROFS, "Read-only file system", str(self))
+
+
+@pytest.mark.parametrize("failure", ["disk full", "file in the way", "unwritable", "mkdir fails"])
+@pytest.mark.parametrize("name", ["timemachine", "ptb"])
+def test_a_cache_that_cannot_be_written_is_a_one_line_error_and_keeps_nothing(
+    failure, name, offline, monkeypatch, not_packaged
+):
+    texts = {"train": " a b \n", "valid": " c \n", "test": " d \n"}
+    data = ptb_zip(texts) if name == "ptb" else b"The Time Traveller\n"
+    spec = fake_spec(monkeypatch, name, data)
+    words = [f"could not save corpus {name!r}", str(offline), "RNNLAB_DATA_DIR", spec.url]
+    if failure == "disk full":
+        monkeypatch.setattr(os, "fsync", _disk_full)
+        words.append("No space left on device")
+    elif failure == "file in the way":
+        offline.parent.mkdir()
+        offline.write_text("a file where the cache folder belongs")
+    elif failure == "unwritable":
+        real_open = os.open
+
+        def refuse_in_cache(path, flags, *args, **kwargs):
+            if str(path).startswith(str(offline)) and flags & os.O_CREAT:
+                raise PermissionError(errno.EACCES, "Permission denied", str(path))
+            return real_open(path, flags, *args, **kwargs)
+
+        monkeypatch.setattr(os, "open", refuse_in_cache)  # as root, chmod would not stop it
+        words.append("Permission denied")
+    else:
+        monkeypatch.setattr(Path, "mkdir", _read_only_mkdir)
+        words.append("Read-only file system")
+    with pytest.raises(RnnlabError) as info:
+        corpus.builtin_path(name, fetch=lambda url: data, packaged=not_packaged)
+    monkeypatch.undo()
+    check_one_line(str(info.value), *words)
+    if offline.is_dir():
+        assert files_under(offline) == []  # no temporary file, nothing half-written
+
+
+@has_fifos
+@has_dev_zero
+@pytest.mark.parametrize("kind", ["named pipe", "character device", "named pipe in a folder"])
+def test_the_command_refuses_a_pipe_or_device_as_the_corpus_in_one_line(
+    kind, tmp_path, cli, clean_error
+):
+    if kind == "named pipe":
+        source = bad = tmp_path / "corpus.txt"
+        os.mkfifo(bad)
+    elif kind == "character device":
+        source = bad = Path("/dev/zero")
+    else:
+        source = tmp_path / "books"
+        source.mkdir()
+        (source / "a.txt").write_text("some text")
+        bad = source / "b.txt"
+        os.mkfifo(bad)
+    result = cli("data", source, timeout=120)  # a hang or unbounded read ends here
+    clean_error(result, str(bad), kind.split(" in ")[0], "not a regular file")
+
+
+def test_the_command_refuses_an_empty_source(tmp_path, monkeypatch, cli, clean_error):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("not to be read")
+    clean_error(cli("data", "", timeout=120), "''", "empty")  # config or corpus may refuse it

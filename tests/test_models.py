@@ -4,6 +4,7 @@ build_model makes the model a ModelConfig describes; the config refuses what no 
 """
 
 import sys
+import types
 from dataclasses import FrozenInstanceError, replace
 
 import pytest
@@ -12,7 +13,19 @@ import torch
 import rnnlab.models
 from rnnlab.config import ModelConfig
 from rnnlab.errors import RnnlabError
-from rnnlab.models import CELLS, IMPLS, RNNEncoder, ScratchLM, TorchLM, build_model, usable_impl
+from rnnlab.models import (
+    CELLS,
+    IMPLS,
+    RNNEncoder,
+    ScratchLM,
+    TorchLM,
+    build_model,
+    check_fits,
+    machine_memory,
+    memory_estimate,
+    parameter_count,
+    usable_impl,
+)
 from rnnlab.models.fused import FusedLM
 
 TOL = 1e-5  # float64 throughout, so differences are rounding only
@@ -181,3 +194,75 @@ def test_one_hot_models_refuse_torch_only_options(impl):
             ModelConfig(impl=impl, hidden=8, **option)
     with pytest.raises(RnnlabError, match="--cell 'transformer'.*" + ", ".join(CELLS)):
         ModelConfig(impl=impl, cell="transformer")
+
+
+# Each model's optional extras: an embedding, and tied weights (which need E == H).
+SHAPES = (
+    [
+        dict(impl=impl, cell=cell, layers=layers, hidden=6)
+        for impl in IMPLS
+        for cell in CELLS
+        for layers in (1, 3)
+    ]
+    + [dict(impl="torch", cell=cell, layers=2, hidden=6, embedding=4) for cell in CELLS]
+    + [
+        dict(impl="torch", cell=cell, layers=2, hidden=6, embedding=6, tie_weights=True)
+        for cell in CELLS
+    ]
+)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "-".join(map(str, s.values())))
+def test_parameter_count_is_what_torch_counts(shape):
+    config = ModelConfig(**shape)
+    model = build_model(config, 13)
+    assert parameter_count(config, 13) == sum(p.numel() for p in model.parameters())
+
+
+def test_memory_estimate_is_the_formula_in_its_docstring():
+    """A 2-layer LSTM by hand: V=5, H=3, B=2, T=4, G=4."""
+    config = ModelConfig(cell="lstm", impl="scratch", hidden=3, layers=2)
+    # layer 0: 4*(5*3 + 3*3 + 3) = 108; layer 1: 4*(3*3 + 3*3 + 3) = 84; output 3*5 + 5 = 20
+    P = 108 + 84 + 20
+    assert P == sum(p.numel() for p in build_model(config, 5).parameters())
+    # per step and stream: one-hot input 5, 2 layers of (4 + 1) * 3, logits and gradient 2*5
+    activations = 4 * 2 * (5 + 2 * 5 * 3 + 2 * 5)
+    assert memory_estimate(config, 5, 2, 4) == 4 * (2 * P + activations)  # SGD: no state
+    for adam in ("adam", "adamw"):  # two moments per parameter
+        assert memory_estimate(config, 5, 2, 4, adam) == 4 * (4 * P + activations)
+
+
+def test_check_fits_refuses_what_the_machine_cannot_hold():
+    config = ModelConfig(hidden=64, layers=2)
+    need = memory_estimate(config, 28, 32, 35, "adam")
+    check_fits(config, 28, 32, 35, "adam", available=need)
+    with pytest.raises(RnnlabError) as info:
+        check_fits(config, 28, 32, 35, "adam", available=need - 1)
+    message = str(info.value)
+    assert "--hidden/--layers/--batch-size/--num-steps" in message and "activations" in message
+    assert len(message.splitlines()) == 1
+
+
+def test_check_fits_refuses_huge_models_without_allocating(monkeypatch):
+    def no_tensors(*args, **kwargs):
+        raise AssertionError("check_fits must not allocate")
+
+    for name in ("empty", "zeros", "randn", "ones"):
+        monkeypatch.setattr(torch, name, no_tensors)
+    terabyte = 2**40
+    largest = ModelConfig(cell="lstm", hidden=1_000_000, layers=1_000)  # the config's bounds
+    with pytest.raises(RnnlabError, match="GiB"):
+        check_fits(largest, 100, 32, 35, available=terabyte)
+    # even past the config's bounds (a stand-in config): Python ints, no overflow
+    huge = types.SimpleNamespace(
+        cell="rnn", impl="fused", hidden=10**9, layers=1, embedding=0, tie_weights=False
+    )
+    assert memory_estimate(huge, 100, 32, 35) > 8 * 10**18  # W_hh and its gradient alone
+    with pytest.raises(RnnlabError, match="more than this machine's"):
+        check_fits(huge, 100, 32, 35, available=machine_memory() or terabyte)
+
+
+def test_the_notes_model_fits_this_machine():
+    if machine_memory() is None:
+        pytest.skip("this system does not report its memory")
+    check_fits(ModelConfig(), 28, 32, 35)

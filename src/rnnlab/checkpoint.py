@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,12 +33,18 @@ from safetensors.torch import save as st_save
 from . import files, rundir
 from .config import TrainConfig, conflicts, flag
 from .errors import RnnlabError
-from .models import build_model
-from .rundir import CHECKPOINTS, CONFIG, MODEL, POINTER, VOCAB
+from .models import build_model, check_fits
+from .rundir import CHECKPOINTS, CONFIG, MODEL, POINTER, VOCAB, VOCAB_LIMIT
 from .train import EpochProgress, NonFiniteError
 
 TRAINER_TENSORS, TRAINER_JSON, MANIFEST = ("trainer.safetensors", "trainer.json", "manifest.json")
 FORMAT = 1
+GENERATION = re.compile(CHECKPOINTS + r"/gen-(\d{6})")  # the only folders a pointer may name
+DAMAGED_RUN = "the run directory is damaged: restore it from a backup, or train again"
+# Limits on what is read from a run directory (a hostile file must not exhaust memory).
+POINTER_LIMIT, MANIFEST_LIMIT = 4 * files.KIB, 64 * files.KIB
+TENSORS_LIMIT = 64 * files.GIB  # weights or optimizer state: refused first by the model's size
+READ_ATTEMPTS = 5  # a reader racing a training process retries this often
 
 
 def json_bytes(obj: Any) -> bytes:
@@ -135,13 +141,13 @@ def save_checkpoint(
         TRAINER_JSON: json_bytes(trainer),
     }
     try:
-        vocab_sha = sha256((run / VOCAB).read_bytes())
-        generation = read_pointer(run)["generation"] + 1 if has_checkpoint(run) else 1
-        folder_name = f"{CHECKPOINTS}/gen-{generation:06d}"
-        folder = run / folder_name
-        (run / CHECKPOINTS).mkdir(exist_ok=True)
-        if folder.exists():  # left by a save that crashed before its switch
-            shutil.rmtree(folder)
+        vocab_sha = sha256(files.read_regular(run / VOCAB, VOCAB_LIMIT))
+        checkpoints = checkpoints_folder(run, create=True)
+        # Numbered past every folder there, so that no save ever writes into (or deletes)
+        # a folder that may hold a complete checkpoint, even one the pointer has lost.
+        previous = current_generation(run)
+        generation = max([*generations(run), previous], default=0) + 1
+        folder = checkpoints / f"gen-{generation:06d}"
         folder.mkdir()
         for name, data in blobs.items():
             files.atomic_write(folder / name, data)
@@ -155,44 +161,83 @@ def save_checkpoint(
         }
         manifest_bytes = json_bytes(manifest)
         files.atomic_write(folder / MANIFEST, manifest_bytes)
-        files.fsync_dir(run / CHECKPOINTS)
+        files.fsync_dir(checkpoints)
         # The switch: from here on the new checkpoint is the current one.
-        files.atomic_write(
-            run / POINTER,
-            json_bytes(
-                {
-                    "current": folder_name,
-                    "generation": generation,
-                    "manifest_sha256": sha256(manifest_bytes),
-                }
-            ),
-        )
+        write_pointer(run, generation, manifest_bytes)
     except OSError as e:
         raise rundir.write_error(run, e) from None
-    _after_switch(run, folder)
+    _after_switch(run, generation, previous, blobs[MODEL])
     return generation
 
 
-def _after_switch(run: Path, current: Path) -> None:
-    """Point RUN/model.safetensors at the current weights; delete older checkpoints.
+def write_pointer(run: Path, generation: int, manifest_bytes: bytes) -> None:
+    """Make checkpoint ``generation`` (with this manifest) the current one, atomically."""
+    pointer = {
+        "current": f"{CHECKPOINTS}/gen-{generation:06d}",
+        "generation": generation,
+        "manifest_sha256": sha256(manifest_bytes),
+    }
+    files.atomic_write(Path(run) / POINTER, json_bytes(pointer))
 
+
+def _after_switch(run: Path, generation: int, previous: int, weights: bytes) -> None:
+    """Copy the current weights to RUN/model.safetensors; delete all but the last two checkpoints.
+
+    The copy is a file of its own, so that writing over it never touches a checkpoint.
+    The previous checkpoint stays until the next switch, so that a reader (generate,
+    eval) that read the pointer just before this switch still finds its files.
     Best effort: a failure here leaves the new checkpoint current and complete.
     """
-    link_tmp = run / ".model.safetensors.link.tmp"
     try:
-        if link_tmp.exists():
-            link_tmp.unlink()
-        try:
-            os.link(current / MODEL, link_tmp)
-            os.replace(link_tmp, run / MODEL)
-        except OSError:  # a file system without hard links: copy instead
-            files.atomic_write(run / MODEL, (current / MODEL).read_bytes())
-        files.fsync_dir(run)
-        for old in (run / CHECKPOINTS).iterdir():
-            if old != current and old.name.startswith("gen-"):
-                shutil.rmtree(old, ignore_errors=True)
+        files.atomic_write(run / MODEL, weights)
     except OSError:
         pass
+    keep = {generation, previous}  # folders of saves killed before their switch go too
+    for number in generations(run):
+        if number not in keep:
+            _remove_folder(run / CHECKPOINTS / f"gen-{number:06d}")
+
+
+def _remove_folder(folder: Path) -> None:
+    """Delete a checkpoint folder; never through a symbolic link (a link is only unlinked)."""
+    try:
+        if folder.is_symlink():
+            folder.unlink()
+        elif folder.is_dir():
+            shutil.rmtree(folder)  # rmtree does not follow links inside the folder
+    except OSError:
+        pass
+
+
+def checkpoints_folder(run: Path, create: bool = False) -> Path:
+    """RUN/checkpoints: a real folder, as rnnlab never writes or deletes through a link."""
+    folder = Path(run) / CHECKPOINTS
+    if folder.is_symlink():
+        raise RnnlabError(
+            f"{folder} is a symbolic link; rnnlab does not write or delete checkpoints through "
+            f"links: replace it with a folder (move its contents into one)"
+        )
+    if create:
+        folder.mkdir(exist_ok=True)
+    return folder
+
+
+def generations(run: Path) -> list[int]:
+    """The numbers of the checkpoint folders (real folders named gen-NNNNNN), in order."""
+    folder = checkpoints_folder(run)
+    if not folder.is_dir():
+        return []
+    numbers = []
+    for entry in folder.iterdir():
+        match = GENERATION.fullmatch(f"{CHECKPOINTS}/{entry.name}")
+        if match and entry.is_dir() and not entry.is_symlink():
+            numbers.append(int(match.group(1)))
+    return sorted(numbers)
+
+
+def current_generation(run: Path) -> int:
+    """The generation checkpoint.json points to; 0 where there is no pointer."""
+    return read_pointer(run)["generation"] if has_checkpoint(run) else 0
 
 
 # ---------------------------------------------------------------- loading
@@ -211,29 +256,38 @@ def has_checkpoint(run: Path) -> bool:
 
 
 def read_pointer(run: Path) -> dict[str, Any]:
-    """checkpoint.json: which checkpoint folder is current, and its manifest's sha256."""
+    """checkpoint.json: which checkpoint folder is current, and its manifest's sha256.
+
+    The folder it names must be RUN/checkpoints/gen-NNNNNN, a real folder inside the
+    run directory: a pointer cannot lead outside it.
+    """
     path = Path(run) / POINTER
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if not (
-            isinstance(data, dict)
-            and isinstance(data.get("generation"), int)
-            and isinstance(data.get("current"), str)
-            and data["current"].startswith(CHECKPOINTS + "/gen-")
-        ):
-            raise ValueError
-        return data
+        data = files.read_json(path, DAMAGED_RUN, limit=POINTER_LIMIT)
     except FileNotFoundError:
         raise RnnlabError(
-            f"{run} has no checkpoint (checkpoint.json is missing: training stopped "
-            f"before saving one, or it was deleted); train again with: rnnlab train "
-            f"--out {run} --resume"
+            f"{run} has no checkpoint (checkpoint.json is missing: training stopped before "
+            f"saving one, or it was deleted); train it (again) with: rnnlab train --out {run}"
+            f"{' --resume' if rundir.has_run(run) else ''}"
         ) from None
-    except (ValueError, UnicodeDecodeError):
+    except OSError as e:
+        raise RnnlabError(f"cannot read {path} ({e.strerror or e}); {DAMAGED_RUN}") from None
+    current = data.get("current") if isinstance(data, dict) else None
+    match = GENERATION.fullmatch(current) if isinstance(current, str) else None
+    if not (
+        match
+        and type(data.get("generation")) is int
+        and int(match.group(1)) == data["generation"]
+        and isinstance(data.get("manifest_sha256"), str)
+    ):
+        raise RnnlabError(f"{path} is damaged (not the pointer rnnlab writes); {DAMAGED_RUN}")
+    folder = checkpoints_folder(run) / f"gen-{data['generation']:06d}"
+    if folder.is_symlink():
         raise RnnlabError(
-            f"{path} is damaged (not the pointer rnnlab writes); restore the run "
-            f"directory from a backup, or train again"
-        ) from None
+            f"{folder} is a symbolic link; a checkpoint must be a folder inside the run "
+            f"directory: {DAMAGED_RUN}"
+        )
+    return data
 
 
 @dataclass
@@ -250,13 +304,17 @@ class Checkpoint:
     config: dict[str, Any] = field(default_factory=dict)
 
 
-def _read_verified(path: Path, expected_sha: str) -> bytes:
+class _Vanished(Exception):
+    """A file of the checkpoint being read is gone: a training process moved on meanwhile."""
+
+
+def _read_verified(path: Path, expected_sha: Any, limit: int) -> bytes:
     try:
-        data = path.read_bytes()
+        data = files.read_regular(path, limit, DAMAGED_RUN)
     except FileNotFoundError:
-        raise _damaged(path, "is missing") from None
+        raise _Vanished(path) from None
     except OSError as e:
-        raise _damaged(path, f"cannot be read ({e.strerror})") from None
+        raise _damaged(path, f"cannot be read ({e.strerror or e})") from None
     if sha256(data) != expected_sha:
         raise _damaged(
             path, "is corrupted or truncated (its sha256 does not match the checkpoint's manifest)"
@@ -264,28 +322,63 @@ def _read_verified(path: Path, expected_sha: str) -> bytes:
     return data
 
 
-def read_checkpoint(run: Path) -> Checkpoint:
-    """Read and verify the current checkpoint of ``run``; RnnlabError says what is wrong."""
-    run = Path(run)
-    pointer = read_pointer(run)
-    folder = run / pointer["current"]
-    manifest_bytes = _read_verified(folder / MANIFEST, str(pointer.get("manifest_sha256")))
+def _number(value: Any, kind: type = float) -> bool:
+    """Whether a JSON value is a number of ``kind`` (int: a whole number; never a bool)."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) if kind is int else isinstance(value, (int, float))
+
+
+def _check_trainer_json(trainer: Any) -> None:
+    """Raise ValueError unless trainer.json has the types this version of rnnlab reads."""
+    progress = trainer.get("progress") if isinstance(trainer, dict) else None
+    optimizer = trainer.get("optimizer") if isinstance(trainer, dict) else None
+    history = trainer.get("history") if isinstance(trainer, dict) else None
+    ok = (
+        isinstance(progress, dict)
+        and _number(trainer.get("epoch"), int)
+        and trainer["epoch"] >= 0
+        and all(_number(progress.get(k), int) and progress[k] >= 0 for k in ("batch", "tokens"))
+        and all(_number(progress.get(k)) for k in ("loss_sum", "seconds", "last_finite_loss"))
+        and progress.get("carry") in ("none", "tensor", "tuple")
+        and isinstance(optimizer, dict)
+        and isinstance(optimizer.get("param_groups"), list)
+        and all(isinstance(g, dict) for g in optimizer["param_groups"])
+        and isinstance(optimizer.get("state"), dict)
+        and all(isinstance(v, dict) for v in optimizer["state"].values())
+        and isinstance(history, list)
+        and all(
+            isinstance(r, dict)
+            and all(_number(r.get(k)) for k in ("epoch", "train_ppl", "val_ppl"))
+            for r in history
+        )
+        and isinstance(trainer.get("config", {}), dict)
+    )
+    if not ok:
+        raise ValueError("trainer.json")
+
+
+def _read_generation(run: Path, generation: int, manifest_sha: Any) -> Checkpoint:
+    """Read and verify checkpoint ``generation`` of ``run`` against its manifest's sha256."""
+    folder = checkpoints_folder(run) / f"gen-{generation:06d}"
+    manifest_bytes = _read_verified(folder / MANIFEST, manifest_sha, MANIFEST_LIMIT)
+    manifest = files.parse_json(manifest_bytes, folder / MANIFEST, DAMAGED_RUN)
     try:
-        manifest = json.loads(manifest_bytes)
-        if (
-            manifest["generation"] != pointer["generation"]
-            or folder.name != f"gen-{manifest['generation']:06d}"
-        ):
+        listed = manifest["files"]
+        if manifest["generation"] != generation or not isinstance(listed, dict):
             raise _damaged(run / POINTER, "does not agree with the checkpoint it points to")
-        files = manifest["files"]
         blobs = {
-            name: _read_verified(folder / name, files[name])
-            for name in (MODEL, TRAINER_TENSORS, TRAINER_JSON)
+            name: _read_verified(folder / name, listed[name], limit)
+            for name, limit in (
+                (MODEL, TENSORS_LIMIT),
+                (TRAINER_TENSORS, TENSORS_LIMIT),
+                (TRAINER_JSON, files.JSON_LIMIT),
+            )
         }
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
         raise _damaged(folder / MANIFEST, "is not a valid manifest") from None
     try:
-        vocab_bytes = (run / VOCAB).read_bytes()
+        vocab_bytes = files.read_regular(run / VOCAB, VOCAB_LIMIT, DAMAGED_RUN)
     except OSError:
         raise RnnlabError(f"{run} has no readable vocab.json; restore it or train again") from None
     if sha256(vocab_bytes) != manifest.get("vocab_sha256"):
@@ -297,16 +390,17 @@ def read_checkpoint(run: Path) -> Checkpoint:
     try:
         weights = st_load(blobs[MODEL])
         extra = st_load(blobs[TRAINER_TENSORS])
-        trainer = json.loads(blobs[TRAINER_JSON])
+        trainer = files.parse_json(blobs[TRAINER_JSON], folder / TRAINER_JSON, DAMAGED_RUN)
+        _check_trainer_json(trainer)
         p = trainer["progress"]
         carry = [extra[k] for k in sorted(k for k in extra if k.startswith("carry."))]
         state = {"none": None, "tensor": carry[0] if carry else None, "tuple": tuple(carry)}[
             p["carry"]
         ]
         progress = EpochProgress(
-            batch=int(p["batch"]),
+            batch=p["batch"],
             loss_sum=float(p["loss_sum"]),
-            tokens=int(p["tokens"]),
+            tokens=p["tokens"],
             seconds=float(p["seconds"]),
             state=state,
             last_finite_loss=float(p["last_finite_loss"]),
@@ -321,8 +415,8 @@ def read_checkpoint(run: Path) -> Checkpoint:
                 optimizer["state"].setdefault(int(idx), {})[name] = tensor
         rng = {k: v for k, v in extra.items() if k.startswith("rng.")}
         return Checkpoint(
-            int(manifest["generation"]),
-            int(trainer["epoch"]),
+            generation,
+            trainer["epoch"],
             progress,
             list(trainer["history"]),
             weights,
@@ -330,9 +424,79 @@ def read_checkpoint(run: Path) -> Checkpoint:
             rng,
             dict(trainer.get("config") or {}),
         )
-    except (SafetensorError, ValueError, KeyError, TypeError, IndexError):
+    except (
+        SafetensorError,
+        ValueError,
+        KeyError,
+        TypeError,
+        IndexError,
+        AttributeError,
+        RecursionError,
+    ):
         # The sha256 matched, so these files were written like this: not by this rnnlab.
         raise _damaged(folder, "holds a checkpoint this version of rnnlab cannot read") from None
+
+
+def read_checkpoint(run: Path) -> Checkpoint:
+    """Read and verify the current checkpoint of ``run``; RnnlabError says what is wrong.
+
+    Safe while a training process saves: if the checkpoint read is replaced (and its
+    files deleted) meanwhile, the read starts again from the new pointer.
+    """
+    run = Path(run)
+    for _ in range(READ_ATTEMPTS):
+        pointer = read_pointer(run)
+        try:
+            return _read_generation(run, pointer["generation"], pointer["manifest_sha256"])
+        except _Vanished as gone:
+            if read_pointer(run) == pointer:  # nothing moved on: the file is simply missing
+                raise _damaged(gone.args[0], "is missing") from None
+    raise RnnlabError(
+        f"the checkpoint of {run} was replaced {READ_ATTEMPTS} times while it was read (a "
+        f"training process is saving very often); try again, or raise --checkpoint-every"
+    )
+
+
+def recover(run: Path) -> Checkpoint | None:
+    """The newest complete checkpoint of ``run`` when checkpoint.json is missing (else None).
+
+    Each checkpoint folder, newest first, is verified against its own manifest; the first
+    that verifies is returned. None where no folder was ever completed (every save was
+    killed before writing its manifest). A folder that was complete but no longer verifies
+    is an RnnlabError: nothing is written or deleted, and nothing is started over.
+    """
+    run = Path(run)
+    damaged = []
+    for generation in reversed(generations(run)):
+        folder = checkpoints_folder(run) / f"gen-{generation:06d}"
+        try:
+            manifest_bytes = files.read_regular(folder / MANIFEST, MANIFEST_LIMIT, DAMAGED_RUN)
+        except FileNotFoundError:
+            continue  # a save killed before its manifest: never a checkpoint
+        except (RnnlabError, OSError):
+            damaged.append(folder.name)
+            continue
+        try:
+            return _read_generation(run, generation, sha256(manifest_bytes))
+        except (RnnlabError, _Vanished):
+            damaged.append(folder.name)
+    if damaged:
+        raise RnnlabError(
+            f"{run} has no checkpoint.json, and none of its complete checkpoints verifies "
+            f"({', '.join(damaged)}); nothing was changed or deleted: restore the run from a "
+            f"backup, or start a new run with another --out"
+        )
+    return None
+
+
+def adopt(run: Path, ckpt: Checkpoint) -> None:
+    """Make a recovered checkpoint the current one again (rewrite checkpoint.json)."""
+    folder = checkpoints_folder(run) / f"gen-{ckpt.generation:06d}"
+    try:
+        manifest_bytes = files.read_regular(folder / MANIFEST, MANIFEST_LIMIT, DAMAGED_RUN)
+        write_pointer(run, ckpt.generation, manifest_bytes)
+    except OSError as e:
+        raise rundir.write_error(run, e) from None
 
 
 def load_weights(model, weights: dict[str, torch.Tensor], run: Path) -> None:
@@ -373,13 +537,19 @@ def restore_rng(rng: dict[str, torch.Tensor]) -> None:
 
 
 def load_run(run: Path, device="cpu"):
-    """(config, vocab, model on ``device`` in eval mode, checkpoint) of a trained run."""
+    """(config, vocab, model on ``device`` in eval mode, checkpoint) of a trained run.
+
+    Where checkpoint.json is missing, the newest complete checkpoint is used (and the
+    pointer left as it is: reading a run never writes to it).
+    """
     run = Path(run)
     if not run.is_dir():
         raise RnnlabError(f"no run directory {run}; give the --out folder of an rnnlab train run")
     cfg = rundir.read_config(run)
     vocab = rundir.read_vocab(run)
-    ckpt = read_checkpoint(run)
+    check_fits(cfg.model, len(vocab), 1, 1)  # a hostile config.json must not exhaust memory
+    ckpt = recover(run) if not has_checkpoint(run) else None
+    ckpt = ckpt or read_checkpoint(run)
     check_config_matches(run, cfg, ckpt)
     model = build_model(cfg.model, len(vocab))
     load_weights(model, ckpt.weights, run)

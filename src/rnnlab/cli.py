@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -229,6 +230,13 @@ def add_command_options(parsers: dict[str, argparse.ArgumentParser]) -> None:
         help="no progress bar and no per-epoch log lines (default: off)",
     )
 
+    p.add_argument(
+        "--accept-changed-source",
+        action="store_true",
+        help="on --resume, go on although the text of SOURCE changed since the run was "
+        "trained on it (default: stop with an error)",
+    )
+
     p = parsers["generate"]
     p.add_argument("run", metavar="RUN_DIR", help="the --out folder of a train run")
     add_config_options(p, GenerateConfig)
@@ -241,6 +249,12 @@ def add_command_options(parsers: dict[str, argparse.ArgumentParser]) -> None:
         default=None,
         metavar="SOURCE",
         help="held-out text: " + SOURCE_HELP + " (default: the run's own validation split)",
+    )
+    p.add_argument(
+        "--accept-changed-source",
+        action="store_true",
+        help="evaluate the run's validation split although the text of its source changed "
+        "since the run was trained on it (default: stop with an error)",
     )
     add_config_options(p, EvalConfig)
 
@@ -298,14 +312,23 @@ def cmd_train(args) -> int:
     from .trainer import fit
 
     given: dict[str, Any] = {
-        k: v for k, v in vars(args).items() if k not in ("command", "out", "resume", "quiet")
+        k: v
+        for k, v in vars(args).items()
+        if k not in ("command", "out", "resume", "quiet", "accept_changed_source")
     }
     if "source" in given and not is_builtin(given["source"]) and Path(given["source"]).exists():
         # Record where the text is, so that --resume and eval work from any folder.
         given["source"] = str(Path(given["source"]).expanduser().resolve())
     # On --resume, fit() starts from the run's config.json and checks the allowed changes.
     cfg = None if args.resume else TrainConfig.from_options(given)
-    return fit(cfg, Path(args.out), resume=args.resume, given=given, quiet=args.quiet)
+    return fit(
+        cfg,
+        Path(args.out),
+        resume=args.resume,
+        given=given,
+        quiet=args.quiet,
+        accept_changed_source=args.accept_changed_source,
+    )
 
 
 def cmd_generate(args) -> int:
@@ -345,6 +368,7 @@ def cmd_generate(args) -> int:
 
 
 def cmd_eval(args) -> int:
+    from . import rundir
     from .batches import eval_batches
     from .checkpoint import load_run
     from .config import EvalConfig
@@ -356,15 +380,10 @@ def cmd_eval(args) -> int:
     device = resolve_device(cfg.device)
     run, vocab, model, _ = load_run(Path(args.run), device)
     if cfg.source is None and cfg.split is None:
-        ids = prepare(
-            run.source,
-            run.mode,
-            run.max_tokens,
-            run.val_frac,
-            run.batch_size,
-            run.num_steps,
-            vocab=vocab,
-        ).val_ids
+        data = prepare(run.source, run.mode, run.max_tokens, run.val_frac, run.batch_size,
+                       run.num_steps, vocab=vocab)  # fmt: skip
+        rundir.check_source(Path(args.run), run, data.text_sha256, args.accept_changed_source)
+        ids = data.val_ids
         what = f"the validation split of {run.source}"
     else:
         source = cfg.source if cfg.source is not None else run.source
@@ -381,6 +400,13 @@ def cmd_eval(args) -> int:
             )
         ids = held_out_ids(source, run.mode, vocab, split)
         what = f"{source}" + (f" ({cfg.split})" if cfg.split else "")
+    unknown = float((ids == vocab.unk).float().mean()) if len(ids) else 0.0
+    if unknown > UNKNOWN_WARNING:
+        print(
+            f"rnnlab: warning: {unknown:.0%} of the tokens of {what} are not in the run's "
+            f"vocabulary (read as <unk>), so the figure says little about this text",
+            file=sys.stderr,
+        )
     X, Y = eval_batches(ids, run.batch_size, run.num_steps)
     loss = evaluate(model, X.to(device), Y.to(device))
     result = {
@@ -412,6 +438,8 @@ def cmd_bench(args) -> int:
     return 0
 
 
+UNKNOWN_WARNING = 0.5  # eval warns when more than this fraction of the text is <unk>
+
 RUN = {
     "data": cmd_data,
     "train": cmd_train,
@@ -424,20 +452,32 @@ RUN = {
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``rnnlab`` console script; returns the exit status."""
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
-    # Only a command's own options need the library (and torch); --help, --version and a
-    # mistyped command are answered without it.
-    parser = build_parser(with_options=bool(argv) and argv[0] in COMMANDS)
     try:
+        # Only a command's own options need the library (and torch); --help, --version and
+        # a mistyped command are answered without it.
+        parser = build_parser(with_options=bool(argv) and argv[0] in COMMANDS)
         args = parser.parse_args(argv)
         return RUN[args.command](args)
     except RnnlabError as e:
-        print(f"rnnlab: error: {e}", file=sys.stderr)
+        message = " ".join(str(e).split())  # one line, whatever a file name holds
+        print(f"rnnlab: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("rnnlab: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # e.g. `rnnlab generate ... | head`
-        return 0
+    except BrokenPipeError:  # e.g. `rnnlab generate ... | head`: stopped, so not a success
+        _silence_stdout()
+        return 128 + 13  # as a shell reports a process ended by SIGPIPE
+
+
+def _silence_stdout() -> None:
+    """Point the closed standard output at /dev/null, so that exiting does not fail on it."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 if __name__ == "__main__":

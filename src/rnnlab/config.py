@@ -6,13 +6,17 @@ training run and holds a ``ModelConfig``; ``GenerateConfig``, ``EvalConfig``,
 carries its help text and, where the options are a fixed list, the list from the
 module that implements them; the command line builds its options from these
 fields, and each dataclass checks its values in ``__post_init__`` (the only place
-options are validated). A run directory keeps its TrainConfig as ``config.json``.
+options are validated): each value's type, from its annotation, and each number's
+range, up to ``at_most`` (a MAX_ constant below, or this machine's CPU count). A run
+directory keeps its TrainConfig as ``config.json``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import os
+import reprlib
+from collections.abc import Callable, Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
@@ -20,6 +24,7 @@ from .batches import SAMPLINGS
 from .corpus import CORPORA
 from .data import HELD_OUT_SPLITS
 from .errors import RnnlabError
+from .generate import MAX_LENGTH
 from .models import CELLS, IMPLS, ONE_HOT_IMPLS
 from .tokenize import MODES
 from .train import DEVICES, OPTIMIZERS
@@ -29,6 +34,28 @@ SOURCE_HELP = (
     f"of a folder of .txt files"
 )
 
+# The largest value of each number an option or a config.json may give; each is far
+# beyond any sensible run and only stops a typo or a hostile file before it costs
+# memory or time (models.check_fits then measures a model against this machine).
+MAX_SEED = 2**64 - 1  # torch.manual_seed and numpy's SeedSequence take any seed below 2**64
+MAX_WIDTH = 1_000_000  # hidden and embedding: one (H, H) float32 matrix would be 4 TB
+MAX_LAYERS = 1_000  # over a hundred times the deepest recurrent LMs in use (GNMT stacks 8)
+MAX_BATCH = 1_000_000  # B and T: more than any run uses; check_fits bounds their product
+MAX_EPOCHS = 1_000_000  # also between samples, and bench's batches: days at 1 ms each
+MAX_TOKENS = 10**12  # terabytes of text, more than a machine reads; also between checkpoints
+MAX_VOCAB = 10**9  # top-k and top: no vocabulary has a billion distinct tokens
+MAX_LR = 1e3  # 50 times word_language_model's SGD rate of 20; Adam's are near 1e-3
+MAX_CLIP = 1e6  # a gradient norm of a million means the run has diverged: no clipping
+MAX_TEMPERATURE = 100.0  # logits 10 apart then differ by e**0.1: sampling is near uniform
+# A run's config.json may move to a machine with fewer CPUs (generate and eval ignore the
+# threads): the trainer checks --threads against this machine when it applies it.
+MAX_THREADS = 1024
+
+
+def machine_cpus() -> int:
+    """This machine's CPU count: the most torch threads an option may ask for."""
+    return os.cpu_count() or 1
+
 
 def option(
     default: Any,
@@ -36,16 +63,28 @@ def option(
     *,
     choices: Sequence[str] | None = None,
     check: str | None = None,
+    at_most: float | Callable[[], int] | None = None,
     flag: bool = True,
 ) -> Any:
     """A dataclass field with its command-line help, its allowed values and its check.
 
-    check: "positive" (whole number > 0), "count" (whole number >= 0), "rate"
+    The field's annotation says the value's type (``bool``, ``int``, ``float`` or
+    ``str``; ``| None`` allows None, "not given"); a float field also takes a whole
+    number. check: "positive" (whole number > 0), "count" (whole number >= 0), "rate"
     (finite number > 0), "fraction" (0 < x < 1), "dropout" (0 <= x < 1),
-    "temperature" (finite number >= 0); ``flag=False`` keeps it off the command line.
+    "temperature" (finite number >= 0), "path" (text, not empty, no NUL character);
+    ``at_most``: the largest number allowed, or a function giving this machine's limit;
+    ``flag=False`` keeps it off the command line.
     """
     return field(
-        default=default, metadata={"help": help, "choices": choices, "check": check, "flag": flag}
+        default=default,
+        metadata={
+            "help": help,
+            "choices": choices,
+            "check": check,
+            "at_most": at_most,
+            "flag": flag,
+        },
     )
 
 
@@ -54,43 +93,101 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _check(name: str, value: Any, check: str | None, choices) -> None:
-    """Raise RnnlabError if ``value`` is not allowed for option ``name``."""
-    if value is None:
+def _label(f: Any) -> str:
+    """How a message names field ``f``: its flag, or SOURCE for a positional argument."""
+    return flag(f.name) if f.metadata.get("flag", False) else f.name.upper()
+
+
+def _annotation(f: Any) -> tuple[str, bool]:
+    """A field's type name and whether it allows None: ``int | None`` -> ("int", True)."""
+    parts = [p.strip() for p in str(f.type).split("|")]
+    return next(p for p in parts if p != "None"), "None" in parts
+
+
+class _Short(reprlib.Repr):
+    """repr, shortened: strings and containers cut, depth limited, huge integers described."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxstring = self.maxother = 60
+        self.maxlevel = 3
+
+    def repr_int(self, x: int, level: int) -> str:
+        if x.bit_length() > 128:  # repr of a 4,300-digit int raises; a 40-digit one is noise
+            return f"an integer of about {int(x.bit_length() * math.log10(2)) + 1} digits"
+        return super().repr_int(x, level)
+
+
+shown = _Short().repr  # a value as a one-line message shows it
+
+
+def _number(limit: float) -> str:
+    """A bound as a message shows it: 1,000,000 rather than 1e+06 or 1000000.0."""
+    whole = isinstance(limit, int) or (limit.is_integer() and abs(limit) < 1e16)
+    return f"{int(limit):,}" if whole else f"{limit:g}"
+
+
+def _check(
+    label: str, value: Any, kind: str, check: str | None, choices, at_most, optional: bool
+) -> None:
+    """Raise RnnlabError if ``value`` is not allowed for the option called ``label``."""
+    if value is None and optional:
         return  # None means "not given": each field that allows it says what it means
     whole = isinstance(value, int) and not isinstance(value, bool)
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    number = whole or isinstance(value, float)
+    if kind == "bool" and not isinstance(value, bool):
+        raise RnnlabError(f"{label} must be true or false, got {shown(value)}")
+    if kind == "str" and not isinstance(value, str):
+        raise RnnlabError(f"{label} must be text, got {shown(value)}")
     if choices is not None and value not in choices:
         raise RnnlabError(
-            f"{flag(name)} {value!r} is not known; choose one of {', '.join(choices)}"
+            f"{label} {shown(value)} is not known; choose one of {', '.join(choices)}"
+        )
+    if check == "path" and (value == "" or "\0" in value):
+        raise RnnlabError(
+            f"{label} must be a name or a path (not empty, no NUL), got {shown(value)}"
         )
     if check == "positive" and not (whole and value > 0):
-        raise RnnlabError(f"{flag(name)} must be a positive whole number, got {value!r}")
+        raise RnnlabError(f"{label} must be a positive whole number, got {shown(value)}")
     if check == "count" and not (whole and value >= 0):
-        raise RnnlabError(f"{flag(name)} must be 0 or a positive whole number, got {value!r}")
-    if check == "rate" and not (number and math.isfinite(value) and value > 0):
-        raise RnnlabError(f"{flag(name)} must be a positive finite number, got {value!r}")
-    if check == "temperature" and not (number and math.isfinite(value) and value >= 0):
+        raise RnnlabError(f"{label} must be 0 or a positive whole number, got {shown(value)}")
+    # an int is always finite (math.isfinite of a huge int would overflow)
+    finite = number and (whole or math.isfinite(value))
+    if check == "rate" and not (finite and value > 0):
+        raise RnnlabError(f"{label} must be a positive finite number, got {shown(value)}")
+    if check == "temperature" and not (finite and value >= 0):
         raise RnnlabError(
-            f"{flag(name)} must be 0 (greedy) or a positive finite number, got {value!r}"
+            f"{label} must be 0 (greedy) or a positive finite number, got {shown(value)}"
         )
     if check == "fraction" and not (number and 0 < value < 1):
-        raise RnnlabError(f"{flag(name)} must be between 0 and 1 (exclusive), got {value!r}")
+        raise RnnlabError(f"{label} must be between 0 and 1 (exclusive), got {shown(value)}")
     if check == "dropout" and not (number and 0 <= value < 1):
-        raise RnnlabError(f"{flag(name)} must be at least 0 and below 1, got {value!r}")
+        raise RnnlabError(f"{label} must be at least 0 and below 1, got {shown(value)}")
+    if (kind == "int" and not whole) or (kind == "float" and not number):
+        raise RnnlabError(
+            f"{label} must be a {'whole number' if kind == 'int' else 'number'}, got {shown(value)}"
+        )
+    limit = at_most() if callable(at_most) else at_most
+    if limit is not None and value > limit:
+        why = " (this machine's CPUs)" if at_most is machine_cpus else ""
+        raise RnnlabError(f"{label} must be at most {_number(limit)}{why}, got {shown(value)}")
 
 
 def check_fields(obj: Any) -> None:
-    """Check every field of dataclass ``obj`` against its metadata."""
+    """Check every field of dataclass ``obj`` against its annotation and metadata."""
     for f in fields(obj):
-        value = getattr(obj, f.name)
-        if f.metadata.get("check") == "list":
-            for item in value:
-                _check(f.name, item, f.metadata.get("item_check"), f.metadata.get("choices"))
+        value, meta, label = getattr(obj, f.name), f.metadata, _label(f)
+        kind, optional = _annotation(f)
+        if meta.get("check") == "list":
+            if not isinstance(value, (tuple, list)):
+                raise RnnlabError(f"{label} must be a comma-separated list, got {shown(value)}")
             if not value:
-                raise RnnlabError(f"{flag(f.name)} is empty; give a comma-separated list")
-        else:
-            _check(f.name, value, f.metadata.get("check"), f.metadata.get("choices"))
+                raise RnnlabError(f"{label} is empty; give a comma-separated list")
+            item = meta["item"].__name__
+            for x in value:
+                _check(label, x, item, meta["item_check"], meta["choices"], meta["at_most"], False)
+        elif kind in ("bool", "int", "float", "str"):
+            _check(label, value, kind, meta["check"], meta["choices"], meta["at_most"], optional)
 
 
 def list_option(
@@ -100,8 +197,9 @@ def list_option(
     item: type = str,
     choices: Sequence[str] | None = None,
     item_check: str | None = None,
+    at_most: float | None = None,
 ) -> Any:
-    """A comma-separated list option (for ``bench``)."""
+    """A comma-separated list option (for ``bench``); each item is checked as :func:`option`'s."""
     return field(
         default=default,
         metadata={
@@ -110,6 +208,7 @@ def list_option(
             "check": "list",
             "item": item,
             "item_check": item_check,
+            "at_most": at_most,
             "flag": True,
         },
     )
@@ -125,10 +224,13 @@ class ModelConfig:
         "implementation: " + "; ".join(f"{k}: {v}" for k, v in IMPLS.items()),
         choices=tuple(IMPLS),
     )
-    hidden: int = option(512, "hidden units H", check="positive")
-    layers: int = option(1, "stacked recurrent layers L", check="positive")
+    hidden: int = option(512, "hidden units H", check="positive", at_most=MAX_WIDTH)
+    layers: int = option(1, "stacked recurrent layers L", check="positive", at_most=MAX_LAYERS)
     embedding: int = option(
-        0, "embedding size; 0 feeds one-hot vectors (--impl torch)", check="count"
+        0,
+        "embedding size; 0 feeds one-hot vectors (--impl torch)",
+        check="count",
+        at_most=MAX_WIDTH,
     )
     dropout: float = option(0.0, "dropout on layer outputs (--impl torch)", check="dropout")
     tie_weights: bool = option(
@@ -170,23 +272,31 @@ class TrainConfig:
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
-    source: str = option("timemachine", SOURCE_HELP, flag=False)  # a positional argument
+    source: str = option("timemachine", SOURCE_HELP, check="path", flag=False)  # positional
     mode: str = option(
         "letters",
         "tokenization: " + "; ".join(f"{k}: {v}" for k, v in MODES.items()),
         choices=tuple(MODES),
     )
     max_tokens: int | None = option(
-        None, "use only the first N tokens of the corpus (default: all)", check="positive"
+        None,
+        "use only the first N tokens of the corpus (default: all)",
+        check="positive",
+        at_most=MAX_TOKENS,
     )
     val_frac: float = option(
         0.1,
         "fraction of the text, at its end, held out for validation (ptb uses its own valid file)",
         check="fraction",
     )
-    batch_size: int = option(32, "minibatch size B (parallel streams)", check="positive")
+    batch_size: int = option(
+        32, "minibatch size B (parallel streams)", check="positive", at_most=MAX_BATCH
+    )
     num_steps: int = option(
-        35, "time steps T per minibatch (truncated backpropagation length)", check="positive"
+        35,
+        "time steps T per minibatch (truncated backpropagation length)",
+        check="positive",
+        at_most=MAX_BATCH,
     )
     sampling: str = option(
         "sequential",
@@ -194,15 +304,25 @@ class TrainConfig:
         choices=SAMPLINGS,
     )
     epochs: int = option(
-        50, "epochs to train (on --resume, a larger number trains longer)", check="positive"
+        50,
+        "epochs to train (on --resume, a larger number trains longer)",
+        check="positive",
+        at_most=MAX_EPOCHS,
     )
-    lr: float = option(1.0, "learning rate", check="rate")
+    lr: float = option(1.0, "learning rate", check="rate", at_most=MAX_LR)
     optimizer: str = option("sgd", "optimizer", choices=tuple(OPTIMIZERS))
-    clip: float = option(1.0, "clip the gradient to this global L2 norm", check="rate")
+    clip: float = option(
+        1.0, "clip the gradient to this global L2 norm", check="rate", at_most=MAX_CLIP
+    )
     device: str = option(
         "auto", "where to train; auto picks cuda when a GPU is available", choices=DEVICES
     )
-    seed: int = option(0, "random seed (initialization, batch order, dropout)", check="count")
+    seed: int = option(
+        0,
+        "random seed (initialization, batch order, dropout), below 2**64",
+        check="count",
+        at_most=MAX_SEED,
+    )
     prefix: str | None = option(
         None,
         "prompt of the samples printed during training and the "
@@ -210,25 +330,28 @@ class TrainConfig:
         "training text)",
     )
     sample_every: int = option(
-        10, "print a greedy sample every N epochs (0: only at the end)", check="count"
+        10,
+        "print a greedy sample every N epochs (0: only at the end)",
+        check="count",
+        at_most=MAX_EPOCHS,
     )
     checkpoint_every: int = option(
-        0, "also checkpoint every N batches (0: at the end of each epoch only)", check="count"
+        0,
+        "also checkpoint every N batches (0: at the end of each epoch only)",
+        check="count",
+        at_most=MAX_TOKENS,
     )
     threads: int = option(
         0,
-        "CPU threads for torch (0: torch's default, one per core); 1 is "
-        "often faster on a machine whose cores are busy with other work",
+        "CPU threads for torch, at most this machine's CPUs (0: torch's default, one per "
+        "core); 1 is often faster on a machine whose cores are busy with other work",
         check="count",
+        at_most=MAX_THREADS,
     )
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, ModelConfig):
-            raise RnnlabError(f"the model options must be a ModelConfig, got {self.model!r}")
-        if not isinstance(self.source, str) or not self.source:
-            raise RnnlabError("the corpus (SOURCE) is empty; give a built-in name or a path")
-        if self.prefix is not None and not isinstance(self.prefix, str):
-            raise RnnlabError(f"--prefix must be text, got {self.prefix!r}")
+            raise RnnlabError(f"the model options must be a ModelConfig, got {shown(self.model)}")
         check_fields(self)
 
     @classmethod
@@ -237,7 +360,7 @@ class TrainConfig:
         model = {k: v for k, v in options.items() if k in MODEL_FIELDS}
         rest = {k: v for k, v in options.items() if k not in MODEL_FIELDS}
         known = {f.name for f in fields(cls)} - {"model"}
-        unknown = sorted(set(rest) - known)
+        unknown = sorted(shown(name) for name in set(rest) - known)
         if unknown:
             raise RnnlabError(f"unknown option(s) {', '.join(unknown)}")
         return cls(model=ModelConfig(**model), **rest)
@@ -278,11 +401,7 @@ class TrainConfig:
                 f"object; the run directory is damaged: retrain or restore it"
             )
         try:
-            return cls.from_options(data)
-        except TypeError as e:
-            raise RnnlabError(
-                f"{where} is invalid ({e}); the run directory is damaged: retrain or restore it"
-            ) from None
+            return cls.from_options(data)  # checks every value's type and range
         except RnnlabError as e:
             raise RnnlabError(
                 f"{where} is invalid: {e}; it was written by another version of "
@@ -314,22 +433,26 @@ class GenerateConfig:
     """How ``generate`` continues a prompt: greedy (d2l's predict_ch8) or sampled."""
 
     prefix: str | None = option(None, "the prompt (default: the run's --prefix)")
-    length: int = option(100, "tokens to generate", check="positive")
+    length: int = option(100, "tokens to generate", check="positive", at_most=MAX_LENGTH)
     temperature: float = option(
         0.0,
         "0: greedy (most likely token); > 0: sample from softmax(logits / T)",
         check="temperature",
+        at_most=MAX_TEMPERATURE,
     )
-    top_k: int = option(0, "sample only among the K most likely tokens (0: all)", check="count")
-    seed: int | None = option(None, "random seed for sampling (default: unseeded)", check="count")
+    top_k: int = option(
+        0, "sample only among the K most likely tokens (0: all)", check="count", at_most=MAX_VOCAB
+    )
+    seed: int | None = option(
+        None,
+        "random seed for sampling, below 2**64 (default: unseeded)",
+        check="count",
+        at_most=MAX_SEED,
+    )
     device: str = option("cpu", "where to run the model", choices=DEVICES)
 
     def __post_init__(self) -> None:
-        from .generate import MAX_LENGTH
-
         check_fields(self)
-        if self.length > MAX_LENGTH:
-            raise RnnlabError(f"--length must be at most {MAX_LENGTH:,}, got {self.length}")
 
 
 @dataclass(frozen=True)
@@ -339,6 +462,7 @@ class EvalConfig:
     source: str | None = option(
         None,
         "held-out text: " + SOURCE_HELP + " (default: the run's own validation split)",
+        check="path",
         flag=False,
     )
     split: str | None = option(
@@ -357,12 +481,12 @@ class EvalConfig:
 class DataConfig:
     """What ``data`` shows of a corpus."""
 
-    source: str = option("timemachine", SOURCE_HELP, flag=False)
+    source: str = option("timemachine", SOURCE_HELP, check="path", flag=False)
     mode: str = option("letters", "tokenization mode", choices=tuple(MODES))
     max_tokens: int | None = option(
-        None, "use only the first N tokens (default: all)", check="positive"
+        None, "use only the first N tokens (default: all)", check="positive", at_most=MAX_TOKENS
     )
-    top: int = option(10, "how many frequent tokens to list", check="count")
+    top: int = option(10, "how many frequent tokens to list", check="count", at_most=MAX_VOCAB)
     json: bool = option(False, "print one JSON object instead of text")
 
     def __post_init__(self) -> None:
@@ -379,20 +503,37 @@ class BenchConfig:
     )
     cells: tuple[str, ...] = list_option(CELLS, "comma-separated cells", choices=CELLS)
     hidden: tuple[int, ...] = list_option(
-        (256, 512), "comma-separated hidden sizes", item=int, item_check="positive"
+        (256, 512),
+        "comma-separated hidden sizes",
+        item=int,
+        item_check="positive",
+        at_most=MAX_WIDTH,
     )
-    layers: int = option(1, "stacked recurrent layers L", check="positive")
-    batch_size: int = option(32, "minibatch size B", check="positive")
-    num_steps: int = option(35, "time steps T per minibatch", check="positive")
-    batches: int = option(20, "timed batches per configuration", check="positive")
-    warmup: int = option(3, "untimed batches before timing", check="count")
-    seed: int = option(0, "random seed of the initial weights and the batches", check="count")
+    layers: int = option(1, "stacked recurrent layers L", check="positive", at_most=MAX_LAYERS)
+    batch_size: int = option(32, "minibatch size B", check="positive", at_most=MAX_BATCH)
+    num_steps: int = option(35, "time steps T per minibatch", check="positive", at_most=MAX_BATCH)
+    batches: int = option(
+        20, "timed batches per configuration", check="positive", at_most=MAX_EPOCHS
+    )
+    warmup: int = option(3, "untimed batches before timing", check="count", at_most=MAX_EPOCHS)
+    seed: int = option(
+        0,
+        "random seed of the initial weights and the batches, below 2**64",
+        check="count",
+        at_most=MAX_SEED,
+    )
     threads: int = option(
-        0, "torch's CPU threads for every implementation (0: torch's default)", check="count"
+        0,
+        "torch's CPU threads for every implementation, at most this machine's CPUs "
+        "(0: torch's default)",
+        check="count",
+        at_most=machine_cpus,
     )
     json: bool = option(False, "print the rows as JSON instead of a table")
     out: str | None = option(
-        None, "also write the rows, with the date, torch version and threads, as JSON to this file"
+        None,
+        "also write the rows, with the date, torch version and threads, as JSON to this file",
+        check="path",
     )
 
     def __post_init__(self) -> None:

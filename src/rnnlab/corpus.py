@@ -11,6 +11,11 @@ A built-in name is found in the first of these places that has it:
    the cache (how ``ptb`` arrives the first time).
 
 Any other source is a path to a UTF-8 text file or to a folder of ``.txt`` files.
+
+Every file is read with a bound: it must be a regular file (a named pipe, a device
+or a folder where a file belongs is an error, never a hang), a corpus is at most
+CORPUS_LIMIT bytes (a folder's ``.txt`` files together) and a download at most
+DOWNLOAD_LIMIT bytes.
 """
 
 from __future__ import annotations
@@ -26,13 +31,26 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import RnnlabError
-from .files import atomic_write
+from .files import GIB, MIB, atomic_write, read_regular, size_text
 
 D2L_DATA = "http://d2l-data.s3-accelerate.amazonaws.com/"
 PACKAGED = Path(__file__).resolve().parent / "corpora"  # the corpora shipped as package data
 DATA_DIR_VARIABLES = ("RNNLAB_DATA_DIR", "RNNLM_DATA_DIR")  # the first one set is used
 
 Fetch = Callable[[str], bytes]  # url -> the whole response body
+
+# The most one corpus may hold, a file or a folder's .txt files together. A corpus is read
+# whole and tokenized in memory, where each token costs a Python object: the largest texts
+# character models are trained on (enwik9, 10^9 bytes) fit, while a bigger one would need
+# tens of GiB once tokenized, so it is refused before it is read rather than killed later.
+CORPUS_LIMIT = 2 * GIB
+# The most one download may hold. Built-in corpora are fixed files with known checksums
+# (the largest, ptb.zip, is a few MB); a response past this is not the file (a portal page
+# or a wrong URL streaming without end), so reading stops instead of filling memory.
+DOWNLOAD_LIMIT = 256 * MIB
+USER_FILE_ADVICE = (
+    "give a regular UTF-8 text file or a folder of .txt files (save piped text to a file first)"
+)
 
 
 @dataclass(frozen=True)
@@ -86,14 +104,31 @@ def sha1_of(data: bytes) -> str:
 
 def _fetch(url: str, timeout: float = 60.0) -> bytes:
     # urlopen with a fixed URL from CORPORA, never one a user typed
+    chunks, total = [], 0
     with urllib.request.urlopen(url, timeout=timeout) as response:
-        return response.read()
+        while total <= DOWNLOAD_LIMIT:
+            chunk = response.read(min(DOWNLOAD_LIMIT + 1 - total, 16 * MIB))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+    if total > DOWNLOAD_LIMIT:
+        raise RnnlabError(f"the response is larger than {size_text(DOWNLOAD_LIMIT)}")
+    return b"".join(chunks)
+
+
+def _os_error(e: OSError) -> str:
+    """What an OSError says, with the file it names, for a one-line message."""
+    what = e.strerror or str(e)
+    return f"{what}: {e.filename}" if e.filename else what
 
 
 def download(spec: CorpusSpec, root: Path, fetch: Fetch = _fetch) -> None:
     """Download ``spec`` into ``root``, verify its checksum, and write its files atomically.
 
-    Nothing is written unless the whole download arrived and its SHA-1 matches.
+    Nothing is written unless the whole download arrived, is at most DOWNLOAD_LIMIT
+    bytes and its SHA-1 matches; each file written is whole (``atomic_write``), and a
+    failed write (disk full, a file or an unwritable folder in the way) is an RnnlabError.
     """
     hint = (
         f"download it by hand from {spec.url} and put its files in "
@@ -103,6 +138,11 @@ def download(spec: CorpusSpec, root: Path, fetch: Fetch = _fetch) -> None:
         data = fetch(spec.url)
     except Exception as e:  # noqa: BLE001 (network errors come in many types; all mean the same)
         raise RnnlabError(f"could not download corpus {spec.name!r} ({e}); {hint}") from None
+    if len(data) > DOWNLOAD_LIMIT:
+        raise RnnlabError(
+            f"the download of corpus {spec.name!r} is larger than {size_text(DOWNLOAD_LIMIT)}, "
+            f"so it is not the expected file; nothing was saved; {hint}"
+        )
     got = sha1_of(data)
     if got != spec.sha1:
         raise RnnlabError(
@@ -115,9 +155,16 @@ def download(spec: CorpusSpec, root: Path, fetch: Fetch = _fetch) -> None:
             files = {
                 spec.files[split]: z.read(member) for split, member in spec.zip_members.items()
             }
-    for name, contents in files.items():
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(root / name, contents)
+    try:
+        for name, contents in files.items():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(root / name, contents)
+    except OSError as e:
+        raise RnnlabError(
+            f"could not save corpus {spec.name!r} in {root} ({_os_error(e)}); free some space "
+            f"or make {root} a writable folder (or set XDG_CACHE_HOME), or set RNNLAB_DATA_DIR "
+            f"to a folder holding {', '.join(spec.files.values())} from {spec.url}"
+        ) from None
 
 
 def data_dirs() -> list[Path]:
@@ -145,7 +192,12 @@ def packaged_path(spec: CorpusSpec, packaged: Path = PACKAGED) -> Path | None:
     if not path.is_file():
         return None
     if path not in _verified_packaged:
-        got = sha1_of(path.read_bytes())
+        reinstall = "reinstall rnnlab (pip install --force-reinstall rnnlab)"
+        try:
+            data = read_regular(path, CORPUS_LIMIT, reinstall)
+        except OSError as e:
+            raise RnnlabError(f"cannot read {path} ({_os_error(e)}); {reinstall}") from None
+        got = sha1_of(data)
         if got != spec.sha1:
             raise RnnlabError(
                 f"the copy of {spec.name!r} shipped with rnnlab ({path}) is damaged: "
@@ -162,7 +214,9 @@ def builtin_path(
     """The local file of split ``split`` of built-in corpus ``name``, downloading it if needed.
 
     Looks in the package (``packaged``), the data folder and the cache, in that order;
-    ``fetch`` (url -> bytes) is what downloads.
+    ``fetch`` (url -> bytes) is what downloads. Whatever is found under the corpus's
+    file name is returned, so that reading it says so if it is not a regular file
+    (rather than downloading past it).
     """
     if name not in CORPORA:
         raise RnnlabError(f"unknown corpus {name!r}: known names are {', '.join(CORPORA)}")
@@ -175,7 +229,7 @@ def builtin_path(
     if shipped is not None:
         return shipped
     for root in data_dirs():
-        if (root / spec.files[split]).is_file():
+        if (root / spec.files[split]).exists():
             return root / spec.files[split]
     download(spec, cache_dir(), fetch=fetch)
     return cache_dir() / spec.files[split]
@@ -201,33 +255,71 @@ def decode_utf8(data: bytes, where: str) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
-def _read_file(path: Path) -> str:
+def _read_bytes(path: Path, advice: str, limit: int) -> bytes:
+    """The bytes of the regular file ``path``, at most ``limit``; ``advice`` ends an error."""
     try:
-        data = path.read_bytes()
+        return read_regular(path, limit, advice)
     except OSError as e:
-        raise RnnlabError(f"cannot read {path}: {e.strerror}") from None
-    return decode_utf8(data, str(path))
+        raise RnnlabError(f"cannot read {path}: {e.strerror or e}; {advice}") from None
+
+
+def _read_file(path: Path, advice: str) -> str:
+    """The text of the regular file ``path``, of at most CORPUS_LIMIT bytes."""
+    return decode_utf8(_read_bytes(path, advice, CORPUS_LIMIT), str(path))
+
+
+def _read_folder(folder: Path) -> str:
+    """The ``.txt`` files under ``folder`` (sorted, joined by newlines), CORPUS_LIMIT in all."""
+    try:
+        # Folders named *.txt are searched, not read; dangling links (an editor's lock
+        # files are some) are skipped; anything else must read as a regular file.
+        files = sorted(p for p in folder.rglob("*.txt") if p.exists() and not p.is_dir())
+    except OSError as e:
+        raise RnnlabError(f"cannot list folder {folder}: {_os_error(e)}") from None
+    if not files:
+        raise RnnlabError(
+            f"folder {folder} has no .txt files; put UTF-8 text files ending in .txt in it"
+        )
+    texts, total = [], 0
+    for p in files:
+        advice = f"remove it from {folder}, or rename it so that its name does not end in .txt"
+        try:
+            size = p.stat().st_size
+        except OSError as e:
+            raise RnnlabError(f"cannot read {p}: {e.strerror or e}; {advice}") from None
+        if total + size > CORPUS_LIMIT:
+            raise RnnlabError(
+                f"the .txt files under {folder} come to more than {size_text(CORPUS_LIMIT)}, "
+                f"the most rnnlab reads as one corpus (passed at {p}); give a smaller folder"
+            )
+        data = _read_bytes(p, advice, CORPUS_LIMIT - total)
+        total += len(data)
+        texts.append(decode_utf8(data, str(p)))
+    return "\n".join(texts)  # an empty file among others is fine
+
+
+def _not_blank(text: str, path: Path) -> str:
+    if not text.strip():
+        raise RnnlabError(f"{path} is empty (or only white space); give a file with some text")
+    return text
 
 
 def read_path(path: Path) -> str:
-    """Read a UTF-8 text file, or all ``.txt`` files under a folder (sorted, joined by newlines)."""
-    if not path.exists():
+    """Read a UTF-8 text file, or all ``.txt`` files under a folder (sorted, joined by newlines).
+
+    At most CORPUS_LIMIT bytes in all; a named pipe or a device is an error, not a hang.
+    """
+    try:
+        exists, is_folder = path.exists(), path.is_dir()
+    except OSError as e:
+        raise RnnlabError(f"cannot read {path}: {e.strerror or e}; {USER_FILE_ADVICE}") from None
+    if not exists:
         raise RnnlabError(
             f"no such file or folder: {path}; give a built-in corpus name "
             f"({', '.join(CORPORA)}) or the path of a UTF-8 text file"
         )
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*.txt") if p.is_file())
-        if not files:
-            raise RnnlabError(
-                f"folder {path} has no .txt files; put UTF-8 text files ending in .txt in it"
-            )
-        text = "\n".join(_read_file(p) for p in files)  # an empty file among others is fine
-    else:
-        text = _read_file(path)
-    if not text.strip():
-        raise RnnlabError(f"{path} is empty (or only white space); give a file with some text")
-    return text
+    text = _read_folder(path) if is_folder else _read_file(path, USER_FILE_ADVICE)
+    return _not_blank(text, path)
 
 
 def is_builtin(source: str) -> bool:
@@ -236,13 +328,32 @@ def is_builtin(source: str) -> bool:
 
 
 def read_text(source: str, split: str = "train") -> str:
-    """The raw text of ``source``: a built-in corpus name or a path."""
+    """The raw text of ``source``: a built-in corpus name or a path.
+
+    An empty or blank source is refused (as a path it would mean the current folder).
+    """
+    if not source.strip():
+        raise RnnlabError(
+            f"the corpus source {source!r} is {'only white space' if source else 'empty'}; give "
+            f"a built-in corpus name ({', '.join(CORPORA)}) or the path of a text file or "
+            f"folder ('.' for this folder)"
+        )
     if is_builtin(source):
-        return read_path(builtin_path(source, split))
+        path = builtin_path(source, split)
+        advice = (
+            f"remove it (rnnlab then looks in the next place or downloads {source!r} again) "
+            f"or put the corpus file there (from {CORPORA[source].url})"
+        )
+        return _not_blank(_read_file(path, advice), path)
     if split != "train":
         raise RnnlabError(f"only built-in corpora have a {split!r} split; {source!r} is a path")
-    path = Path(source).expanduser()
-    if not path.exists() and os.sep not in source and "." not in source:
+    try:
+        path = Path(source).expanduser()
+        exists = path.exists()
+    except (OSError, RuntimeError) as e:  # RuntimeError: "~someone" with no such user
+        detail = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise RnnlabError(f"cannot read {source!r}: {detail}; {USER_FILE_ADVICE}") from None
+    if not exists and os.sep not in source and "." not in source:
         raise RnnlabError(
             f"unknown corpus {source!r}: known names are {', '.join(CORPORA)}, "
             f"or give the path of a text file or folder"

@@ -7,6 +7,7 @@ tokens, except for ptb, whose own valid file is the validation split.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import torch
@@ -49,6 +50,7 @@ class Dataset:
     train_ids: torch.Tensor
     val_ids: torch.Tensor
     tokens: int  # tokens read from the training text (before the split)
+    text_sha256: str = ""  # fingerprint() of the tokens read: tells a changed corpus
 
 
 def prepare(
@@ -69,6 +71,7 @@ def prepare(
     if vocab is None:
         vocab = Vocab(tokens)
     ids = torch.tensor(vocab[tokens], dtype=torch.long)
+    val_tokens: list[str] = []
     if has_split(source, "valid"):
         val_tokens = read_tokens(source, mode, max_tokens, split="valid")
         train_ids, val_ids = ids, torch.tensor(vocab[val_tokens], dtype=torch.long)
@@ -85,7 +88,16 @@ def prepare(
             f"the validation part of {source!r} has {len(val_ids)} token(s); use a "
             f"larger --val-frac or more text"
         )
-    return Dataset(vocab, train_ids, val_ids, len(tokens))
+    return Dataset(vocab, train_ids, val_ids, len(tokens), fingerprint(tokens, val_tokens))
+
+
+def fingerprint(*token_lists: list[str]) -> str:
+    """sha256 of token lists: what a run was trained and validated on, in one hex string."""
+    digest = hashlib.sha256()
+    for tokens in token_lists:
+        digest.update("\x00".join(tokens).encode("utf-8", "surrogatepass"))
+        digest.update(b"\x01")
+    return digest.hexdigest()
 
 
 def held_out_ids(source: str, mode: str, vocab: Vocab, split: str = "train") -> torch.Tensor:

@@ -5,9 +5,11 @@
       vocab.json         the vocabulary (Vocab.to_json)
       checkpoint.json    pointer to the current checkpoint folder, and its manifest's sha256
       checkpoints/gen-000012/   the current checkpoint (see rnnlab.checkpoint)
-      model.safetensors  the current checkpoint's weights, for other tools
+      model.safetensors  a copy of the current checkpoint's weights, for other tools
       metrics.jsonl      one JSON object per finished epoch
       perplexity.png     training and validation perplexity against epoch
+      source.json        a fingerprint of the text trained on: a changed corpus is noticed
+      train.lock         held (flock) by the one training process of the run
 
 Every file is written whole or not at all (:func:`rnnlab.files.atomic_write`).
 Run directories written by rnnlm 0.1 have the same layout and load as they are.
@@ -16,6 +18,7 @@ Run directories written by rnnlm 0.1 have the same layout and load as they are.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -25,24 +28,33 @@ from .errors import RnnlabError
 from .plot import perplexity_png
 from .vocab import Vocab
 
-CONFIG, VOCAB, POINTER, METRICS, PLOT, MODEL = (
+CONFIG, VOCAB, POINTER, METRICS, PLOT, MODEL, SOURCE, LOCK = (
     "config.json",
     "vocab.json",
     "checkpoint.json",
     "metrics.jsonl",
     "perplexity.png",
     "model.safetensors",
+    "source.json",
+    "train.lock",
 )
 CHECKPOINTS = "checkpoints"
+CONFIG_LIMIT = 1 * files.MIB  # config.json is well under 1 KiB
+VOCAB_LIMIT = 256 * files.MIB  # a word vocabulary of millions of entries is a few tens of MiB
 
 
 def write_error(run: Path, e: OSError) -> RnnlabError:
     """The error for a failed write into ``run``: the previous checkpoint is kept."""
-    return RnnlabError(
-        f"could not write to run directory {run} ({e.strerror or e}); the "
-        f"previous checkpoint, if any, is kept; free disk space or fix "
-        f"permissions, then resume with: rnnlab train --out {run} --resume"
-    )
+    if (Path(run) / POINTER).exists():
+        then = (
+            f"the previous checkpoint is kept; free disk space or fix permissions, then "
+            f"resume with: rnnlab train --out {run} --resume"
+        )
+    else:
+        then = (
+            "free disk space or fix permissions (or choose another --out), then start the run again"
+        )
+    return RnnlabError(f"could not write to run directory {run} ({e.strerror or e}); {then}")
 
 
 def has_run(run: Path) -> bool:
@@ -74,19 +86,15 @@ def read_config(run: Path) -> TrainConfig:
     """The TrainConfig in ``run``/config.json; RnnlabError if it is missing or damaged."""
     path = Path(run) / CONFIG
     try:
-        text = path.read_text(encoding="utf-8")
+        data = files.read_json(path, "restore it or retrain", limit=CONFIG_LIMIT)
     except FileNotFoundError:
         raise RnnlabError(
             f"{path.parent} is not a run directory (it has no config.json); "
             f"give the --out folder of an rnnlab train run"
         ) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise RnnlabError(f"cannot read {path} ({e}); restore it or retrain") from None
-    try:
-        data = json.loads(text)
-    except ValueError:
+    except OSError as e:
         raise RnnlabError(
-            f"{path} is not valid JSON (truncated or damaged); restore it or retrain"
+            f"cannot read {path} ({e.strerror or e}); restore it or retrain"
         ) from None
     return TrainConfig.from_dict(data, str(path))
 
@@ -94,17 +102,19 @@ def read_config(run: Path) -> TrainConfig:
 def read_vocab(run: Path) -> Vocab:
     """The vocabulary in ``run``/vocab.json."""
     path = Path(run) / VOCAB
+    advice = "the run directory is damaged: restore it or train again"
     try:
-        return Vocab.from_json(path.read_text(encoding="utf-8"))
+        text = files.read_regular(path, VOCAB_LIMIT, advice).decode("utf-8")
     except FileNotFoundError:
         raise RnnlabError(
             f"{run} has no vocab.json; the run directory is incomplete: restore it or train again"
         ) from None
     except (OSError, UnicodeDecodeError):
-        raise RnnlabError(
-            f"{path} cannot be read as UTF-8 text; the run directory is damaged: "
-            f"restore it or train again"
-        ) from None
+        raise RnnlabError(f"{path} cannot be read as UTF-8 text; {advice}") from None
+    try:
+        return Vocab.from_json(text)
+    except RecursionError:
+        raise RnnlabError(f"{path} nests deeper than a vocabulary does; {advice}") from None
 
 
 def write_metrics(run: Path, history: list[dict[str, Any]], plot_title: str = "") -> None:
@@ -116,3 +126,98 @@ def write_metrics(run: Path, history: list[dict[str, Any]], plot_title: str = ""
         files.atomic_write(run / PLOT, perplexity_png(history, plot_title))
     except OSError as e:
         raise write_error(run, e) from None
+
+
+def check_new_out(run: Path) -> None:
+    """A new run's folder must be new or empty: rnnlab never writes over other files."""
+    if str(run) in ("", "."):
+        raise RnnlabError("--out is empty or the current folder; name a new folder for the run")
+    if run.exists() and not run.is_dir():
+        raise RnnlabError(f"--out {run} is a file, not a folder; choose another --out")
+    if run.is_dir() and any(run.iterdir()):
+        raise RnnlabError(
+            f"--out {run} is a folder that already holds other files and no run; choose a new "
+            f"or empty folder (rnnlab does not write over files it did not make)"
+        )
+
+
+def write_source(run: Path, cfg: TrainConfig, text_sha256: str) -> None:
+    """Record what the run is trained on (source.json)."""
+    record = {
+        "source": cfg.source,
+        "mode": cfg.mode,
+        "max_tokens": cfg.max_tokens,
+        "tokens_sha256": text_sha256,
+    }
+    try:
+        files.atomic_write(Path(run) / SOURCE, (json.dumps(record, indent=1) + "\n").encode())
+    except OSError as e:
+        raise write_error(Path(run), e) from None
+
+
+def check_source(run: Path, cfg: TrainConfig, text_sha256: str, accept_changed: bool) -> bool:
+    """Whether ``cfg.source`` still gives the text ``run`` was trained on.
+
+    A changed text is an RnnlabError unless ``accept_changed``; then False is returned.
+    A run without source.json (rnnlm 0.1 wrote none) is taken as unchanged.
+    """
+    path = Path(run) / SOURCE
+    advice = "the run directory is damaged: restore source.json, or delete it to trust the text"
+    try:
+        record = files.read_json(path, advice, limit=64 * files.KIB)
+    except FileNotFoundError:
+        return True
+    except OSError as e:
+        raise RnnlabError(f"cannot read {path} ({e.strerror or e}); {advice}") from None
+    if not isinstance(record, dict) or not isinstance(record.get("tokens_sha256"), str):
+        raise RnnlabError(f"{path} is not the record rnnlab writes; {advice}")
+    if record["tokens_sha256"] == text_sha256:
+        return True
+    if accept_changed:
+        return False
+    raise RnnlabError(
+        f"the text of {cfg.source} has changed since the run in {run} was trained on it "
+        f"(its tokens no longer match source.json); restore the text, or give "
+        f"--accept-changed-source to go on with the new text"
+    )
+
+
+class RunLock:
+    """An exclusive lock on a run directory for the life of a training process.
+
+    The lock is flock(2) on RUN/train.lock, which also records the holder's PID; the
+    kernel releases it when the process ends, however it ends, so a stale file left
+    by a killed run never blocks the next one.
+    """
+
+    def __init__(self, run: Path):
+        self.path = Path(run) / LOCK
+        self.fd: int | None = None
+
+    def __enter__(self) -> RunLock:
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no lock, as before
+            return self
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+        except OSError as e:
+            raise write_error(self.path.parent, e) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise RnnlabError(
+                f"another rnnlab train (PID {holder}) is training {self.path.parent}; wait for "
+                f"it to finish or stop it (Ctrl-C saves a checkpoint), then try again"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # releases the lock; the file stays, harmlessly
+            self.fd = None

@@ -21,26 +21,37 @@ checkpoint). A non-finite loss raises train.NonFiniteError before anything is sa
 from __future__ import annotations
 
 import math
+import os
 import signal
 import sys
 import threading
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 import torch
 
 from . import checkpoint as ckpt_io
 from . import rundir, train
 from .batches import epoch_batches, eval_batches
-from .config import RESUMABLE_CHANGES, TrainConfig, conflicts, flag
+from .config import RESUMABLE_CHANGES, TrainConfig, conflicts, flag, machine_cpus
 from .data import Dataset, prepare
 from .errors import RnnlabError
 from .generate import continue_text, default_prompt
-from .models import build_model, usable_impl
+from .models import build_model, check_fits, usable_impl
 from .train import EpochProgress, bits_per_token, evaluate, make_optimizer, perplexity, run_epoch
 
 SAMPLE_LENGTH = 50  # tokens of each sample printed during training (d2l's predict_ch8 uses 50)
+
+
+def _silence(stream: TextIO) -> None:
+    """Point a closed standard stream at /dev/null, so that nothing fails on it later."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass  # not a real file (a StringIO): nothing will be flushed to it
 
 
 class StopSignals:
@@ -54,8 +65,10 @@ class StopSignals:
 
     def _handle(self, signum, frame):
         self.signum = signum
-        for s in self.SIGNALS:  # a second signal acts at once
-            signal.signal(s, signal.default_int_handler if s == signal.SIGINT else signal.SIG_DFL)
+        # A second signal ends the process at once (the last checkpoint is whole, as every
+        # file is written atomically); by the signal itself, so no Python code runs then.
+        for s in self.SIGNALS:
+            signal.signal(s, signal.SIG_DFL)
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
@@ -77,6 +90,67 @@ class StopSignals:
     def name(self) -> str:
         """The signal's name, such as SIGINT ("" if none came)."""
         return signal.Signals(self.signum).name if self.signum else ""
+
+
+def _same_kind(saved: Any, fresh: Any) -> bool:
+    """Whether a saved optimizer setting has the type (and, for numbers, a finite value) of
+    the fresh optimizer's own setting."""
+    if isinstance(fresh, bool) or fresh is None or isinstance(fresh, str):
+        return type(saved) is type(fresh)
+    if isinstance(fresh, (int, float)):
+        return (
+            isinstance(saved, (int, float))
+            and not isinstance(saved, bool)
+            and math.isfinite(saved)
+            and 0 <= saved < 1e300  # rates, decays, momenta and epsilons are never negative
+        )
+    if isinstance(fresh, (list, tuple)):  # Adam's betas: saved as a JSON list
+        return (
+            isinstance(saved, (list, tuple))
+            and len(saved) == len(fresh)
+            and all(_same_kind(a, b) for a, b in zip(saved, fresh))
+        )
+    return torch.is_tensor(fresh) and torch.is_tensor(saved) and saved.shape == fresh.shape
+
+
+def _optimizer_state_problem(saved: dict[str, Any], optimizer) -> str | None:
+    """What is wrong with a checkpoint's optimizer state for ``optimizer`` (None: nothing).
+
+    Its settings must be those this optimizer has, of the same types, and each tensor of
+    its per-parameter state must have the shape of its parameter (the step: one number).
+    """
+    fresh_groups = optimizer.state_dict()["param_groups"]
+    groups = saved["param_groups"]
+    if len(groups) != len(fresh_groups):
+        return "has another number of parameter groups"
+    for group, fresh in zip(groups, fresh_groups):
+        if set(group) != set(fresh):
+            return "has other settings than this optimizer"
+        for key, value in fresh.items():
+            if key != "params" and not _same_kind(group[key], value):
+                return f"has a setting {key!r} of the wrong type or out of range"
+        if group["params"] != fresh["params"]:
+            return "names other parameters"
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for index, entries in saved["state"].items():
+        if not (isinstance(index, int) and 0 <= index < len(params)):
+            return "names a parameter the model does not have"
+        for key, value in entries.items():
+            if not torch.is_tensor(value):
+                continue
+            want = torch.Size([]) if key == "step" else params[index].shape
+            if value.shape != want or not value.is_floating_point():
+                return f"has a {key!r} of the wrong shape or type"
+    return None
+
+
+def _same_layout(state, expected) -> bool:
+    """Whether a carried state has the shapes and dtypes of ``expected`` (a fresh state)."""
+    parts = state if isinstance(state, tuple) else (state,)
+    want = expected if isinstance(expected, tuple) else (expected,)
+    return len(parts) == len(want) and all(
+        p.shape == w.shape and p.dtype == w.dtype for p, w in zip(parts, want)
+    )
 
 
 def _to_device(state, device):
@@ -118,19 +192,39 @@ class Trainer:
         print(f"rnnlab: warning: {message}", file=self.err)
 
     def log(self, message: str) -> None:
-        if not self.quiet:
+        """Print a line of the log; if the reader went away (``| head``), go on silently."""
+        if self.quiet:
+            return
+        try:
             print(message, file=self.out, flush=True)
+        except BrokenPipeError:
+            self.quiet = True  # training goes on: a closed pipe is no reason to lose it
+            _silence(self.out)
 
     def restore(self, ckpt: ckpt_io.Checkpoint) -> None:
+        """Put the model, optimizer, RNG and epoch position back as ``ckpt`` holds them."""
+        damaged = f"the run directory {self.run} is damaged: restore it or train again"
         ckpt_io.load_weights(self.model, ckpt.weights, self.run)
+        problem = _optimizer_state_problem(ckpt.optimizer, self.optimizer)
+        if problem:
+            raise RnnlabError(f"the optimizer state in the checkpoint {problem}; {damaged}")
         try:
             self.optimizer.load_state_dict(ckpt.optimizer)
-        except (ValueError, KeyError, RuntimeError) as e:
+        except (ValueError, KeyError, RuntimeError, TypeError, IndexError, AttributeError) as e:
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise RnnlabError(
-                f"the optimizer state in {self.run} does not fit the model ({e}); "
-                f"the run directory is damaged: restore it or train again"
+                f"the optimizer state does not fit the model ({reason}); {damaged}"
             ) from None
-        ckpt_io.restore_rng(ckpt.rng)
+        try:
+            ckpt_io.restore_rng(ckpt.rng)
+        except (RuntimeError, TypeError, ValueError):
+            raise RnnlabError(
+                f"the random-number state in the checkpoint is invalid; {damaged}"
+            ) from None
+        expected = cast(Any, self.model).begin_state(self.cfg.batch_size, "cpu")
+        state = ckpt.progress.state
+        if state is not None and not _same_layout(state, expected):
+            raise RnnlabError(f"the carried hidden state does not fit the model; {damaged}")
         self.epoch, self.history = ckpt.epoch, ckpt.history
         self.progress = ckpt.progress
         self.progress.state = _to_device(self.progress.state, self.device)
@@ -296,79 +390,159 @@ def fit(
     quiet: bool = False,
     out: TextIO | None = None,
     err: TextIO | None = None,
+    accept_changed_source: bool = False,
 ) -> int:
     """Train the run directory ``run``; returns the exit status (0, or 130/143 if interrupted).
 
     ``cfg`` may be None with ``resume``: the run's config.json is used.
     ``given``: the options given explicitly (flat names, as TrainConfig.options());
     on --resume they must agree with the run's config.json, except those in
-    config.RESUMABLE_CHANGES.
+    config.RESUMABLE_CHANGES. ``accept_changed_source``: resume even if the text of
+    the source changed since the run was trained on it.
+
+    The run directory is locked for the whole call (a second train of it is refused),
+    and a new run that stops before its first checkpoint leaves no folder behind.
     """
     out = out or sys.stdout
     err = err or sys.stderr
     run = Path(run)
-    given = given or {}
-    if run.exists() and not run.is_dir():
-        raise RnnlabError(f"--out {run} is a file, not a folder; choose another --out")
-    checkpoint = None
     if resume:
         if not rundir.has_run(run):
             raise RnnlabError(
                 f"nothing to resume in {run} (no config.json there); start the run without --resume"
             )
-        saved = rundir.read_config(run)
-        diff = conflicts(saved, given)
-        if diff:
-            name, (now, then) = next(iter(diff.items()))
-            raise RnnlabError(
-                f"{flag(name)} {now!r} conflicts with the run in {run}, which was "
-                f"started with {flag(name)} {then!r}; leave {flag(name)} out to "
-                f"resume it, or start a new run with another --out"
-            )
-        changes = {k: v for k, v in given.items() if k in RESUMABLE_CHANGES or k == "impl"}
-        cfg = TrainConfig.from_options({**saved.options(), **changes})
-        saved_vocab = rundir.read_vocab(run)
-        if ckpt_io.has_checkpoint(run):
-            checkpoint = ckpt_io.read_checkpoint(run)
-            ckpt_io.check_config_matches(run, saved, checkpoint)
-    elif rundir.has_run(run) or (run / rundir.POINTER).exists():
+        with rundir.RunLock(run):
+            return _resume(run, given or {}, quiet, out, err, accept_changed_source)
+    if cfg is None:
+        raise RnnlabError("no configuration given for a new run")
+    if rundir.has_run(run) or (run / rundir.POINTER).exists():
         raise RnnlabError(
             f"{run} already holds a run; add --resume to continue it, or choose another --out"
         )
-    if cfg is None:
-        raise RnnlabError("no configuration given for a new run")
+    rundir.check_new_out(run)
+    made = not run.exists()
+    try:
+        run.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise rundir.write_error(run, e) from None
+    try:
+        with rundir.RunLock(run):
+            return _start(cfg, run, quiet, out, err)
+    finally:
+        if not ckpt_io.has_checkpoint(run) and not ckpt_io.generations(run):
+            _remove_unstarted(run, made)
+
+
+def _remove_unstarted(run: Path, made: bool) -> None:
+    """Remove what a new run wrote before its first checkpoint (and its folder, if made here)."""
+    for name in (
+        rundir.CONFIG,
+        rundir.VOCAB,
+        rundir.SOURCE,
+        rundir.LOCK,
+        rundir.METRICS,
+        rundir.PLOT,
+        rundir.CHECKPOINTS,
+    ):
+        path = run / name
+        try:
+            if path.is_dir() and not path.is_symlink():
+                path.rmdir()  # only an empty checkpoints/ folder
+            elif path.exists() or path.is_symlink():
+                path.unlink()
+        except OSError:
+            pass
+    if made:
+        try:
+            run.rmdir()  # only if nothing else is in it
+        except OSError:
+            pass
+
+
+def _start(cfg: TrainConfig, run: Path, quiet: bool, out: TextIO, err: TextIO) -> int:
+    """A new run in the (locked, empty) folder ``run``."""
     device = train.resolve_device(cfg.device)
+    data = _prepare(cfg)
+    if cfg.prefix is None:  # the run's own text, not another corpus' phrase
+        start = data.vocab.to_tokens(data.train_ids[:400].tolist())
+        cfg = replace(cfg, prefix=default_prompt(start, cfg.mode))
+    rundir.create(run, cfg, data.vocab)
+    rundir.write_source(run, cfg, data.text_sha256)
+    trainer = Trainer(cfg, run, data, device, out, err, quiet)
+    return trainer.fit()
+
+
+def _prepare(cfg: TrainConfig) -> Dataset:
+    """The dataset of ``cfg``, with torch's threads set and the model's memory checked."""
+    if cfg.threads > machine_cpus():
+        raise RnnlabError(
+            f"--threads {cfg.threads} is more than this machine's {machine_cpus()} CPUs; give "
+            f"--threads {machine_cpus()} or fewer (it may change on --resume)"
+        )
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     data = prepare(
         cfg.source, cfg.mode, cfg.max_tokens, cfg.val_frac, cfg.batch_size, cfg.num_steps
     )
-    if cfg.prefix is None:  # the run's own text, not another corpus' phrase
-        start = data.vocab.to_tokens(data.train_ids[:400].tolist())
-        cfg = replace(cfg, prefix=default_prompt(start, cfg.mode))
-    if resume:
-        if data.vocab.idx_to_token != saved_vocab.idx_to_token:
-            raise RnnlabError(
-                f"{cfg.source} no longer gives the vocabulary the run in {run} was "
-                f"trained with (the text changed); restore the text, or start a "
-                f"new run with another --out"
-            )
-        if cfg != saved:
-            rundir.write_config(run, cfg)
+    check_fits(cfg.model, len(data.vocab), cfg.batch_size, cfg.num_steps, cfg.optimizer)
+    return data
+
+
+def _resume(
+    run: Path, given: dict[str, Any], quiet: bool, out: TextIO, err: TextIO, accept_changed: bool
+) -> int:
+    """Continue the (locked) run in ``run`` from its checkpoint."""
+    saved = rundir.read_config(run)
+    diff = conflicts(saved, given)
+    if diff:
+        name, (now, then) = next(iter(diff.items()))
+        raise RnnlabError(
+            f"{flag(name)} {now!r} conflicts with the run in {run}, which was "
+            f"started with {flag(name)} {then!r}; leave {flag(name)} out to "
+            f"resume it, or start a new run with another --out"
+        )
+    changes = {k: v for k, v in given.items() if k in RESUMABLE_CHANGES or k == "impl"}
+    cfg = TrainConfig.from_options({**saved.options(), **changes})
+    saved_vocab = rundir.read_vocab(run)
+    checkpoint, recovered = None, False
+    if ckpt_io.has_checkpoint(run):
+        checkpoint = ckpt_io.read_checkpoint(run)
     else:
-        rundir.create(run, cfg, data.vocab)
+        checkpoint = ckpt_io.recover(run)  # None: no save ever finished, so start over
+        recovered = checkpoint is not None
+    if checkpoint is not None:
+        ckpt_io.check_config_matches(run, saved, checkpoint)
+    device = train.resolve_device(cfg.device)
+    data = _prepare(cfg)
+    same_text = rundir.check_source(run, cfg, data.text_sha256, accept_changed)
+    if data.vocab.idx_to_token != saved_vocab.idx_to_token:
+        raise RnnlabError(
+            f"{cfg.source} no longer gives the vocabulary the run in {run} was "
+            f"trained with (the text changed); restore the text, or start a "
+            f"new run with another --out"
+        )
+    if not same_text or not (run / rundir.SOURCE).exists():
+        rundir.write_source(run, cfg, data.text_sha256)
     trainer = Trainer(cfg, run, data, device, out, err, quiet)
     if checkpoint is not None:
         trainer.restore(checkpoint)
+        if recovered:
+            ckpt_io.adopt(run, checkpoint)
+            trainer.warn(
+                f"{run} had lost checkpoint.json; resuming from its newest complete checkpoint "
+                f"({checkpoint.epoch} epoch(s) and {checkpoint.progress.batch} batch(es) in)"
+            )
         if trainer.history:  # a crash may have come between the checkpoint and these files
             rundir.write_metrics(run, trainer.history, trainer.plot_title())
-    elif resume:
+    else:
         trainer.warn(f"{run} has no checkpoint yet; starting its training from the beginning")
     if trainer.epoch >= cfg.epochs:
         print(
-            f"the run in {run} has already trained its {cfg.epochs} epoch(s); give --epochs "
+            f"the run in {run} has already trained {trainer.epoch} epoch(s); give --epochs "
             f"larger than {trainer.epoch} to train it longer",
             file=out,
         )
         return 0
+    if cfg != saved:  # only what will really happen goes into config.json
+        rundir.write_config(run, cfg)
     return trainer.fit()

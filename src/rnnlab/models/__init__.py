@@ -7,14 +7,20 @@ state. ``build_model(config, V)`` makes the one a ``ModelConfig`` describes.
 Adding a cell or an implementation touches this module (its name in ``CELLS`` or
 ``IMPLS``) and the module that computes it; the configuration, the command line
 and the docs take their lists from here.
+
+``memory_estimate`` and ``check_fits`` say, from the sizes alone and before anything
+is allocated, whether a model can train on this machine.
 """
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 from torch import nn
 
+from ..errors import RnnlabError
+from .layout import num_gates
 from .scratch import LAYERS, ScratchLM
 from .torchnn import RECURRENT, RNNEncoder, TorchLM
 
@@ -68,12 +74,111 @@ def build_model(config: ModelConfig, vocab_size: int) -> nn.Module:
     return FusedLM(vocab_size, config.hidden, config.layers, config.cell)
 
 
+def parameter_count(config: ModelConfig, vocab_size: int) -> int:
+    """How many numbers the model ``config`` describes holds, for V = ``vocab_size``.
+
+    With G gates (1 RNN, 3 GRU, 4 LSTM), H hidden units, L layers and D the input
+    size of a layer (V, or E with an embedding, for the first; H above it):
+
+        one-hot (scratch, fused)  per layer G*(D*H + H*H + H), + H for the GRU's b_hh
+        torch                     per layer G*(D*H + H*H + 2*H); + V*E for the embedding
+        output layer              H*V + V (less V*E when the weights are tied)
+    """
+    V, H, L, E = vocab_size, config.hidden, config.layers, config.embedding
+    G = num_gates(config.cell)
+    if config.impl == "torch":
+        layer = lambda D: G * (D * H + H * H + 2 * H)
+        tied = V * E if config.tie_weights else 0
+        return V * E + layer(E or V) + (L - 1) * layer(H) + H * V + V - tied
+    extra = H if config.cell == "gru" else 0
+    layer = lambda D: G * (D * H + H * H + H) + extra
+    return layer(V) + (L - 1) * layer(H) + H * V + V
+
+
+def _memory_parts(
+    config: ModelConfig, vocab_size: int, batch_size: int, num_steps: int, optimizer: str
+) -> tuple[int, int]:
+    """(bytes of parameters, gradients and optimizer state; bytes of activations)."""
+    V, H, L, G = vocab_size, config.hidden, config.layers, num_gates(config.cell)
+    copies = 2 + (0 if optimizer == "sgd" else 2)  # weights, gradients, optimizer state
+    inputs = config.embedding or V  # the one-hot or embedded input of each step
+    per_row = inputs + L * (G + 1) * H + 2 * V
+    return 4 * copies * parameter_count(config, V), 4 * num_steps * batch_size * per_row
+
+
+def memory_estimate(
+    config: ModelConfig, vocab_size: int, batch_size: int, num_steps: int, optimizer: str = "sgd"
+) -> int:
+    """About how many bytes one training step of ``config`` needs, in float32.
+
+    With P = :func:`parameter_count`, B = ``batch_size``, T = ``num_steps``, G gates,
+    H hidden units, L layers and D0 the input size (V one-hot, or E embedded):
+
+        bytes = 4 * (P * (2 + S) + T * B * (D0 + L * (G + 1) * H + 2 * V))
+
+    P * 2: the weights and their gradients; S: the copies of the weights the
+    optimizer keeps (0 for SGD without momentum; 2, the first and second moments, for
+    Adam, AdamW and any other); per step and stream, the input, G*H gate values and
+    H outputs per layer kept for the backward pass (the LSTM's cell state is left
+    out), and the (T*B, V) logits and their gradient. Python ints: no overflow, and
+    nothing is allocated.
+    """
+    weights, activations = _memory_parts(config, vocab_size, batch_size, num_steps, optimizer)
+    return weights + activations
+
+
+def machine_memory() -> int | None:
+    """This machine's physical memory in bytes, or None where the system does not say."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows), or no such name
+        return None
+
+
+def _size(n: int) -> str:
+    """Bytes as a message shows them: 3.2 GiB, 12 MiB, 800 bytes."""
+    if n >= 2**30:
+        return f"{n / 2**30:,.1f} GiB"
+    return f"{n / 2**20:.0f} MiB" if n >= 2**20 else f"{n:,} bytes"
+
+
+def check_fits(
+    config: ModelConfig,
+    vocab_size: int,
+    batch_size: int,
+    num_steps: int,
+    optimizer: str = "sgd",
+    available: int | None = None,
+) -> None:
+    """Raise RnnlabError if training ``config`` needs more memory than the machine has.
+
+    ``available``: the bytes to measure against (default: :func:`machine_memory`;
+    nothing is checked where that is unknown). Call it before building the model.
+    """
+    if available is None:
+        available = machine_memory()
+        if available is None:
+            return
+    weights, activations = _memory_parts(config, vocab_size, batch_size, num_steps, optimizer)
+    if weights + activations > available:
+        raise RnnlabError(
+            f"the model would need about {_size(weights + activations)} (parameters, "
+            f"gradients and optimizer state {_size(weights)}, activations "
+            f"{_size(activations)}), more than this machine's {_size(available)}; use a "
+            f"smaller --hidden/--layers/--batch-size/--num-steps"
+        )
+
+
 __all__ = [
     "ScratchLM",
     "TorchLM",
     "RNNEncoder",
     "build_model",
     "usable_impl",
+    "parameter_count",
+    "memory_estimate",
+    "check_fits",
+    "machine_memory",
     "CELLS",
     "IMPLS",
     "ONE_HOT_IMPLS",
