@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import shutil
 from dataclasses import dataclass, field
@@ -323,23 +324,29 @@ def _read_verified(path: Path, expected_sha: Any, limit: int) -> bytes:
 
 
 def _number(value: Any, kind: type = float) -> bool:
-    """Whether a JSON value is a number of ``kind`` (int: a whole number; never a bool)."""
+    """Whether a JSON value is a finite number of ``kind`` (int: a whole number; never a
+    bool) within what a training run can reach (below 2**63)."""
     if isinstance(value, bool):
         return False
-    return isinstance(value, int) if kind is int else isinstance(value, (int, float))
+    if kind is int:
+        return isinstance(value, int) and abs(value) < 2**63
+    return isinstance(value, (int, float)) and math.isfinite(value) and abs(value) < 2**63
 
 
 def _check_trainer_json(trainer: Any) -> None:
-    """Raise ValueError unless trainer.json has the types this version of rnnlab reads."""
+    """Raise ValueError unless trainer.json has the types and ranges this rnnlab writes."""
     progress = trainer.get("progress") if isinstance(trainer, dict) else None
     optimizer = trainer.get("optimizer") if isinstance(trainer, dict) else None
     history = trainer.get("history") if isinstance(trainer, dict) else None
+    last = progress.get("last_finite_loss") if isinstance(progress, dict) else None
     ok = (
         isinstance(progress, dict)
+        and trainer.get("format") == FORMAT
         and _number(trainer.get("epoch"), int)
         and trainer["epoch"] >= 0
         and all(_number(progress.get(k), int) and progress[k] >= 0 for k in ("batch", "tokens"))
-        and all(_number(progress.get(k)) for k in ("loss_sum", "seconds", "last_finite_loss"))
+        and all(_number(progress.get(k)) for k in ("loss_sum", "seconds"))
+        and (_number(last) or (isinstance(last, float) and math.isnan(last)))  # nan: none yet
         and progress.get("carry") in ("none", "tensor", "tuple")
         and isinstance(optimizer, dict)
         and isinstance(optimizer.get("param_groups"), list)
@@ -349,7 +356,9 @@ def _check_trainer_json(trainer: Any) -> None:
         and isinstance(history, list)
         and all(
             isinstance(r, dict)
-            and all(_number(r.get(k)) for k in ("epoch", "train_ppl", "val_ppl"))
+            and _number(r.get("epoch"), int)
+            and 1 <= r["epoch"] <= 10**6
+            and all(_number(r.get(k)) and 0 < r[k] < 1e305 for k in ("train_ppl", "val_ppl"))
             for r in history
         )
         and isinstance(trainer.get("config", {}), dict)
@@ -365,7 +374,9 @@ def _read_generation(run: Path, generation: int, manifest_sha: Any) -> Checkpoin
     manifest = files.parse_json(manifest_bytes, folder / MANIFEST, DAMAGED_RUN)
     try:
         listed = manifest["files"]
-        if manifest["generation"] != generation or not isinstance(listed, dict):
+        if type(manifest["generation"]) is not int or manifest["generation"] != generation:
+            raise _damaged(run / POINTER, "does not agree with the checkpoint it points to")
+        if not isinstance(listed, dict):
             raise _damaged(run / POINTER, "does not agree with the checkpoint it points to")
         blobs = {
             name: _read_verified(folder / name, listed[name], limit)

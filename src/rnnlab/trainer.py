@@ -41,6 +41,7 @@ from .generate import continue_text, default_prompt
 from .models import build_model, check_fits, usable_impl
 from .train import EpochProgress, bits_per_token, evaluate, make_optimizer, perplexity, run_epoch
 
+MAX_OPTIMIZER_SETTING = 1e9  # no rate, decay, momentum or epsilon of an optimizer comes near
 SAMPLE_LENGTH = 50  # tokens of each sample printed during training (d2l's predict_ch8 uses 50)
 
 
@@ -101,8 +102,7 @@ def _same_kind(saved: Any, fresh: Any) -> bool:
         return (
             isinstance(saved, (int, float))
             and not isinstance(saved, bool)
-            and math.isfinite(saved)
-            and 0 <= saved < 1e300  # rates, decays, momenta and epsilons are never negative
+            and 0 <= saved <= MAX_OPTIMIZER_SETTING  # rates, decays, momenta, epsilons
         )
     if isinstance(fresh, (list, tuple)):  # Adam's betas: saved as a JSON list
         return (
