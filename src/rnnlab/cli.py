@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -466,18 +465,10 @@ def main(argv: list[str] | None = None) -> int:
         print("rnnlab: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # e.g. `rnnlab generate ... | head`: stopped, so not a success
-        _silence_stdout()
+        from .files import silence
+
+        silence(sys.stdout)
         return 128 + 13  # as a shell reports a process ended by SIGPIPE
-
-
-def _silence_stdout() -> None:
-    """Point the closed standard output at /dev/null, so that exiting does not fail on it."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    except (OSError, ValueError, AttributeError):
-        pass
 
 
 if __name__ == "__main__":

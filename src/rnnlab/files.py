@@ -77,6 +77,17 @@ def atomic_write(path: Path, data: bytes) -> None:
     fsync_dir(path.parent)
 
 
+def silence(stream: Any) -> None:
+    """Point a closed standard stream (a pipe whose reader left) at /dev/null, so that
+    nothing written or flushed to it later fails."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass  # not a real file (a StringIO): nothing will be flushed to it
+
+
 # ---------------------------------------------------------------- bounded reading
 
 KIB, MIB, GIB = 1 << 10, 1 << 20, 1 << 30

@@ -21,7 +21,6 @@ checkpoint). A non-finite loss raises train.NonFiniteError before anything is sa
 from __future__ import annotations
 
 import math
-import os
 import signal
 import sys
 import threading
@@ -32,7 +31,7 @@ from typing import Any, TextIO, cast
 import torch
 
 from . import checkpoint as ckpt_io
-from . import rundir, train
+from . import files, rundir, train
 from .batches import epoch_batches, eval_batches
 from .config import RESUMABLE_CHANGES, TrainConfig, conflicts, flag, machine_cpus
 from .data import Dataset, prepare
@@ -43,16 +42,6 @@ from .train import EpochProgress, bits_per_token, evaluate, make_optimizer, perp
 
 MAX_OPTIMIZER_SETTING = 1e9  # no rate, decay, momentum or epsilon of an optimizer comes near
 SAMPLE_LENGTH = 50  # tokens of each sample printed during training (d2l's predict_ch8 uses 50)
-
-
-def _silence(stream: TextIO) -> None:
-    """Point a closed standard stream at /dev/null, so that nothing fails on it later."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, stream.fileno())
-        os.close(devnull)
-    except (OSError, ValueError, AttributeError):
-        pass  # not a real file (a StringIO): nothing will be flushed to it
 
 
 class StopSignals:
@@ -199,7 +188,7 @@ class Trainer:
             print(message, file=self.out, flush=True)
         except BrokenPipeError:
             self.quiet = True  # training goes on: a closed pipe is no reason to lose it
-            _silence(self.out)
+            files.silence(self.out)
 
     def restore(self, ckpt: ckpt_io.Checkpoint) -> None:
         """Put the model, optimizer, RNG and epoch position back as ``ckpt`` holds them."""
