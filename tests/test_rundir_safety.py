@@ -139,6 +139,7 @@ def test_a_lost_pointer_resumes_from_the_newest_complete_checkpoint(trained, tmp
     resumed = run_cli("train", "--out", run, "--resume", "--epochs", "3")
     assert resumed.returncode == 0, resumed.stderr
     assert "lost checkpoint.json" in resumed.stderr
+    assert "epoch 3/3" in resumed.stdout and "epoch 1/3" not in resumed.stdout
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics] == [1, 2, 3]  # continued, not started over
     assert checkpoint.read_checkpoint(run).generation > kept.generation
@@ -348,3 +349,11 @@ def test_a_folder_in_the_way_of_the_metrics_is_a_clean_error_that_keeps_the_chec
     clean_error(result, "could not write", "previous checkpoint is kept")
     assert checkpoint.read_checkpoint(run).epoch == 2  # the checkpoint there is intact
     assert (run / name / "keep.txt").read_text() == "mine"
+
+
+def test_a_tensor_file_larger_than_the_model_can_be_is_refused_unread(trained, tmp_path, capsys):
+    run = copy_of(trained, tmp_path)
+    weights = run / checkpoint.read_pointer(run)["current"] / "model.safetensors"
+    os.truncate(weights, 10 * 2**30)  # sparse: no disk is used, and it must never be read
+    assert cli.main(["generate", str(run), "--length", "3"]) == 2
+    assert "more than" in capsys.readouterr().err

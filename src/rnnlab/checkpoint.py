@@ -34,7 +34,7 @@ from safetensors.torch import save as st_save
 from . import files, rundir
 from .config import TrainConfig, conflicts, flag
 from .errors import RnnlabError
-from .models import build_model, check_fits
+from .models import build_model, check_fits, parameter_count
 from .rundir import CHECKPOINTS, CONFIG, MODEL, POINTER, VOCAB, VOCAB_LIMIT
 from .train import EpochProgress, NonFiniteError
 
@@ -44,7 +44,7 @@ GENERATION = re.compile(CHECKPOINTS + r"/gen-(\d{6})")  # the only folders a poi
 DAMAGED_RUN = "the run directory is damaged: restore it from a backup, or train again"
 # Limits on what is read from a run directory (a hostile file must not exhaust memory).
 POINTER_LIMIT, MANIFEST_LIMIT = 4 * files.KIB, 64 * files.KIB
-TENSORS_LIMIT = 64 * files.GIB  # weights or optimizer state: refused first by the model's size
+TENSORS_SLACK = 16 * files.MIB  # safetensors headers, RNG states and the carried state's room
 READ_ATTEMPTS = 5  # a reader racing a training process retries this often
 
 
@@ -367,9 +367,23 @@ def _check_trainer_json(trainer: Any) -> None:
         raise ValueError("trainer.json")
 
 
+def tensors_limit(run: Path) -> int:
+    """The most bytes a checkpoint's tensor file of ``run`` can hold, from its config.
+
+    Weights: 4 bytes per parameter; trainer tensors: at most two optimizer copies of
+    them plus the carried state (L, B, H), twice for the LSTM.
+    """
+    cfg = rundir.read_config(run)
+    vocab = rundir.read_vocab(run)
+    weights = 4 * parameter_count(cfg.model, len(vocab))
+    carry = 2 * 4 * cfg.model.layers * cfg.batch_size * cfg.model.hidden
+    return 3 * weights + carry + TENSORS_SLACK
+
+
 def _read_generation(run: Path, generation: int, manifest_sha: Any) -> Checkpoint:
     """Read and verify checkpoint ``generation`` of ``run`` against its manifest's sha256."""
     folder = checkpoints_folder(run) / f"gen-{generation:06d}"
+    limit_of_tensors = tensors_limit(run)
     manifest_bytes = _read_verified(folder / MANIFEST, manifest_sha, MANIFEST_LIMIT)
     manifest = files.parse_json(manifest_bytes, folder / MANIFEST, DAMAGED_RUN)
     try:
@@ -381,8 +395,8 @@ def _read_generation(run: Path, generation: int, manifest_sha: Any) -> Checkpoin
         blobs = {
             name: _read_verified(folder / name, listed[name], limit)
             for name, limit in (
-                (MODEL, TENSORS_LIMIT),
-                (TRAINER_TENSORS, TENSORS_LIMIT),
+                (MODEL, limit_of_tensors),
+                (TRAINER_TENSORS, limit_of_tensors),
                 (TRAINER_JSON, files.JSON_LIMIT),
             )
         }
