@@ -7,6 +7,8 @@ Weights are drawn with std 0.3, not the book's 0.01, so that the gates and
 tanh work away from their linear region.
 """
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -143,3 +145,30 @@ def test_cpu_tensors_use_the_torch_recurrence():
     from rnnlab.models.fused import recurrence_for
 
     assert recurrence_for("lstm", torch.zeros(2, 1, 8)) is cpu.recurrence
+
+
+def test_the_fused_lstm_runs_torchs_kernel_on_the_cpu_with_the_scratch_parameters(monkeypatch):
+    """The LSTM's recurrence is torch's (oneDNN) kernel; its parameters and checkpoint keys
+    stay the scratch model's, and its function and gradients are the scratch model's."""
+    calls = []
+    real = FusedLM._forward_in_torch_kernel
+    monkeypatch.setattr(
+        FusedLM, "_forward_in_torch_kernel", lambda self, X, s: calls.append(1) or real(self, X, s)
+    )
+    torch.manual_seed(3)
+    config = ModelConfig(cell="lstm", impl="scratch", hidden=12, layers=2)
+    scratch = build_model(config, 9).double()
+    fused = build_model(replace(config, impl="fused"), 9).double()
+    fused.load_state_dict(scratch.state_dict())
+    assert list(fused.state_dict()) == list(scratch.state_dict())
+    X = torch.randint(0, 9, (4, 6))
+    state = tuple(torch.randn(2, 4, 12, dtype=torch.float64) for _ in range(2))
+    (want, want_state), (got, got_state) = scratch(X, state), fused(X, state)
+    assert calls == [1]
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    for a, b in zip(got_state, want_state):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    (got.square().sum() + got_state[1].sum()).backward()
+    (want.square().sum() + want_state[1].sum()).backward()
+    for p, q in zip(fused.parameters(), scratch.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-10, atol=1e-12)

@@ -61,6 +61,14 @@ def recurrence_for(kind: str, XW: torch.Tensor) -> Callable:
     return cpu.recurrence
 
 
+# Cells whose whole recurrence runs faster on the CPU in torch's own kernel (oneDNN's
+# fused LSTM) than in cpu.py: measured side by side in docs/fused-cpu.md. The kernel
+# computes the scratch function from the scratch parameters, stacked as torch.nn stacks
+# them (the same conversion tests/test_models.py checks against nn.LSTM in float64).
+TORCH_KERNEL_CELLS = ("lstm",)
+TORCH_CELLS = {"rnn": torch.nn.RNN, "gru": torch.nn.GRU, "lstm": torch.nn.LSTM}
+
+
 class FusedLM(ScratchLM):
     """ScratchLM with whole-sequence recurrences: forward(X, state) -> (logits (T*B, V), state)."""
 
@@ -70,6 +78,8 @@ class FusedLM(ScratchLM):
 
     def forward(self, X: torch.Tensor, state):
         """X (B, T) token ids, state as from begin_state -> logits (T*B, V), new state."""
+        if self.cell in TORCH_KERNEL_CELLS and not X.is_cuda:
+            return self._forward_in_torch_kernel(X, state)
         B, T = X.shape
         H = self.hidden
         inputs = torch.empty(0)  # (T, B, H): the outputs of the layer below, once there is one
@@ -95,6 +105,36 @@ class FusedLM(ScratchLM):
         if self.cell == "lstm":
             return logits, (torch.stack(last_h), torch.stack(last_c))
         return logits, torch.stack(last_h)
+
+    def _forward_in_torch_kernel(self, X: torch.Tensor, state):
+        """The same function, with every layer's recurrence in torch's kernel for the cell.
+
+        The scratch parameters are stacked into torch.nn's layout, W_ih (G*H, D) and
+        W_hh (G*H, H) in cuDNN's gate order, inside the graph, so gradients reach them.
+        """
+        template = self._torch_template()
+        params = {}
+        for i, layer in enumerate(self.layers):
+            names = layout.GATES[self.cell]
+            params[f"weight_ih_l{i}"] = torch.cat([getattr(layer, x).t() for x, _, _ in names])
+            params[f"weight_hh_l{i}"] = torch.cat([getattr(layer, h).t() for _, h, _ in names])
+            params[f"bias_ih_l{i}"] = torch.cat([getattr(layer, b) for _, _, b in names])
+            params[f"bias_hh_l{i}"] = layout.hidden_bias(layer, self.cell)
+        inputs = F.one_hot(X.T, self.vocab_size).to(self.W_hq.dtype)  # (T, B, V)
+        outputs, state = torch.func.functional_call(template, params, (inputs, state))
+        logits = torch.addmm(self.b_q, outputs.reshape(-1, self.hidden), self.W_hq)  # (T*B, V)
+        return logits, state
+
+    def _torch_template(self) -> torch.nn.Module:
+        """A torch.nn layer of this shape whose parameters each call replaces (kept out of
+        the state_dict, in a plain dict, so checkpoints stay the scratch model's)."""
+        kept = self.__dict__.setdefault("_templates", {})
+        key = (self.cell, self.vocab_size, self.hidden, len(self.layers), self.W_hq.dtype)
+        if key not in kept:
+            kept[key] = TORCH_CELLS[self.cell](
+                self.vocab_size, self.hidden, len(self.layers), device="meta", dtype=self.W_hq.dtype
+            )
+        return kept[key]
 
 
 __all__ = ["FusedLM", "recurrence_for"]
