@@ -98,6 +98,17 @@ def rnnlab_command() -> str:
     return found
 
 
+# The environment every command a test starts runs in: the verified corpora, and one thread
+# (the same arithmetic in every process, and no oversubscription of a shared 2-core machine).
+COMMAND_ENV = {**os.environ, "RNNLAB_DATA_DIR": str(DATA_DIR), "OMP_NUM_THREADS": "1",
+               "MKL_NUM_THREADS": "1"}  # fmt: skip
+# A run that trains in about a second: add SOURCE, --out and what the test varies (a later
+# option wins over these).
+TINY_RUN = ["--max-tokens", "3000", "--hidden", "16", "--batch-size", "8", "--num-steps", "10",
+            "--impl", "scratch", "--device", "cpu", "--threads", "1"]  # fmt: skip
+FAULTS = Path(__file__).resolve().parent / "faults.py"
+
+
 def run_cli(
     *args,
     env_extra: dict[str, str] | None = None,
@@ -109,23 +120,21 @@ def run_cli(
     Arguments may be paths or numbers. Returns the finished process with its stdout and
     stderr as text; ``check``, if given, is the exit status it must have.
     """
-    env = {
-        **os.environ,
-        "RNNLAB_DATA_DIR": str(DATA_DIR),
-        "OMP_NUM_THREADS": "1",
-        "MKL_NUM_THREADS": "1",
-        **(env_extra or {}),
-    }
-    result = subprocess.run(
-        [rnnlab_command(), *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
-        check=False,
-    )
+    command = [rnnlab_command(), *map(str, args)]
+    return _run(command, {**COMMAND_ENV, **(env_extra or {})}, timeout, check)
+
+
+def run_with_fault(fault: str, n: int, *args, check: int | None = None):
+    """The command with one fault injected from outside by tests/faults.py (see there)."""
+    command = [sys.executable, str(FAULTS), fault, str(n), "--", *map(str, args)]
+    return _run(command, COMMAND_ENV, 300, check)
+
+
+def _run(command: list[str], env: dict[str, str], timeout: float, check: int | None):
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout,
+                            check=False)  # fmt: skip
     if check is not None:
-        assert result.returncode == check, (args, result.returncode, result.stderr)
+        assert result.returncode == check, (command[1:], result.returncode, result.stderr)
     return result
 
 

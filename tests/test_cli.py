@@ -17,27 +17,10 @@ import sys
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import TINY_RUN, run_cli
 from rnnlab import cli
 
-TINY = [
-    "--max-tokens",
-    "3000",
-    "--hidden",
-    "32",
-    "--batch-size",
-    "8",
-    "--num-steps",
-    "10",
-    "--impl",
-    "scratch",
-    "--device",
-    "cpu",
-    "--sample-every",
-    "1",
-    "--threads",
-    "1",
-]
+TINY = [*TINY_RUN, "--hidden", "32", "--sample-every", "1"]
 
 
 @pytest.fixture(autouse=True)

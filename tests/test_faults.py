@@ -17,7 +17,6 @@ import random
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -25,38 +24,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import DATA_DIR, rnnlab_command, run_cli
+from conftest import COMMAND_ENV, TINY_RUN, rnnlab_command, run_cli, run_with_fault
 from rnnlab import checkpoint, cli
 
-LAUNCHER = Path(__file__).resolve().parent / "faults.py"
-# One thread: the same arithmetic in every process (and no thread oversubscription on a
-# shared 2-core machine).
-ENV = {
-    **os.environ,
-    "RNNLAB_DATA_DIR": str(DATA_DIR),
-    "OMP_NUM_THREADS": "1",
-    "MKL_NUM_THREADS": "1",
-}
-
-TINY = [
-    "timemachine",
-    "--max-tokens",
-    "3000",
-    "--hidden",
-    "32",
-    "--batch-size",
-    "8",
-    "--num-steps",
-    "10",
-    "--epochs",
-    "3",
-    "--checkpoint-every",
-    "3",
-    "--quiet",
-    "--device",
-    "cpu",
-]
-SCRATCH = TINY + ["--impl", "scratch"]
+TINY = ["timemachine", *TINY_RUN, "--hidden", "32", "--epochs", "3", "--checkpoint-every", "3",
+        "--quiet"]  # fmt: skip
+SCRATCH = TINY
 # Dropout (torch's RNG), Adam (optimizer state), random sampling (fresh states).
 TORCH_DROPOUT = TINY + [
     "--impl",
@@ -83,17 +56,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def rnnlab(*args, check: int | None = None):
     return run_cli(*args, check=check)
-
-
-def with_fault(fault: str, n: int, *args) -> subprocess.CompletedProcess:
-    """The command with one fault injected by tests/faults.py."""
-    return subprocess.run(
-        [sys.executable, str(LAUNCHER), fault, str(n), "--", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=ENV,
-        timeout=300,
-    )
 
 
 def metrics(run: Path):
@@ -130,7 +92,7 @@ def test_kill_at_random_batches_then_resume_is_exact(reference, tmp_path):
     trials += [("torch", TORCH_DROPOUT, rng.randrange(1, total)) for _ in range(2)]
     for i, (name, options, batch) in enumerate(trials):
         run = tmp_path / f"{name}-{i}"
-        crashed = with_fault("crash-at-batch", batch, "train", *options, "--out", run)
+        crashed = run_with_fault("crash-at-batch", batch, "train", *options, "--out", run)
         assert crashed.returncode == -signal.SIGKILL, crashed.stderr
         rnnlab("train", "--out", run, "--resume", "--quiet", check=0)
         same_training(run, reference / name)
@@ -144,7 +106,7 @@ def test_kill_at_random_batches_then_resume_is_exact(reference, tmp_path):
 def test_kill_while_writing_a_checkpoint_keeps_the_previous_one(reference, tmp_path):
     for i, nth_save in enumerate((1, 20)):
         run = tmp_path / f"save-{i}"
-        crashed = with_fault("crash-in-save", nth_save, "train", *SCRATCH, "--out", run)
+        crashed = run_with_fault("crash-in-save", nth_save, "train", *SCRATCH, "--out", run)
         assert crashed.returncode == -signal.SIGKILL
         if nth_save > 1:  # the previous checkpoint is intact and current
             ckpt = checkpoint.read_checkpoint(run)
@@ -163,7 +125,7 @@ def test_signal_saves_a_checkpoint_and_resume_is_exact(reference, tmp_path, sign
     options = SCRATCH + ["--epochs", "50"]  # the later --epochs wins
     proc = subprocess.Popen(
         [rnnlab_command(), "train", *options, "--out", str(run)],
-        env=ENV,
+        env=COMMAND_ENV,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -239,7 +201,7 @@ def test_vocabulary_of_another_run_is_refused(reference, tmp_path, capsys):
 
 def test_nan_stops_with_the_message_and_keeps_the_last_good_checkpoint(tmp_path, clean_error):
     run = tmp_path / "run"
-    result = with_fault("nan-at-batch", 40, "train", *SCRATCH, "--out", run)
+    result = run_with_fault("nan-at-batch", 40, "train", *SCRATCH, "--out", run)
     clean_error(result, "epoch 2", "batch 7", "last finite loss", "--lr")
     ckpt = checkpoint.read_checkpoint(run)
     assert (ckpt.epoch, ckpt.progress.batch) == (1, 6)  # global batch 39, the last finite one

@@ -172,3 +172,11 @@ def test_the_fused_lstm_runs_torchs_kernel_on_the_cpu_with_the_scratch_parameter
     (want.square().sum() + want_state[1].sum()).backward()
     for p, q in zip(fused.parameters(), scratch.parameters()):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_the_fused_lstm_keeps_the_row_lookup_for_vocabularies_larger_than_h(monkeypatch):
+    """One-hot inputs of a word vocabulary would make torch's kernel far slower."""
+    monkeypatch.setattr(FusedLM, "_forward_in_torch_kernel", lambda *a: pytest.fail("kernel"))
+    model = build_model(ModelConfig(cell="lstm", impl="fused", hidden=8), 20)
+    logits, _ = model(torch.randint(0, 20, (2, 3)), model.begin_state(2))
+    assert logits.shape == (3 * 2, 20)

@@ -48,7 +48,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import DATA_DIR, run_cli
+from conftest import COMMAND_ENV, TINY_RUN, run_cli
 from rnnlab import checkpoint, cli
 from rnnlab.config import RESUMABLE_CHANGES
 
@@ -62,9 +62,7 @@ FUZZ = settings(
         HealthCheck.data_too_large,
     ],
 )
-TINY = ["timemachine", "--max-tokens", "3000", "--hidden", "16", "--batch-size", "8",
-        "--num-steps", "10", "--epochs", "1", "--impl", "scratch", "--device", "cpu",
-        "--quiet", "--threads", "1"]  # fmt: skip
+TINY = ["timemachine", *TINY_RUN, "--epochs", "1", "--quiet"]
 COMMANDS = ("generate", "eval", "train")  # hypothesis shrinks towards the first: the fastest
 IN_CHECKPOINT = ("trainer.json", "manifest.json")  # inside the current checkpoint folder
 FILES = ("config.json", "vocab.json", "checkpoint.json", "source.json", *IN_CHECKPOINT)
@@ -73,12 +71,6 @@ TARGETS = [*FILES, *(f"{name}+resigned" for name in SIGNED)]
 # Written by any command (the lock) or rewritten from the checkpoint by a resume.
 REWRITTEN = {"train.lock", "metrics.jsonl", "perplexity.png"}
 MIB = 1 << 20
-ENV = {
-    **os.environ,
-    "RNNLAB_DATA_DIR": str(DATA_DIR),
-    "OMP_NUM_THREADS": "1",
-    "MKL_NUM_THREADS": "1",
-}
 
 CASES: Counter = Counter()  # (target, kind of change) -> cases run
 COMMANDS_RUN: Counter = Counter()  # command -> cases run
@@ -678,7 +670,7 @@ def test_a_named_pipe_in_place_of_a_file_does_not_hang(case, request, target):
             [sys.executable, "-c", CHILD, json.dumps(commands)],
             capture_output=True,
             text=True,
-            env=ENV,
+            env=COMMAND_ENV,
             timeout=PIPE_TIMEOUT,
         )
     except subprocess.TimeoutExpired as e:

@@ -256,6 +256,14 @@ def has_checkpoint(run: Path) -> bool:
     return (Path(run) / POINTER).exists()
 
 
+def _no_checkpoint(run: Path) -> RnnlabError:
+    return RnnlabError(
+        f"{run} has no checkpoint (checkpoint.json is missing: training stopped before "
+        f"saving one, or it was deleted); train it (again) with: rnnlab train --out {run}"
+        f"{' --resume' if rundir.has_run(run) else ''}"
+    )
+
+
 def read_pointer(run: Path) -> dict[str, Any]:
     """checkpoint.json: which checkpoint folder is current, and its manifest's sha256.
 
@@ -266,11 +274,7 @@ def read_pointer(run: Path) -> dict[str, Any]:
     try:
         data = files.read_json(path, DAMAGED_RUN, limit=POINTER_LIMIT)
     except FileNotFoundError:
-        raise RnnlabError(
-            f"{run} has no checkpoint (checkpoint.json is missing: training stopped before "
-            f"saving one, or it was deleted); train it (again) with: rnnlab train --out {run}"
-            f"{' --resume' if rundir.has_run(run) else ''}"
-        ) from None
+        raise _no_checkpoint(run) from None
     except OSError as e:
         raise RnnlabError(f"cannot read {path} ({e.strerror or e}); {DAMAGED_RUN}") from None
     current = data.get("current") if isinstance(data, dict) else None
@@ -367,23 +371,27 @@ def _check_trainer_json(trainer: Any) -> None:
         raise ValueError("trainer.json")
 
 
-def tensors_limit(run: Path) -> int:
-    """The most bytes a checkpoint's tensor file of ``run`` can hold, from its config.
+def tensors_limit(cfg: TrainConfig, vocab_size: int) -> int:
+    """The most bytes a checkpoint's tensor file of a run of ``cfg`` can hold.
 
     Weights: 4 bytes per parameter; trainer tensors: at most two optimizer copies of
     them plus the carried state (L, B, H), twice for the LSTM.
     """
-    cfg = rundir.read_config(run)
-    vocab = rundir.read_vocab(run)
-    weights = 4 * parameter_count(cfg.model, len(vocab))
+    weights = 4 * parameter_count(cfg.model, vocab_size)
     carry = 2 * 4 * cfg.model.layers * cfg.batch_size * cfg.model.hidden
     return 3 * weights + carry + TENSORS_SLACK
 
 
-def _read_generation(run: Path, generation: int, manifest_sha: Any) -> Checkpoint:
-    """Read and verify checkpoint ``generation`` of ``run`` against its manifest's sha256."""
+def _tensors_limit_of(run: Path) -> int:
+    return tensors_limit(rundir.read_config(run), len(rundir.read_vocab(run)))
+
+
+def _read_generation(run: Path, generation: int, manifest_sha: Any, limit: int) -> Checkpoint:
+    """Read and verify checkpoint ``generation`` of ``run`` against its manifest's sha256.
+
+    ``limit``: the most bytes each tensor file may have (:func:`tensors_limit`).
+    """
     folder = checkpoints_folder(run) / f"gen-{generation:06d}"
-    limit_of_tensors = tensors_limit(run)
     manifest_bytes = _read_verified(folder / MANIFEST, manifest_sha, MANIFEST_LIMIT)
     manifest = files.parse_json(manifest_bytes, folder / MANIFEST, DAMAGED_RUN)
     try:
@@ -395,8 +403,8 @@ def _read_generation(run: Path, generation: int, manifest_sha: Any) -> Checkpoin
         blobs = {
             name: _read_verified(folder / name, listed[name], limit)
             for name, limit in (
-                (MODEL, limit_of_tensors),
-                (TRAINER_TENSORS, limit_of_tensors),
+                (MODEL, limit),
+                (TRAINER_TENSORS, limit),
                 (TRAINER_JSON, files.JSON_LIMIT),
             )
         }
@@ -462,17 +470,19 @@ def _read_generation(run: Path, generation: int, manifest_sha: Any) -> Checkpoin
         raise _damaged(folder, "holds a checkpoint this version of rnnlab cannot read") from None
 
 
-def read_checkpoint(run: Path) -> Checkpoint:
+def read_checkpoint(run: Path, limit: int | None = None) -> Checkpoint:
     """Read and verify the current checkpoint of ``run``; RnnlabError says what is wrong.
 
     Safe while a training process saves: if the checkpoint read is replaced (and its
-    files deleted) meanwhile, the read starts again from the new pointer.
+    files deleted) meanwhile, the read starts again from the new pointer. ``limit``:
+    :func:`tensors_limit` of the run, where the caller has read its config already.
     """
     run = Path(run)
+    limit = _tensors_limit_of(run) if limit is None else limit
     for _ in range(READ_ATTEMPTS):
         pointer = read_pointer(run)
         try:
-            return _read_generation(run, pointer["generation"], pointer["manifest_sha256"])
+            return _read_generation(run, pointer["generation"], pointer["manifest_sha256"], limit)
         except _Vanished as gone:
             if read_pointer(run) == pointer:  # nothing moved on: the file is simply missing
                 raise _damaged(gone.args[0], "is missing") from None
@@ -482,7 +492,7 @@ def read_checkpoint(run: Path) -> Checkpoint:
     )
 
 
-def recover(run: Path) -> Checkpoint | None:
+def recover(run: Path, limit: int | None = None) -> Checkpoint | None:
     """The newest complete checkpoint of ``run`` when checkpoint.json is missing (else None).
 
     Each checkpoint folder, newest first, is verified against its own manifest; the first
@@ -491,6 +501,7 @@ def recover(run: Path) -> Checkpoint | None:
     is an RnnlabError: nothing is written or deleted, and nothing is started over.
     """
     run = Path(run)
+    limit = _tensors_limit_of(run) if limit is None else limit
     damaged = []
     for generation in reversed(generations(run)):
         folder = checkpoints_folder(run) / f"gen-{generation:06d}"
@@ -502,7 +513,7 @@ def recover(run: Path) -> Checkpoint | None:
             damaged.append(folder.name)
             continue
         try:
-            return _read_generation(run, generation, sha256(manifest_bytes))
+            return _read_generation(run, generation, sha256(manifest_bytes), limit)
         except (RnnlabError, _Vanished):
             damaged.append(folder.name)
     if damaged:
@@ -512,6 +523,19 @@ def recover(run: Path) -> Checkpoint | None:
             f"backup, or start a new run with another --out"
         )
     return None
+
+
+def latest(run: Path, cfg: TrainConfig, vocab_size: int) -> tuple[Checkpoint | None, bool]:
+    """(the checkpoint to continue from or read, whether it was recovered).
+
+    The current checkpoint; where checkpoint.json is lost, the newest complete one
+    (recovered); None where no save ever finished.
+    """
+    limit = tensors_limit(cfg, vocab_size)
+    if has_checkpoint(run):
+        return read_checkpoint(run, limit), False
+    ckpt = recover(run, limit)
+    return ckpt, ckpt is not None
 
 
 def adopt(run: Path, ckpt: Checkpoint) -> None:
@@ -573,8 +597,9 @@ def load_run(run: Path, device="cpu"):
     cfg = rundir.read_config(run)
     vocab = rundir.read_vocab(run)
     check_fits(cfg.model, len(vocab), 1, 1)  # a hostile config.json must not exhaust memory
-    ckpt = recover(run) if not has_checkpoint(run) else None
-    ckpt = ckpt or read_checkpoint(run)
+    ckpt, _ = latest(run, cfg, len(vocab))
+    if ckpt is None:
+        raise _no_checkpoint(run)
     check_config_matches(run, cfg, ckpt)
     model = build_model(cfg.model, len(vocab))
     load_weights(model, ckpt.weights, run)

@@ -104,17 +104,14 @@ def read_vocab(run: Path) -> Vocab:
     path = Path(run) / VOCAB
     advice = "the run directory is damaged: restore it or train again"
     try:
-        text = files.read_regular(path, VOCAB_LIMIT, advice).decode("utf-8")
+        data = files.read_json(path, advice, limit=VOCAB_LIMIT)
     except FileNotFoundError:
         raise RnnlabError(
             f"{run} has no vocab.json; the run directory is incomplete: restore it or train again"
         ) from None
-    except (OSError, UnicodeDecodeError):
-        raise RnnlabError(f"{path} cannot be read as UTF-8 text; {advice}") from None
-    try:
-        return Vocab.from_json(text)
-    except RecursionError:
-        raise RnnlabError(f"{path} nests deeper than a vocabulary does; {advice}") from None
+    except OSError as e:
+        raise RnnlabError(f"cannot read {path} ({e.strerror or e}); {advice}") from None
+    return Vocab.from_data(data)
 
 
 def write_metrics(run: Path, history: list[dict[str, Any]], plot_title: str = "") -> None:

@@ -493,12 +493,8 @@ def _resume(
     changes = {k: v for k, v in given.items() if k in RESUMABLE_CHANGES or k == "impl"}
     cfg = TrainConfig.from_options({**saved.options(), **changes})
     saved_vocab = rundir.read_vocab(run)
-    checkpoint, recovered = None, False
-    if ckpt_io.has_checkpoint(run):
-        checkpoint = ckpt_io.read_checkpoint(run)
-    else:
-        checkpoint = ckpt_io.recover(run)  # None: no save ever finished, so start over
-        recovered = checkpoint is not None
+    # None: no save ever finished, so the run starts over
+    checkpoint, recovered = ckpt_io.latest(run, saved, len(saved_vocab))
     if checkpoint is not None:
         ckpt_io.check_config_matches(run, saved, checkpoint)
     device = train.resolve_device(cfg.device)

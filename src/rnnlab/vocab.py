@@ -48,9 +48,9 @@ class Vocab:
         """Rebuild a vocabulary from its saved ``idx_to_token`` list (no frequencies)."""
         if (
             not idx_to_token
+            or not all(isinstance(t, str) for t in idx_to_token)  # before set(): hashable
             or idx_to_token[0] != UNK
             or len(set(idx_to_token)) != len(idx_to_token)
-            or not all(isinstance(t, str) for t in idx_to_token)
         ):
             raise RnnlabError(
                 "vocabulary is invalid: it must list distinct tokens with <unk> "
@@ -95,11 +95,20 @@ class Vocab:
 
     @classmethod
     def from_json(cls, text: str) -> Vocab:
+        """The vocabulary :meth:`to_json` wrote."""
         try:
             data = json.loads(text)
-            return cls.from_tokens_list(list(data["idx_to_token"]))
-        except (ValueError, KeyError, TypeError):
+        except ValueError:
+            data = None
+        return cls.from_data(data)
+
+    @classmethod
+    def from_data(cls, data: object) -> Vocab:
+        """The vocabulary in parsed vocab.json data: {"idx_to_token": [token, ...]}."""
+        tokens = data.get("idx_to_token") if isinstance(data, dict) else None
+        if not isinstance(tokens, list):
             raise RnnlabError(
                 "vocab.json is not a valid vocabulary; the run directory may be "
                 "damaged: retrain or restore it"
-            ) from None
+            )
+        return cls.from_tokens_list(tokens)

@@ -42,6 +42,22 @@ def stacked(layer: nn.Module, kind: str) -> tuple[torch.Tensor, torch.Tensor, to
     return W_x, W_h, b
 
 
+def torch_nn_parameters(layers, kind: str) -> dict[str, torch.Tensor]:
+    """The parameters of scratch ``layers`` named and shaped as torch.nn.RNN/GRU/LSTM has them.
+
+    weight_ih_l{i} (G*H, D), weight_hh_l{i} (G*H, H), bias_ih_l{i} and bias_hh_l{i} (G*H,),
+    each built from the gate matrices transposed and stacked in one copy, differentiably.
+    """
+    params = {}
+    for i, layer in enumerate(layers):
+        names = GATES[kind]
+        params[f"weight_ih_l{i}"] = torch.cat([getattr(layer, x).t() for x, _, _ in names])
+        params[f"weight_hh_l{i}"] = torch.cat([getattr(layer, h).t() for _, h, _ in names])
+        params[f"bias_ih_l{i}"] = torch.cat([getattr(layer, b) for _, _, b in names])
+        params[f"bias_hh_l{i}"] = hidden_bias(layer, kind)
+    return params
+
+
 def hidden_bias(layer: nn.Module, kind: str) -> torch.Tensor:
     """The bias on the recurrent side (G*H,): zero, but for the GRU candidate's b_hh."""
     if kind == "gru":

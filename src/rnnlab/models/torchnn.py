@@ -109,12 +109,8 @@ class TorchLM(RNNEncoder):
         """Load the weights of a one-hot ScratchLM of the same shape (for equivalence tests)."""
         if self.embedding is not None:
             raise RnnlabError("only a one-hot model has the scratch model's parameters")
-        for i, layer in enumerate(scratch.layers):
-            W_x, W_h, b = layout.stacked(layer, self.cell)
-            getattr(self.rnn, f"weight_ih_l{i}").copy_(W_x.T)
-            getattr(self.rnn, f"weight_hh_l{i}").copy_(W_h.T)
-            getattr(self.rnn, f"bias_ih_l{i}").copy_(b)
-            getattr(self.rnn, f"bias_hh_l{i}").copy_(layout.hidden_bias(layer, self.cell))
+        for name, value in layout.torch_nn_parameters(scratch.layers, self.cell).items():
+            getattr(self.rnn, name).copy_(value)
         self.linear.weight.copy_(scratch.W_hq.T)
         self.linear.bias.copy_(scratch.b_q)
         return self

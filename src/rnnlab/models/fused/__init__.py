@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from .. import layout
 from ..scratch import ScratchLM
+from ..torchnn import RECURRENT
 from . import cpu
 
 _triton_rnn: Any = None  # the module once imported; False if it could not be
@@ -66,7 +67,6 @@ def recurrence_for(kind: str, XW: torch.Tensor) -> Callable:
 # computes the scratch function from the scratch parameters, stacked as torch.nn stacks
 # them (the same conversion tests/test_models.py checks against nn.LSTM in float64).
 TORCH_KERNEL_CELLS = ("lstm",)
-TORCH_CELLS = {"rnn": torch.nn.RNN, "gru": torch.nn.GRU, "lstm": torch.nn.LSTM}
 
 
 class FusedLM(ScratchLM):
@@ -78,7 +78,9 @@ class FusedLM(ScratchLM):
 
     def forward(self, X: torch.Tensor, state):
         """X (B, T) token ids, state as from begin_state -> logits (T*B, V), new state."""
-        if self.cell in TORCH_KERNEL_CELLS and not X.is_cuda:
+        # One-hot inputs cost the kernel a (T*B, V) x (V, G*H) product, which the row lookup
+        # below avoids: worth it only while V is no larger than the recurrent H (characters).
+        if self.cell in TORCH_KERNEL_CELLS and not X.is_cuda and self.vocab_size <= self.hidden:
             return self._forward_in_torch_kernel(X, state)
         B, T = X.shape
         H = self.hidden
@@ -113,13 +115,7 @@ class FusedLM(ScratchLM):
         W_hh (G*H, H) in cuDNN's gate order, inside the graph, so gradients reach them.
         """
         template = self._torch_template()
-        params = {}
-        for i, layer in enumerate(self.layers):
-            names = layout.GATES[self.cell]
-            params[f"weight_ih_l{i}"] = torch.cat([getattr(layer, x).t() for x, _, _ in names])
-            params[f"weight_hh_l{i}"] = torch.cat([getattr(layer, h).t() for _, h, _ in names])
-            params[f"bias_ih_l{i}"] = torch.cat([getattr(layer, b) for _, _, b in names])
-            params[f"bias_hh_l{i}"] = layout.hidden_bias(layer, self.cell)
+        params = layout.torch_nn_parameters(self.layers, self.cell)
         inputs = F.one_hot(X.T, self.vocab_size).to(self.W_hq.dtype)  # (T, B, V)
         outputs, state = torch.func.functional_call(template, params, (inputs, state))
         logits = torch.addmm(self.b_q, outputs.reshape(-1, self.hidden), self.W_hq)  # (T*B, V)
@@ -131,7 +127,7 @@ class FusedLM(ScratchLM):
         kept = self.__dict__.setdefault("_templates", {})
         key = (self.cell, self.vocab_size, self.hidden, len(self.layers), self.W_hq.dtype)
         if key not in kept:
-            kept[key] = TORCH_CELLS[self.cell](
+            kept[key] = RECURRENT[self.cell](
                 self.vocab_size, self.hidden, len(self.layers), device="meta", dtype=self.W_hq.dtype
             )
         return kept[key]
