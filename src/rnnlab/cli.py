@@ -69,15 +69,6 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
         return super()._get_help_string(action)
 
 
-def _value_type(f) -> type:
-    """int, float or str, from a config field's annotation (a string, as annotations are here)."""
-    annotation = str(f.type)
-    for name, kind in (("bool", bool), ("int", int), ("float", float)):
-        if name in annotation:
-            return kind
-    return str
-
-
 def _comma_list(item: type, name: str):
     def parse(text: str):
         parts = [p.strip() for p in text.split(",") if p.strip()]
@@ -106,7 +97,7 @@ def add_config_options(
     """
     from dataclasses import MISSING, fields
 
-    from .config import ModelConfig, flag
+    from .config import ModelConfig, flag, value_type
 
     for f in fields(cls):
         if f.name == "model":
@@ -128,7 +119,7 @@ def add_config_options(
         )
         arg_default = argparse.SUPPRESS if suppress else default
         names = [flag(f.name)]
-        kind = _value_type(f)
+        kind = value_type(f)
         if meta.get("check") == "list":
             parser.add_argument(
                 *names,

@@ -17,7 +17,7 @@ import math
 import os
 import reprlib
 from collections.abc import Callable, Sequence
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from .batches import SAMPLINGS
@@ -102,6 +102,11 @@ def _annotation(f: Any) -> tuple[str, bool]:
     """A field's type name and whether it allows None: ``int | None`` -> ("int", True)."""
     parts = [p.strip() for p in str(f.type).split("|")]
     return next(p for p in parts if p != "None"), "None" in parts
+
+
+def value_type(f: Any) -> type:
+    """The Python type of a field's values (bool, int, float or str; a list's items aside)."""
+    return {"bool": bool, "int": int, "float": float}.get(_annotation(f)[0], str)
 
 
 class _Short(reprlib.Repr):
@@ -538,14 +543,3 @@ class BenchConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
-
-
-def defaults(cls) -> dict[str, Any]:
-    """Each field's default (a ModelConfig's fields for TrainConfig's ``model``)."""
-    out = {}
-    for f in fields(cls):
-        if f.name == "model":
-            out.update(defaults(ModelConfig))
-        elif f.default is not MISSING:
-            out[f.name] = f.default
-    return out
