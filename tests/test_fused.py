@@ -180,3 +180,45 @@ def test_the_fused_lstm_keeps_the_row_lookup_for_vocabularies_larger_than_h(monk
     model = build_model(ModelConfig(cell="lstm", impl="fused", hidden=8), 20)
     logits, _ = model(torch.randint(0, 20, (2, 3)), model.begin_state(2))
     assert logits.shape == (3 * 2, 20)
+
+
+def _blocks_unchanged(model) -> bool:
+    return all(layout.is_packed(layer, model.cell) for layer in model.layers)
+
+
+def test_the_fused_lstm_shares_one_block_per_kind_of_weight_with_the_kernel():
+    """Packed: every gate parameter is a slice of its layer's torch-shaped block, the views
+    handed to the kernel are those blocks (no copy), and stay so through float64, SGD
+    steps and load_state_dict; the gradients reach each gate's own parameter."""
+    scratch, fused = twin_models("lstm", 2, seed=9)
+    assert _blocks_unchanged(fused) and not _blocks_unchanged(scratch)
+    fused, scratch = fused.double(), scratch.double()
+    assert _blocks_unchanged(fused)
+    params = layout.torch_nn_parameters(fused.layers, "lstm")
+    W_hh = params["weight_hh_l1"]
+    assert W_hh.shape == (4 * H, H)
+    assert W_hh.data_ptr() == fused.layers[1].W_hi.data_ptr()  # the block, not a copy
+    torch.testing.assert_close(W_hh[H : 2 * H], fused.layers[1].W_hf.t(), rtol=0, atol=0)
+    g = torch.Generator().manual_seed(10)
+    X, Y = torch.randint(0, V, (B, T), generator=g), torch.randint(0, V, (B, T), generator=g)
+    for model in (scratch, fused):
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+        state = model.begin_state(B)
+        for _ in range(2):
+            _, _, state = train.train_step(model, optimizer, X, Y, state, clip=1.0)
+    assert _blocks_unchanged(fused)
+    for (name, a), (_, b) in zip(fused.named_parameters(), scratch.named_parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=name)
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-10, atol=1e-12, msg=name)
+    fused.load_state_dict(scratch.state_dict())
+    assert _blocks_unchanged(fused)
+
+
+def test_parameters_given_new_memory_are_stacked_by_copying():
+    """assign=True replaces the parameters: the model notices and copies, still correctly."""
+    scratch, fused = twin_models("lstm", 1, seed=11)
+    fused.load_state_dict({k: v.clone() for k, v in scratch.state_dict().items()}, assign=True)
+    assert not _blocks_unchanged(fused)
+    X = torch.randint(0, V, (B, T), generator=torch.Generator().manual_seed(12))
+    (want, _), (got, _) = scratch(X, scratch.begin_state(B)), fused(X, fused.begin_state(B))
+    assert rel_err(got, want) < RTOL

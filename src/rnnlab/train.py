@@ -71,7 +71,8 @@ def grad_clipping(params, theta: float) -> torch.Tensor:
     Returns the norm before clipping, as a 0-d tensor (no host sync).
     """
     grads = [p.grad for p in params if p.grad is not None]
-    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    # the per-tensor norms in one call (what torch.nn.utils.clip_grad_norm_ does too)
+    norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
     scale = torch.clamp(theta / norm, max=1.0)  # inf/nan norms surface through the returned norm
     torch._foreach_mul_(grads, scale)
     return norm
@@ -93,7 +94,7 @@ def train_step(model, optimizer, X, Y, state, clip: float):
     """One update on batch X, Y (B, T) from ``state``: returns (loss, grad norm, new state)."""
     logits, state = model(X, state)
     loss = sequence_loss(logits, Y)
-    optimizer.zero_grad(set_to_none=False)
+    optimizer.zero_grad()  # grads to None: backward then stores them without adding to zeros
     loss.backward()
     params = [p for group in optimizer.param_groups for p in group["params"]]
     norm = grad_clipping(params, clip)

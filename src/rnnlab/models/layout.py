@@ -8,6 +8,16 @@ candidate, output). ``stacked`` builds the column-stacked matrices
 
 from a scratch layer, differentiably, so gradients flow back to the scratch
 parameters. G is 1 (RNN), 3 (GRU) or 4 (LSTM).
+
+Stacking copies every weight once per forward pass (and the gradients once per
+backward pass). ``pack`` removes both copies: it moves a layer's gate parameters
+into one block per kind, laid out as torch.nn's W_ih (G*H, D), W_hh (G*H, H) and
+bias (G*H,), each scratch parameter becoming a transposed slice of its block
+(same names, shapes and values). ``torch_nn_parameters`` and ``stacked`` then
+return views of the blocks, and their backward passes hand each parameter its
+slice of the block's gradient. Anything that gives a parameter new memory
+(``.double()``, ``load_state_dict(assign=True)``) only undoes the packing: the
+functions check it on every call and copy as before when it does not hold.
 """
 
 from __future__ import annotations
@@ -36,6 +46,9 @@ def num_gates(kind: str) -> int:
 def stacked(layer: nn.Module, kind: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(W_x (D, G*H), W_h (H, G*H), b (G*H,)) of a scratch layer, in cuDNN's gate order."""
     names = GATES[kind]
+    if is_packed(layer, kind):
+        W_ih, W_hh, b = (_block([getattr(layer, n[k]) for n in names]) for k in range(3))
+        return W_ih.t(), W_hh.t(), b
     W_x = torch.cat([getattr(layer, x) for x, _, _ in names], dim=1)
     W_h = torch.cat([getattr(layer, h) for _, h, _ in names], dim=1)
     b = torch.cat([getattr(layer, bias) for _, _, bias in names])
@@ -51,11 +64,82 @@ def torch_nn_parameters(layers, kind: str) -> dict[str, torch.Tensor]:
     params = {}
     for i, layer in enumerate(layers):
         names = GATES[kind]
-        params[f"weight_ih_l{i}"] = torch.cat([getattr(layer, x).t() for x, _, _ in names])
-        params[f"weight_hh_l{i}"] = torch.cat([getattr(layer, h).t() for _, h, _ in names])
-        params[f"bias_ih_l{i}"] = torch.cat([getattr(layer, b) for _, _, b in names])
+        if is_packed(layer, kind):
+            W_ih, W_hh, b = (_block([getattr(layer, n[k]) for n in names]) for k in range(3))
+        else:
+            W_ih = torch.cat([getattr(layer, x).t() for x, _, _ in names])
+            W_hh = torch.cat([getattr(layer, h).t() for _, h, _ in names])
+            b = torch.cat([getattr(layer, b) for _, _, b in names])
+        params[f"weight_ih_l{i}"] = W_ih
+        params[f"weight_hh_l{i}"] = W_hh
+        params[f"bias_ih_l{i}"] = b
         params[f"bias_hh_l{i}"] = hidden_bias(layer, kind)
     return params
+
+
+@torch.no_grad()
+def pack(layer: nn.Module, kind: str) -> None:
+    """Move the gate parameters of scratch ``layer`` into torch.nn-shaped blocks, in place.
+
+    Per kind of parameter one block: W_ih (G*H, D), W_hh (G*H, H), bias (G*H,); the
+    parameter of gate k (D, H) becomes rows [k*H, (k+1)*H) of its block, transposed.
+    The Parameter objects stay the same (an optimizer holding them is unaffected);
+    values are kept. Their gradients are then strided as the parameters are.
+    """
+    names = GATES[kind]
+    for k in range(3):  # input weights, recurrent weights, biases
+        params = [getattr(layer, n[k]) for n in names]
+        block = torch.cat([p.t() if p.dim() == 2 else p for p in params])  # (G*H, D) or (G*H,)
+        H = params[0].shape[-1]
+        for g, p in enumerate(params):
+            part = block[g * H : (g + 1) * H]
+            p.data = part.t() if p.dim() == 2 else part
+            if p.grad is not None:  # keep a gradient's values, in the parameter's new layout
+                p.grad = torch.empty_like(p).copy_(p.grad)
+
+
+def is_packed(layer: nn.Module, kind: str) -> bool:
+    """Whether ``pack`` laid out ``layer``'s parameters and they still share its blocks."""
+    names = GATES[kind]
+    return all(_is_block([getattr(layer, n[k]) for n in names]) for k in range(3))
+
+
+def _is_block(params: list[torch.Tensor]) -> bool:
+    """Whether the gate tensors (D, H) or (H,) are consecutive slices of one (G*H, ...) block."""
+    first = params[0]
+    size = first.numel()
+    stride = (1, first.shape[0]) if first.dim() == 2 else (1,)
+    storage = first.untyped_storage().data_ptr()
+    return all(
+        p.untyped_storage().data_ptr() == storage
+        and p.shape == first.shape
+        and p.stride() == stride
+        and p.storage_offset() == first.storage_offset() + g * size
+        for g, p in enumerate(params)
+    )
+
+
+class _Block(torch.autograd.Function):
+    """The block that packed gate tensors are slices of, as a differentiable view (no copy)."""
+
+    @staticmethod
+    def forward(ctx, *params: torch.Tensor) -> torch.Tensor:
+        first = params[0]
+        ctx.gates = len(params)
+        if first.dim() == 1:
+            return first.as_strided((len(params) * first.shape[0],), (1,))
+        D, H = first.shape
+        return first.as_strided((len(params) * H, D), (D, 1))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        parts = grad.chunk(ctx.gates)  # (H, D) or (H,) each
+        return tuple(part.t() if part.dim() == 2 else part for part in parts)
+
+
+def _block(params: list[torch.Tensor]) -> torch.Tensor:
+    """(G*H, D) or (G*H,): the packed gate tensors as one torch.nn-shaped tensor."""
+    return _Block.apply(*params)
 
 
 def hidden_bias(layer: nn.Module, kind: str) -> torch.Tensor:

@@ -33,7 +33,6 @@ import torch.nn.functional as F
 
 from .. import layout
 from ..scratch import ScratchLM
-from ..torchnn import RECURRENT
 from . import cpu
 
 _triton_rnn: Any = None  # the module once imported; False if it could not be
@@ -68,6 +67,11 @@ def recurrence_for(kind: str, XW: torch.Tensor) -> Callable:
 # them (the same conversion tests/test_models.py checks against nn.LSTM in float64).
 TORCH_KERNEL_CELLS = ("lstm",)
 
+# torch's whole-network recurrences, as nn.RNN/GRU/LSTM call them: (input (T, B, D), state,
+# flat weights [W_ih, W_hh, b_ih, b_hh per layer], has_biases, num_layers, dropout, train,
+# bidirectional, batch_first) -> (outputs (T, B, H), h_T) or (outputs, h_T, c_T).
+KERNELS = {"rnn": torch.rnn_tanh, "gru": torch.gru, "lstm": torch.lstm}
+
 
 class FusedLM(ScratchLM):
     """ScratchLM with whole-sequence recurrences: forward(X, state) -> (logits (T*B, V), state)."""
@@ -75,6 +79,23 @@ class FusedLM(ScratchLM):
     # Fixed shapes and no host synchronisation in forward and backward, so a training
     # step can be captured as a CUDA graph (train.make_step).
     cuda_graph_safe = True
+
+    def __init__(self, vocab_size: int, hidden: int, layers: int = 1, cell: str = "rnn"):
+        super().__init__(vocab_size, hidden, layers, cell)
+        self._pack()
+
+    def _pack(self) -> None:
+        """Lay the gate parameters out as torch's kernel reads them (``layout.pack``), so
+        that no weight or gradient is copied per step, for the cells that run there."""
+        if self.cell in TORCH_KERNEL_CELLS:
+            for layer in self.layers:
+                layout.pack(layer, self.cell)
+
+    def _apply(self, fn, recurse=True):
+        # .to(), .double(), .cuda() ... give parameters new memory: pack that again.
+        super()._apply(fn, recurse)
+        self._pack()
+        return self
 
     def forward(self, X: torch.Tensor, state):
         """X (B, T) token ids, state as from begin_state -> logits (T*B, V), new state."""
@@ -111,26 +132,25 @@ class FusedLM(ScratchLM):
     def _forward_in_torch_kernel(self, X: torch.Tensor, state):
         """The same function, with every layer's recurrence in torch's kernel for the cell.
 
-        The scratch parameters are stacked into torch.nn's layout, W_ih (G*H, D) and
-        W_hh (G*H, H) in cuDNN's gate order, inside the graph, so gradients reach them.
+        The scratch parameters are handed to the kernel in torch.nn's layout, W_ih (G*H, D)
+        and W_hh (G*H, H) in cuDNN's gate order, as views of their packed blocks
+        (``layout.pack``), so gradients reach them and nothing is copied.
         """
-        template = self._torch_template()
         params = layout.torch_nn_parameters(self.layers, self.cell)
         inputs = F.one_hot(X.T, self.vocab_size).to(self.W_hq.dtype)  # (T, B, V)
-        outputs, state = torch.func.functional_call(template, params, (inputs, state))
+        outputs, *last = KERNELS[self.cell](
+            inputs,
+            state,
+            list(params.values()),
+            True,
+            len(self.layers),
+            0.0,
+            self.training,
+            False,
+            False,
+        )  # has biases, layers, dropout, train, bidirectional, batch first
         logits = torch.addmm(self.b_q, outputs.reshape(-1, self.hidden), self.W_hq)  # (T*B, V)
-        return logits, state
-
-    def _torch_template(self) -> torch.nn.Module:
-        """A torch.nn layer of this shape whose parameters each call replaces (kept out of
-        the state_dict, in a plain dict, so checkpoints stay the scratch model's)."""
-        kept = self.__dict__.setdefault("_templates", {})
-        key = (self.cell, self.vocab_size, self.hidden, len(self.layers), self.W_hq.dtype)
-        if key not in kept:
-            kept[key] = RECURRENT[self.cell](
-                self.vocab_size, self.hidden, len(self.layers), device="meta", dtype=self.W_hq.dtype
-            )
-        return kept[key]
+        return logits, tuple(last) if self.cell == "lstm" else last[0]
 
 
 __all__ = ["FusedLM", "recurrence_for"]
