@@ -70,7 +70,11 @@ TORCH_KERNEL_CELLS = ("lstm",)
 # torch's whole-network recurrences, as nn.RNN/GRU/LSTM call them: (input (T, B, D), state,
 # flat weights [W_ih, W_hh, b_ih, b_hh per layer], has_biases, num_layers, dropout, train,
 # bidirectional, batch_first) -> (outputs (T, B, H), h_T) or (outputs, h_T, c_T).
-KERNELS = {"rnn": torch.rnn_tanh, "gru": torch.gru, "lstm": torch.lstm}
+KERNELS: dict[str, Callable[..., Any]] = {
+    "rnn": torch.rnn_tanh,
+    "gru": torch.gru,
+    "lstm": torch.lstm,
+}
 
 
 class FusedLM(ScratchLM):
