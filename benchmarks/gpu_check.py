@@ -1,4 +1,4 @@
-"""Check the GPU path on CUDA, then time it: run this on an H100 (it was written without one).
+"""Check the GPU paths on CUDA, then time them: run this on an H100 (written without one).
 
     python3 benchmarks/gpu_check.py            # checks, then the timing table (a few minutes)
     python3 benchmarks/gpu_check.py --quick    # fewer repeats
@@ -9,17 +9,20 @@
       layers run in float64, outputs, final states and all gradients, relative
       error max|a - b| / max|b| <= 1e-4, or 10x torch's own float32 error if that
       is larger (precision "ieee"); the tf32 modes' errors are printed, not checked;
-   b. the fused model against the scratch model with the same weights (logits
-      and gradients, float32 both, <= 1e-4);
-   c. GraphedTrainStep against train.train_step over a few steps (loss, norm,
+   b. the fused model (--impl fused: cuDNN through torch on CUDA while V <= H) and
+      the triton model (--impl triton, experimental) against the scratch model
+      with the same weights (logits and gradients, float32 both, <= 1e-4);
+   c. the CUDA-graphed step (train.make_step(..., cuda_graph=True), --cuda-graph,
+      experimental) against train.train_step over a few steps (loss, norm,
       state, parameters, <= 1e-5).
 2. Timing of one layer's recurrence, forward + backward (Triton schedules and
    precisions, and the cuDNN layer), to see where the time goes; then
    timing of one training step (forward, loss, backward, clipping, SGD) at the
-   issue's two set-ups, for scratch, torch (cuDNN), fused and each with the
-   CUDA-graphed step: CUDA events around STEPS steps, median of REPEATS runs,
-   tokens/s = B*T / step time, and the peak memory allocated during the timed
-   steps (parameters, gradients and optimizer state included).
+   issue's two set-ups, for scratch, torch (cuDNN), fused (cuDNN), triton (each
+   schedule), the last two also with the CUDA-graphed step: CUDA events around
+   STEPS steps, median of REPEATS runs, tokens/s = B*T / step time, and the peak
+   memory allocated during the timed steps (parameters, gradients and optimizer
+   state included).
 """
 
 from __future__ import annotations
@@ -33,9 +36,10 @@ import time
 import torch
 
 from rnnlab import train
+from rnnlab.config import ModelConfig
 from rnnlab.cuda_graph import GraphedTrainStep
 from rnnlab.models import build_model, layout, scratch
-from rnnlab.models.fused import triton_rnn
+from rnnlab.models.fused import path_for, triton_rnn
 
 # The helpers defined inside loops below read that iteration's variables and are called
 # before the next iteration starts, so the late binding B023 warns about cannot bite.
@@ -46,6 +50,19 @@ SETUPS = [  # name, kind, V, H, L, B, T
     ("lstm 2x1024, batch 64, 100 steps", "lstm", 28, 1024, 2, 64, 100),
 ]
 TOLERANCE = 1e-4
+GRAPHED_IMPLS = ("fused", "triton")  # the models that declare cuda_graph_safe
+
+
+def model_of(impl, kind, V, H, L=1):
+    """The model ``rnnlab train --impl IMPL --cell KIND --hidden H --layers L`` builds."""
+    return build_model(ModelConfig(cell=kind, impl=impl, hidden=H, layers=L), V)
+
+
+def graphed_step(model, optimizer, device):
+    """The --cuda-graph step; on the CPU (--cpu-dry-run) GraphedTrainStep's eager fallback."""
+    if device.type == "cuda" and getattr(model, "cuda_graph_safe", False):
+        return train.make_step(model, optimizer, 1.0, cuda_graph=True)
+    return GraphedTrainStep(model, optimizer, clip=1.0)  # torch's models: capture them anyway
 
 
 def rel_error(got, want):
@@ -136,37 +153,39 @@ def check_kernels(device, shapes) -> bool:
 
 
 def check_models(device) -> bool:
-    """1b and 1c: fused model == scratch model; graphed step == train_step."""
+    """1b and 1c: fused and triton models == scratch model; graphed step == train_step."""
     ok = True
     for kind in ("rnn", "gru", "lstm"):
         torch.manual_seed(0)
-        ref = build_model("scratch", kind, 28, 64, 2).to(device)
+        ref = model_of("scratch", kind, 28, 64, 2).to(device)
         with torch.no_grad():
             for p in ref.parameters():
                 p.normal_(0, 0.2)
-        fused = build_model("fused", kind, 28, 64, 2).to(device)
-        fused.load_state_dict(ref.state_dict())
         X = torch.randint(28, (16, 12), device=device)
         Y = torch.randint(28, (16, 12), device=device)
-        results = []
-        for model in (ref, fused):
+        logits, _ = ref(X, ref.begin_state(16, device))
+        train.sequence_loss(logits, Y).backward()
+        want = [logits] + [p.grad for p in ref.parameters()]
+        for impl in ("fused", "triton"):
+            model = model_of(impl, kind, 28, 64, 2).to(device)
+            model.load_state_dict(ref.state_dict())
             logits, _ = model(X, model.begin_state(16, device))
             train.sequence_loss(logits, Y).backward()
-            results.append([logits] + [p.grad for p in model.parameters()])
-        err = max(rel_error(g, w) for g, w in zip(results[1], results[0]))
-        ok &= err <= TOLERANCE
-        print(
-            f"  fused model {kind:4s} vs scratch: max rel error {err:.2e} "
-            f"{'ok' if err <= TOLERANCE else 'FAIL'}"
-        )
+            got = [logits] + [p.grad for p in model.parameters()]
+            err = max(rel_error(g, w) for g, w in zip(got, want))
+            ok &= err <= TOLERANCE
+            print(
+                f"  {impl} model {kind:4s} ({model.path(device.type)}) vs scratch: max rel "
+                f"error {err:.2e} {'ok' if err <= TOLERANCE else 'FAIL'}"
+            )
 
-        for impl in ("fused", "torch"):
+        for impl in ("fused", "triton", "torch"):
             torch.manual_seed(0)
-            model_a = build_model(impl, kind, 28, 64, 2).to(device)
+            model_a = model_of(impl, kind, 28, 64, 2).to(device)
             model_b = copy.deepcopy(model_a)
             opt_a = train.make_optimizer("adam", model_a.parameters(), 1e-2)
             opt_b = train.make_optimizer("adam", model_b.parameters(), 1e-2)
-            step = GraphedTrainStep(model_b, opt_b, clip=1.0)
+            step = graphed_step(model_b, opt_b, device)
             state_a = state_b = model_a.begin_state(16, device)
             errs = []
             try:
@@ -175,14 +194,14 @@ def check_models(device) -> bool:
                     loss_b, norm_b, state_b = step(X, Y, state_b)
                     errs += [rel_error(loss_b, loss_a), rel_error(norm_b, norm_a)]
             except Exception as error:  # noqa: BLE001 - e.g. a cuDNN call that cannot be captured
-                print(f"  graphed step {impl:5s} {kind:4s}: {type(error).__name__}: {error}")
-                ok &= impl != "fused"
+                print(f"  graphed step {impl:6s} {kind:4s}: {type(error).__name__}: {error}")
+                ok &= impl not in GRAPHED_IMPLS
                 continue
             errs += [rel_error(q, p) for p, q in zip(model_a.parameters(), model_b.parameters())]
             err = max(errs)
             ok &= err <= 1e-5
             print(
-                f"  graphed step {impl:5s} {kind:4s} (adam) vs train_step: max rel error "
+                f"  graphed step {impl:6s} {kind:4s} (adam) vs train_step: max rel error "
                 f"{err:.2e} {'ok' if err <= 1e-5 else 'FAIL'}"
             )
     return ok
@@ -202,10 +221,10 @@ def median_seconds(run, steps, repeats, device):
             torch.cuda.synchronize()
             times.append(start.elapsed_time(end) / 1000 / steps)
         else:
-            start = time.perf_counter()
+            began = time.perf_counter()
             for _ in range(steps):
                 run()
-            times.append((time.perf_counter() - start) / steps)
+            times.append((time.perf_counter() - began) / steps)
     return statistics.median(times)
 
 
@@ -222,18 +241,13 @@ def peak_bytes(device):
 def time_training(impl, graphed, kind, V, H, L, B, T, steps, repeats, device):
     """Median seconds per training step and peak bytes allocated while timing."""
     torch.manual_seed(0)
-    model = build_model(impl, kind, V, H, L).to(device)
+    model = model_of(impl, kind, V, H, L).to(device)
     optimizer = train.make_optimizer("sgd", model.parameters(), 1.0)
     data = [
         (torch.randint(V, (B, T), device=device), torch.randint(V, (B, T), device=device))
         for _ in range(4)
     ]
-    if graphed:
-        step = GraphedTrainStep(model, optimizer, clip=1.0)
-    else:
-
-        def step(X, Y, state):
-            return train.train_step(model, optimizer, X, Y, state, 1.0)
+    step = train.make_step(model, optimizer, 1.0, cuda_graph=graphed)  # as rnnlab train makes it
 
     carry = {"state": model.begin_state(B, device), "i": 0}
 
@@ -305,8 +319,8 @@ def print_recurrence_table(layers, steps, repeats, device):
             print(f"{name:28s} {label:22s} {seconds * 1e3:9.3f} {peak / 2**20:9.1f}", flush=True)
 
 
-def uses_triton(device) -> bool:
-    """Whether the fused model really runs the Triton kernels here (counts launches)."""
+def uses_triton(impl, device) -> bool:
+    """Whether the ``impl`` model runs the Triton kernels here (counts launches)."""
     count = [0]
     kernel = triton_rnn._forward_kernel
 
@@ -317,7 +331,7 @@ def uses_triton(device) -> bool:
 
     triton_rnn._forward_kernel = Counting()
     try:
-        model = build_model("fused", "lstm", 28, 64).to(device)
+        model = model_of(impl, "lstm", 28, 64).to(device)
         model(torch.zeros(2, 3, dtype=torch.long, device=device), model.begin_state(2, device))
     finally:
         triton_rnn._forward_kernel = kernel
@@ -340,7 +354,8 @@ def main() -> int:
         device = torch.device("cpu")
         ok = check_kernels(device, DRY_RUN_SHAPES) & check_models(device)
         print_recurrence_table([("lstm", 16, 3, 2)], 1, 1, device)
-        print(time_training("fused", True, "gru", 5, 16, 2, 3, 4, 1, 1, device))
+        for impl in ("fused", "triton"):  # no graph: --cuda-graph needs CUDA
+            print(impl, time_training(impl, False, "gru", 5, 16, 2, 3, 4, 1, 1, device))
         return 0 if ok else 1
     if not torch.cuda.is_available():
         print("no CUDA device: this script checks and times the GPU path; nothing to do")
@@ -351,7 +366,12 @@ def main() -> int:
         f"cudnn.allow_tf32={torch.backends.cudnn.allow_tf32}, "
         f"matmul.allow_tf32={torch.backends.cuda.matmul.allow_tf32}"
     )
-    print(f"fused model runs the Triton kernels: {uses_triton(device)}")
+    for impl in ("fused", "triton"):
+        paths = ", ".join(
+            f"{kind} {path_for(kind, 'cuda', V, H, impl == 'triton')}"
+            for _, kind, V, H, *_ in SETUPS
+        )
+        print(f"--impl {impl}: {paths}; runs the Triton kernels: {uses_triton(impl, device)}")
     if not args.skip_checks:
         print("correctness on CUDA:")
         ok = check_kernels(device, KERNEL_SHAPES)
@@ -367,11 +387,12 @@ def main() -> int:
         for impl, schedule in (
             ("scratch", None),
             ("torch", None),
-            ("fused", "persistent"),
-            ("fused", "per_step"),
+            ("fused", None),
+            ("triton", "persistent"),
+            ("triton", "per_step"),
         ):
             triton_rnn.DEFAULT_SCHEDULE = schedule or "persistent"
-            for graphed in (False, True):
+            for graphed in (False, True) if impl in GRAPHED_IMPLS else (False,):
                 label = impl + (f" {schedule}" if schedule else "") + (" +graph" if graphed else "")
                 try:
                     seconds, peak = time_training(

@@ -30,8 +30,8 @@ def crash_at_batch(n: int) -> None:
     make_step = train.make_step
     done = [0]
 
-    def counting_make_step(model, optimizer, clip):
-        step = make_step(model, optimizer, clip)
+    def counting_make_step(model, optimizer, clip, **options):
+        step = make_step(model, optimizer, clip, **options)
 
         def dies_at_n(X, Y, state):
             if done[0] == n:
@@ -62,8 +62,8 @@ def nan_at_batch(n: int) -> None:
     make_step = train.make_step
     done = [0]
 
-    def poisoning_make_step(model, optimizer, clip):
-        step = make_step(model, optimizer, clip)
+    def poisoning_make_step(model, optimizer, clip, **options):
+        step = make_step(model, optimizer, clip, **options)
 
         def diverges_at_n(X, Y, state):
             loss, norm, state = step(X, Y, state)

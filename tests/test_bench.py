@@ -11,7 +11,7 @@ import torch
 from rnnlab import bench
 from rnnlab.config import BenchConfig
 from rnnlab.errors import RnnlabError
-from rnnlab.models import IMPLS
+from rnnlab.models import EXPERIMENTAL_IMPLS, IMPLS
 
 KEYS = {
     "impl",
@@ -24,6 +24,8 @@ KEYS = {
     "tokens_per_s",
     "vs_scratch",
     "vs_torch",
+    "floor_tokens_per_s",
+    "floor_fraction",
     "peak_mem_mb",
 }
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py"
@@ -49,15 +51,19 @@ def tiny_corpus() -> torch.Tensor:
 
 
 def test_run_bench_gives_one_row_per_implementation_and_cell(one_thread):
-    cfg = BenchConfig(cells=("lstm",), hidden=(16,), batch_size=4, num_steps=5, batches=2, warmup=1)
+    cfg = BenchConfig(
+        cells=("lstm",), hidden=(16,), batch_size=(4,), num_steps=(5,), batches=2, warmup=1
+    )
     rows = bench.run_bench(cfg, corpus_ids=tiny_corpus())
-    assert [(r["cell"], r["impl"]) for r in rows] == [("lstm", i) for i in IMPLS]
+    stable = [i for i in IMPLS if i not in EXPERIMENTAL_IMPLS]  # triton only when named
+    assert [(r["cell"], r["impl"]) for r in rows] == [("lstm", i) for i in stable]
     for r in rows:
         assert set(r) == KEYS
         assert (r["hidden"], r["layers"], r["batch"], r["steps"]) == (16, 1, 4, 5)
         assert r["device"] == "cpu"
         assert r["tokens_per_s"] > 0
-        assert r["peak_mem_mb"] is None  # not measured on the CPU
+        assert r["floor_tokens_per_s"] == rows[0]["floor_tokens_per_s"] > 0  # one floor per size
+        assert r["floor_fraction"] == pytest.approx(r["tokens_per_s"] / r["floor_tokens_per_s"])
     speed = {r["impl"]: r["tokens_per_s"] for r in rows}
     for r in rows:
         assert r["vs_scratch"] == pytest.approx(r["tokens_per_s"] / speed["scratch"])
@@ -65,6 +71,55 @@ def test_run_bench_gives_one_row_per_implementation_and_cell(one_thread):
     table = bench.format_table(rows).splitlines()
     assert len(table) == 2 + len(rows)
     assert table[0].split()[:3] == ["impl", "cell", "hidden"]
+    assert "of floor" in table[0]
+
+
+def test_every_batch_size_is_timed_with_every_step_count(one_thread):
+    cfg = BenchConfig(
+        impls=("fused",),
+        cells=("gru",),
+        hidden=(8,),
+        batch_size=(2, 4),
+        num_steps=(3, 6),
+        batches=1,
+        warmup=0,
+        no_floor=True,
+    )
+    rows = bench.run_bench(cfg, corpus_ids=tiny_corpus())
+    assert [(r["batch"], r["steps"]) for r in rows] == [(2, 3), (2, 6), (4, 3), (4, 6)]
+    assert all(r["floor_tokens_per_s"] is None and r["floor_fraction"] is None for r in rows)
+    assert all(r["peak_mem_mb"] is None for r in rows)  # no warm-up steps to measure
+
+
+@pytest.mark.skipif(
+    bench._start_rss_peak() is None, reason="needs Linux's /proc/self/clear_refs and glibc"
+)
+def test_peak_resident_memory_grows_with_the_activations(one_thread):
+    """The CPU's peak-RSS measurement sees a training step's activations: a step with 32
+    times the tokens and 8 times the width needs more memory than a tiny one."""
+    sizes = {}
+    for hidden, batch in ((64, 64), (8, 2)):
+        cfg = BenchConfig(
+            impls=("scratch",),
+            cells=("lstm",),
+            hidden=(hidden,),
+            batch_size=(batch,),
+            num_steps=(6,),
+            batches=1,
+            warmup=3,
+            no_floor=True,
+        )
+        (row,) = bench.run_bench(cfg, corpus_ids=tiny_corpus())
+        sizes[hidden] = row["peak_mem_mb"]
+    assert sizes[8] is not None and sizes[8] >= 0
+    assert sizes[64] > sizes[8]
+
+
+def test_the_floor_runs_every_product_of_a_deep_model():
+    floor = bench._Floor("gru", V=7, H=8, layers=2, B=3, T=4, device=torch.device("cpu"))
+    assert floor.run() > 0
+    assert floor.gates.shape == (3, 24) and floor.XW.shape == (12, 24)
+    assert floor.logits.shape == (12, 7) and floor.dW_hq.shape == (8, 7)
 
 
 def test_ratios_are_none_without_the_reference_and_threads_are_put_back():
@@ -73,8 +128,8 @@ def test_ratios_are_none_without_the_reference_and_threads_are_put_back():
         impls=("fused",),
         cells=("rnn",),
         hidden=(8,),
-        batch_size=2,
-        num_steps=3,
+        batch_size=(2,),
+        num_steps=(3,),
         batches=1,
         warmup=0,
         threads=1,

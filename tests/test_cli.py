@@ -141,6 +141,17 @@ def test_resume_continues_from_the_saved_epoch(run, tmp_path, capsys):
     assert "already trained 3 epoch" in capsys.readouterr().out
 
 
+def test_a_run_trained_with_a_cuda_graph_resumes_on_the_cpu_without_one(run, tmp_path):
+    """--cuda-graph is a speed setting of the GPU a run was trained on: a resume on the
+    CPU that does not ask for it again leaves it off, and says so in config.json."""
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    config = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps({**config, "cuda_graph": True}))
+    assert cli.main(["train", "--out", str(copy), "--resume", "--epochs", "3", "--quiet"]) == 0
+    assert json.loads((copy / "config.json").read_text())["cuda_graph"] is False
+
+
 def option_strings(parser):
     """The options a parser shows (hidden ones, such as the old --model, are left out)."""
     return [
@@ -189,7 +200,8 @@ def test_every_help_mentions_every_option_and_its_default():
         "--out",
     ]:
         assert option in train_help
-    assert "(default: 512)" in train_help and "(default: fused)" in train_help
+    flowed = " ".join(train_help.split())  # argparse wraps lines where the help's length says
+    assert "(default: 512)" in flowed and "(default: fused)" in flowed
 
 
 def bad_files(tmp_path):
@@ -242,7 +254,18 @@ def test_bad_input_is_one_line_and_exit_status_2(tmp_path, run, capsys):
         (["eval", str(run), "--split", "test"], "no 'test' split"),
         (["bench", "--cells", "rnn,cnn"], "cnn"),
         (["bench", "--hidden", "256,0"], "--hidden"),
+        (
+            ["train", "--out", str(tmp_path / "r4"), "--impl", "triton", "--device", "cpu"],
+            "--impl triton runs its kernels only on a CUDA GPU",
+        ),
+        (
+            ["train", "--out", str(tmp_path / "r4"), "--cuda-graph", "--device", "cpu"],
+            "--cuda-graph needs --device cuda",
+        ),
+        (["train", "--out", str(run), "--resume", "--cuda-graph"], "--cuda-graph needs"),
     ]
+    if not torch.cuda.is_available():  # auto is the CPU here
+        cases.append((["train", "--out", str(tmp_path / "r4"), "--impl", "triton"], "triton"))
     if not torch.cuda.is_available():
         cases.append((["train", "--out", str(tmp_path / "r3"), "--device", "cuda"], "no CUDA"))
     for argv, words in cases:
@@ -252,6 +275,7 @@ def test_bad_input_is_one_line_and_exit_status_2(tmp_path, run, capsys):
         assert len(lines) == 1 and lines[0].startswith("rnnlab: error: "), (argv, err)
         assert words in lines[0], (argv, words, lines[0])
     assert not (tmp_path / "r1").exists() or not (tmp_path / "r1" / "checkpoint.json").exists()
+    assert not (tmp_path / "r4").exists()  # refused before anything was written
 
 
 def test_run_without_a_checkpoint_is_a_clear_error(run, tmp_path, capsys):
@@ -266,6 +290,9 @@ def test_run_without_a_checkpoint_is_a_clear_error(run, tmp_path, capsys):
 def test_errors_from_the_real_command_have_no_traceback(tmp_path, clean_error):
     clean_error(rnnlab("data", tmp_path / "missing.txt", check=None), "no such file")
     clean_error(rnnlab("train", "--out", tmp_path / "r", "--lr", "0", check=None), "--lr")
+    triton_on_cpu = rnnlab("train", "--out", tmp_path / "t", "--impl", "triton", "--device", "cpu",
+                           check=None)  # fmt: skip
+    clean_error(triton_on_cpu, "--impl triton", "--device cuda", "--impl fused")
     usage = rnnlab("train", "--hidden", "lots", check=None)  # argparse: usage error
     assert usage.returncode == 2 and "Traceback" not in usage.stderr
 

@@ -21,6 +21,7 @@ from rnnlab.config import (
     MAX_TEMPERATURE,
     MAX_THREADS,
     MAX_WIDTH,
+    RESUMABLE_CHANGES,
     BenchConfig,
     DataConfig,
     EvalConfig,
@@ -208,7 +209,20 @@ def test_conflicts_compare_only_fixed_options():
     assert conflicts(saved, {"hidden": 64, "epochs": 10}) == {"hidden": (64, 32)}
     assert conflicts(saved, {"hidden": 32, "epochs": 10, "device": "cpu", "prefix": "x"}) == {}
     assert conflicts(saved, {"impl": "fused"}) == {}  # same parameters, same function
+    assert conflicts(saved, {"impl": "triton"}) == {}
     assert conflicts(saved, {"impl": "torch"}) == {"impl": ("torch", "scratch")}
+    assert conflicts(saved, {"cuda_graph": True}) == {}  # the speed, not the function
+
+
+def test_cuda_graph_is_off_unless_asked_and_may_change_on_resume():
+    assert TrainConfig().cuda_graph is False
+    assert "cuda_graph" in RESUMABLE_CHANGES
+    cfg = TrainConfig.from_options(dict(cuda_graph=True, device="cuda", impl="triton"))
+    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    old = {k: v for k, v in TrainConfig().to_dict().items() if k != "cuda_graph"}
+    assert TrainConfig.from_dict(old).cuda_graph is False  # config.json of an older run
+    with pytest.raises(RnnlabError, match="--cuda-graph must be true or false"):
+        TrainConfig(cuda_graph=1)  # type: ignore[arg-type]
 
 
 CPUS = os.cpu_count() or 1

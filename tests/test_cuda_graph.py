@@ -2,21 +2,25 @@
 
 The CUDA capture and replay themselves need a GPU (benchmarks/gpu_check.py checks
 them there); what is tested here is the CPU fallback, against the update written
-out by hand, and the save/restore of the parameters and optimizer state around
-the warm-up steps, which is device-agnostic.
+out by hand, the save/restore of the parameters and optimizer state around the
+warm-up steps, which is device-agnostic, when a step is graphed at all (only when
+asked for, on CUDA) and when it captures (once per run, again only for a new shape).
 """
 
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from rnnlab import train
+from conftest import TINY_RUN
+from rnnlab import cli, cuda_graph, train
 from rnnlab.config import ModelConfig
 from rnnlab.cuda_graph import GraphedTrainStep, _Snapshot
+from rnnlab.errors import RnnlabError
 from rnnlab.models import build_model
 
 
@@ -114,13 +118,75 @@ def test_make_step_on_cpu_is_the_written_out_update_without_a_graph(impl):
         torch.testing.assert_close(q, p, rtol=1e-12, atol=1e-15)
 
 
+def test_a_cuda_graph_is_only_made_when_asked_for_and_refused_off_the_gpu():
+    fused = build_model(ModelConfig(cell="gru", impl="fused", hidden=8), 7)
+    scratch = build_model(ModelConfig(cell="gru", impl="scratch", hidden=8), 7)
+    for model in (fused, scratch):
+        optimizer = train.make_optimizer("sgd", model.parameters(), 1.0)
+        assert not isinstance(train.make_step(model, optimizer, clip=1.0), GraphedTrainStep)
+    optimizer = train.make_optimizer("sgd", fused.parameters(), 1.0)
+    with pytest.raises(RnnlabError, match="--cuda-graph needs --device cuda.*on the cpu"):
+        train.make_step(fused, optimizer, clip=1.0, cuda_graph=True)
+    optimizer = train.make_optimizer("sgd", scratch.parameters(), 1.0)
+    with pytest.raises(RnnlabError, match="--impl fused or triton.*ScratchLM"):
+        train.make_step(scratch, optimizer, clip=1.0, cuda_graph=True)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_make_step_on_a_gpu_graphs_only_graph_safe_models():
-    step = {}
-    for impl in ("fused", "scratch"):
-        model = build_model(ModelConfig(cell="gru", impl=impl, hidden=16), 7).cuda()
-        step[impl] = train.make_step(
-            model, train.make_optimizer("sgd", model.parameters(), 1.0), clip=1.0
-        )
-    assert isinstance(step["fused"], GraphedTrainStep)
-    assert not isinstance(step["scratch"], GraphedTrainStep)
+def test_make_step_on_a_gpu_graphs_graph_safe_models_when_asked():
+    model = build_model(ModelConfig(cell="gru", impl="fused", hidden=16), 7).cuda()
+    optimizer = train.make_optimizer("sgd", model.parameters(), 1.0)
+    assert not isinstance(train.make_step(model, optimizer, clip=1.0), GraphedTrainStep)
+    assert isinstance(train.make_step(model, optimizer, 1.0, cuda_graph=True), GraphedTrainStep)
+    scratch = build_model(ModelConfig(cell="gru", impl="scratch", hidden=16), 7).cuda()
+    optimizer = train.make_optimizer("sgd", scratch.parameters(), 1.0)
+    with pytest.raises(RnnlabError, match="--impl fused or triton"):
+        train.make_step(scratch, optimizer, 1.0, cuda_graph=True)
+
+
+def test_a_training_run_captures_its_graph_once(tmp_path, monkeypatch, one_thread):
+    """Three epochs, with validation, samples and checkpoints between them: the trainer
+    makes one step, and the step captures once. No GPU here, so the step is told it runs
+    on one and its capture and replay are replaced from outside (the replay trains
+    eagerly); what is checked is when it decides to capture."""
+    steps: list[GraphedTrainStep] = []
+    asked: list[bool] = []
+    replays = []
+
+    def graphed_make_step(model, optimizer, clip, cuda_graph=False):
+        asked.append(cuda_graph)
+        steps.append(GraphedTrainStep(model, optimizer, clip))
+        return steps[-1]
+
+    def replay(self, X, Y, state):
+        replays.append(tuple(X.shape))
+        return train.train_step(self.model, self.optimizer, X, Y, state, self.clip)
+
+    monkeypatch.setattr(train, "make_step", graphed_make_step)
+    monkeypatch.setattr(cuda_graph, "_on_gpu", lambda X: True)
+    monkeypatch.setattr(GraphedTrainStep, "_capture", lambda self, X, Y, state: None)
+    monkeypatch.setattr(GraphedTrainStep, "_replay", replay)
+    out = tmp_path / "run"
+    argv = ["train", "timemachine", "--out", str(out), *TINY_RUN, "--impl", "fused"]
+    assert cli.main([*argv, "--epochs", "3", "--sample-every", "1", "--quiet"]) == 0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    assert asked == [False]  # the run's --cuda-graph, passed through
+    assert len(steps) == 1 and steps[0].captures == 1
+    assert len(replays) == sum(r["tokens"] for r in records) // (8 * 10) > 3  # B 8, T 10
+    assert set(replays) == {(8, 10)}
+
+
+def test_the_graphed_step_captures_again_only_for_a_new_shape(monkeypatch):
+    monkeypatch.setattr(cuda_graph, "_on_gpu", lambda X: True)
+    monkeypatch.setattr(GraphedTrainStep, "_capture", lambda self, X, Y, state: None)
+    monkeypatch.setattr(GraphedTrainStep, "_replay", lambda self, X, Y, state: (X, Y, state))
+    model, optimizer = make("lstm", "sgd")
+    step = GraphedTrainStep(model, optimizer, clip=1.0)
+    data = batches(3)
+    for X, Y in data * 2:
+        step(X, Y, model.begin_state(3))
+    assert step.captures == 1
+    X, Y = data[0]
+    step(X[:2], Y[:2], model.begin_state(2))  # a short batch: a new graph
+    assert step.captures == 2

@@ -14,8 +14,9 @@ import torch
 
 from rnnlab import train
 from rnnlab.config import ModelConfig
+from rnnlab.errors import RnnlabError
 from rnnlab.models import CELLS, build_model, layout
-from rnnlab.models.fused import FusedLM, cpu
+from rnnlab.models.fused import FusedLM, TritonLM, cpu
 from rnnlab.models.scratch import ScratchLM
 
 V, H, B, T = 13, 12, 3, 6
@@ -222,3 +223,136 @@ def test_parameters_given_new_memory_are_stacked_by_copying():
     X = torch.randint(0, V, (B, T), generator=torch.Generator().manual_seed(12))
     (want, _), (got, _) = scratch(X, scratch.begin_state(B)), fused(X, fused.begin_state(B))
     assert rel_err(got, want) < RTOL
+
+
+# ---------------------------------------------------------------- which code runs where
+
+
+@pytest.mark.parametrize("packed", [True, False], ids=["packed", "copied"])
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("cell", CELLS)
+def test_torchs_kernel_computes_the_scratch_function_state_and_gradients(cell, layers, packed):
+    """The path CUDA runs every cell on (cuDNN there): torch's whole-network kernel fed the
+    scratch parameters in torch.nn's layout. Called directly, on the CPU, in float64, with
+    the layers packed as on CUDA and not; X draws from V = 9 <= H = 12."""
+    torch.manual_seed(20 + layers)
+    scratch = ScratchLM(9, H, layers, cell).double()
+    with torch.no_grad():
+        for p in scratch.parameters():
+            p.normal_(0.0, 0.3)
+    fused = FusedLM(9, H, layers, cell).double()
+    fused.load_state_dict(scratch.state_dict())
+    for layer in fused.layers:
+        if packed:
+            layout.pack(layer, cell)
+        assert layout.is_packed(layer, cell) == (packed or cell == "lstm")  # lstm: as on the CPU
+    if not packed and cell == "lstm":
+        fused.load_state_dict(scratch.state_dict(), assign=True)  # unpacked: copied per call
+        assert not any(layout.is_packed(layer, cell) for layer in fused.layers)
+    X = torch.randint(0, 9, (B, T), generator=torch.Generator().manual_seed(21))
+    g = torch.Generator().manual_seed(22)
+    zeros = as_tuple(scratch.begin_state(B))
+    s0 = [tuple(torch.randn(z.shape, generator=g, dtype=torch.float64) for z in zeros)]
+    s0.append(tuple(x.clone() for x in s0[0]))
+    for s in s0:
+        for x in s:
+            x.requires_grad_()
+    pick = (lambda s: s) if cell == "lstm" else (lambda s: s[0])
+    want, want_state = scratch(X, pick(s0[0]))
+    got, got_state = fused._forward_in_torch_kernel(X, pick(s0[1]))
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    for a, b in zip(as_tuple(got_state), as_tuple(want_state)):
+        assert a.shape == (layers, B, H)
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    w = torch.randn(want.shape, generator=g, dtype=torch.float64)
+    for logits, state in ((want, want_state), (got, got_state)):
+        ((logits * w).sum() + sum((s * s).sum() for s in as_tuple(state))).backward()
+    for (name, p), (_, q) in zip(fused.named_parameters(), scratch.named_parameters()):
+        assert q.grad.norm() > 0, name
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-10, atol=1e-12, msg=name)
+    for a, b in zip(s0[1], s0[0]):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_cuda_runs_every_cell_in_torchs_kernel_while_v_is_at_most_h():
+    from rnnlab.models.fused import path_for
+
+    for cell in CELLS:
+        assert path_for(cell, "cuda", 28, 512) == "torch-kernel"  # cuDNN
+        assert path_for(cell, "cuda", 512, 512) == "torch-kernel"
+        assert path_for(cell, "cuda", 10_000, 200) == "torch-ops"  # words: the row lookup
+        for V in (28, 10_000):  # Triton only when asked for
+            assert path_for(cell, "cuda", V, 512, triton=True) == "triton"
+
+
+def test_the_cpu_keeps_its_measured_paths_and_never_runs_triton():
+    from rnnlab.models.fused import path_for
+
+    for triton in (False, True):
+        assert path_for("lstm", "cpu", 28, 256, triton) == "torch-kernel"  # oneDNN's LSTM
+        assert path_for("lstm", "cpu", 10_000, 200, triton) == "torch-ops"
+        for cell in ("rnn", "gru"):
+            assert path_for(cell, "cpu", 28, 256, triton) == "torch-ops"  # cpu.py
+        assert path_for("gru", "meta", 28, 256, triton) == "torch-ops"
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_packing_covers_the_cells_torchs_kernel_runs_on_the_device(cell):
+    def packed(model):
+        return all(layout.is_packed(layer, cell) for layer in model.layers)
+
+    assert packed(FusedLM(9, H, 2, cell)) == (cell == "lstm")  # the CPU: as measured
+    for V, triton, want in ((9, False, True), (20, False, False), (9, True, False)):
+        model = (TritonLM if triton else FusedLM)(V, H, 2, cell)
+        model.load_state_dict({k: v.clone() for k, v in model.state_dict().items()}, assign=True)
+        assert not packed(model)  # new memory for each parameter: unpacked
+        model._pack("cuda")  # what .cuda() does, without a GPU
+        assert packed(model) == want, (V, triton)
+
+
+def test_recurrence_for_picks_triton_only_when_asked_and_on_cuda(monkeypatch):
+    from types import SimpleNamespace
+
+    from rnnlab.models import fused
+    from rnnlab.models.fused import recurrence_for
+    from rnnlab.models.fused import triton_rnn as kernels
+
+    on_cuda = SimpleNamespace(is_cuda=True, shape=(2, 1, 16))  # XW as the dispatch sees it
+    assert recurrence_for("rnn", on_cuda) is cpu.recurrence
+    assert recurrence_for("rnn", torch.zeros(2, 1, 16), triton=True) is cpu.recurrence
+    if kernels.triton is not None:
+        assert recurrence_for("rnn", on_cuda, triton=True) is kernels.recurrence
+    monkeypatch.setattr(fused, "_triton_rnn", False)  # as where Triton cannot be imported
+    with pytest.raises(RnnlabError, match="triton on CUDA needs the triton package.*--device cpu"):
+        recurrence_for("rnn", on_cuda, triton=True)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_the_triton_model_is_the_fused_model_off_cuda(cell):
+    scratch, fused = twin_models(cell, 2, seed=30)
+    triton = build_model(ModelConfig(cell=cell, impl="triton", hidden=H, layers=2), V)
+    assert type(triton) is TritonLM and triton.cuda_graph_safe
+    assert list(triton.state_dict()) == list(scratch.state_dict())
+    triton.load_state_dict(scratch.state_dict())
+    X = torch.randint(0, V, (B, T), generator=torch.Generator().manual_seed(31))
+    (want, _), (got, _) = fused(X, fused.begin_state(B)), triton(X, triton.begin_state(B))
+    assert torch.equal(got, want)
+
+
+def test_triton_trains_only_on_cuda_with_triton_and_a_supported_size(monkeypatch):
+    from rnnlab.models import check_device, fused
+    from rnnlab.models.fused import triton_rnn as kernels
+
+    config = ModelConfig(cell="gru", impl="triton", hidden=64)
+    check_device(replace(config, impl="fused"), "cpu")  # nothing to check
+    check_device(replace(config, impl="scratch"), "cuda")
+    with pytest.raises(RnnlabError, match="only on a CUDA GPU.*--device cuda.*--impl fused"):
+        check_device(config, "cpu")
+    if kernels.triton is not None:
+        monkeypatch.setattr(kernels.torch.cuda, "is_available", lambda: True)  # a GPU, as seen
+        check_device(config, "cuda")
+        with pytest.raises(RnnlabError, match="multiples of 16 \\(got 100\\); use --impl fused"):
+            check_device(replace(config, hidden=100), "cuda")
+    monkeypatch.setattr(fused, "_triton_rnn", False)
+    with pytest.raises(RnnlabError, match="--impl triton needs the triton package.*--impl fused"):
+        check_device(config, "cuda")

@@ -26,7 +26,7 @@ from rnnlab.models import (
     parameter_count,
     usable_impl,
 )
-from rnnlab.models.fused import FusedLM
+from rnnlab.models.fused import FusedLM, TritonLM
 
 TOL = 1e-5  # float64 throughout, so differences are rounding only
 
@@ -129,7 +129,7 @@ def layer_count(model) -> int:
 
 
 # The class each implementation builds (a new implementation adds its line here).
-CLASSES = {"scratch": ScratchLM, "fused": FusedLM, "torch": TorchLM}
+CLASSES = {"scratch": ScratchLM, "fused": FusedLM, "torch": TorchLM, "triton": TritonLM}
 
 
 @pytest.mark.parametrize("impl", IMPLS)

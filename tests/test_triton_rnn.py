@@ -1,5 +1,8 @@
 """The Triton recurrences equal a float64 plain-loop reference (forward, final states, gradients).
 
+They run only under ``--impl triton``, which is experimental: they have never run on a
+GPU. Which code runs by default (cuDNN on CUDA) is tested in tests/test_fused.py.
+
 There is no GPU here, so the kernels run in Triton's interpreter (TRITON_INTERPRET=1),
 which executes them with numpy on CPU tensors. Triton decides between compiling and
 interpreting when a kernel is *defined* (at import of triton_rnn), so the checks run

@@ -11,16 +11,41 @@ device is synchronized before every clock reading.
     rows = run_bench(BenchConfig(cells=("lstm",), hidden=(256,)))
     print(format_table(rows))
 
-Row keys: impl, cell, hidden, layers, batch, steps, device, tokens_per_s,
-vs_scratch, vs_torch (tokens/s relative to the scratch / torch model of the same
-size, None where that one was not run) and peak_mem_mb: on CUDA, the most memory
-allocated during the implementation's warm-up steps beyond what was allocated
-before them (activations, gradients, workspace); on the CPU None, since the
-process's peak resident size is one high-water mark shared by every model in it.
+One row per (cell, H, B, T, implementation), B and T running over every
+``batch_size`` and ``num_steps`` given. Row keys: impl, cell, hidden, layers,
+batch, steps, device, tokens_per_s; vs_scratch, vs_torch (tokens/s relative to
+the scratch / torch model of the same size, None where that one was not run);
+floor_tokens_per_s, floor_fraction (below; None with ``no_floor``); peak_mem_mb.
+
+**The floor.** A training step of L layers cannot avoid these matrix products
+(G gates; the first layer's one-hot input product is a row lookup, so not counted):
+
+    per layer, each of T steps   h_{t-1} W_h        (B, H) @ (H, G*H)     forward
+                                 dgates_t W_h^T     (B, G*H) @ (G*H, H)   backward
+    per layer, once              H_prev^T dGates    (H, T*B) @ (T*B, G*H) dW_h
+    layers above the first       X W_x, dGates W_x^T, X^T dGates          (T*B, H) by (H, G*H)
+    output layer                 outputs W_hq, dlogits W_hq^T, outputs^T dlogits   V columns
+
+The floor is timed in the same rounds as the implementations, on preallocated
+tensors, and ``floor_tokens_per_s`` = B*T / its median time: a step made of
+nothing but those products. ``floor_fraction`` = tokens_per_s / floor_tokens_per_s,
+how close an implementation comes to it (1.0 would leave no time for the gate
+arithmetic, the loss, clipping and the update).
+
+**Peak memory** is measured over the warm-up steps after the first (which also
+initialises libraries), so it needs ``warmup`` >= 2 (else None). On CUDA: the most
+memory allocated during them beyond what was allocated before them (activations,
+gradients, workspace). On the CPU (Linux): how far the process's peak resident
+set size rose during them above its size before; freed heap memory is first given
+back to the system (``malloc_trim``) and the peak reset (``/proc/self/clear_refs``),
+so one implementation's freed buffers do not hide the next one's. None where the
+system offers neither.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import statistics
 import time
@@ -35,6 +60,7 @@ from . import corpus, files, tokenize, train, vocab
 from .config import BenchConfig, ModelConfig
 from .errors import RnnlabError
 from .models import ScratchLM, TorchLM, build_model
+from .models.layout import num_gates
 
 
 def _time_machine_ids() -> torch.Tensor:
@@ -65,6 +91,86 @@ class _Runner:
         _, _, self.state = self.step(X, Y, self.state)
         _sync(self.device)
         return time.perf_counter() - start
+
+
+class _Floor:
+    """The matrix products a training step cannot avoid (module docstring), on fixed tensors."""
+
+    def __init__(self, cell: str, V: int, H: int, layers: int, B: int, T: int, device):
+        GH = num_gates(cell) * H
+        new = lambda *shape: torch.randn(*shape, device=device) * 0.01  # noqa: E731
+        self.device, self.T, self.layers = device, T, layers
+        self.W_h, self.W_x, self.W_hq = new(H, GH), new(H, GH), new(H, V)
+        self.h, self.dh, self.gates = new(B, H), new(B, H), new(B, GH)
+        self.X, self.dX = new(T * B, H), new(T * B, H)  # a layer's inputs, and their gradient
+        self.dG, self.XW = new(T * B, GH), new(T * B, GH)  # gate gradients, input projection
+        self.dW = new(H, GH)
+        self.logits, self.dlogits, self.dW_hq = new(T * B, V), new(T * B, V), new(H, V)
+        self.seconds: list[float] = []
+
+    def run(self, X=None, Y=None) -> float:
+        """Run every product once; returns the seconds it took."""
+        _sync(self.device)
+        start = time.perf_counter()
+        W_hT = self.W_h.t()
+        for layer in range(self.layers):
+            for _ in range(self.T):
+                torch.mm(self.h, self.W_h, out=self.gates)  # forward, per step
+            for _ in range(self.T):
+                torch.mm(self.gates, W_hT, out=self.dh)  # backward, per step
+            torch.mm(self.X.t(), self.dG, out=self.dW)  # dW_h over all steps
+            if layer > 0:
+                torch.mm(self.X, self.W_x, out=self.XW)
+                torch.mm(self.dG, self.W_x.t(), out=self.dX)
+                torch.mm(self.X.t(), self.dG, out=self.dW)  # dW_x
+        torch.mm(self.X, self.W_hq, out=self.logits)
+        torch.mm(self.dlogits, self.W_hq.t(), out=self.dX)
+        torch.mm(self.X.t(), self.dlogits, out=self.dW_hq)
+        _sync(self.device)
+        return time.perf_counter() - start
+
+
+def _libc():
+    """The C library, for malloc_trim; None where it cannot be loaded."""
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+
+
+def _status_kib(key: str) -> int | None:
+    """A size line (VmRSS, VmHWM) of /proc/self/status in KiB; None where there is none."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _start_rss_peak() -> int | None:
+    """Give freed heap memory back, reset the peak resident size; the RSS now (KiB) or None."""
+    libc = _libc()
+    if libc is None or not hasattr(libc, "malloc_trim"):
+        return None
+    libc.malloc_trim(0)
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset VmHWM to the current RSS (Linux 4.0 and later)
+    except OSError:
+        return None
+    return _status_kib("VmRSS")
+
+
+def _peak_growth_mb(rss_before: int | None) -> float | None:
+    """How far the peak RSS rose above ``rss_before`` (KiB), in MiB."""
+    peak = _status_kib("VmHWM")
+    if rss_before is None or peak is None:
+        return None
+    return max(peak - rss_before, 0) / 1024
 
 
 def _models(
@@ -101,52 +207,78 @@ def run_bench(cfg: BenchConfig, corpus_ids: torch.Tensor | None = None) -> list[
 
 def _run(cfg: BenchConfig, corpus_ids: torch.Tensor | None) -> list[dict]:
     dev = train.resolve_device(cfg.device)
-    batch_size, num_steps, layers, seed = cfg.batch_size, cfg.num_steps, cfg.layers, cfg.seed
     ids = _time_machine_ids() if corpus_ids is None else corpus_ids.long()
     V = int(ids.max()) + 1
-    X_all, Y_all = batches_mod.epoch_batches(ids, batch_size, num_steps, "sequential", seed, 0)
+    rows: list[dict] = []
+    for cell in cfg.cells:
+        for H in cfg.hidden:
+            for batch_size in cfg.batch_size:
+                for num_steps in cfg.num_steps:
+                    rows += _time_one(cfg, ids, V, cell, H, batch_size, num_steps, dev)
+    return rows
+
+
+def _time_one(cfg: BenchConfig, ids, V: int, cell: str, H: int, B: int, T: int, dev) -> list[dict]:
+    """The rows of one (cell, H, B, T): every implementation, and the floor, timed in rounds."""
+    X_all, Y_all = batches_mod.epoch_batches(ids, B, T, "sequential", cfg.seed, 0)
     X_all, Y_all = X_all.to(dev), Y_all.to(dev)
     # wraps round a short corpus
     order = [i % len(X_all) for i in range(cfg.warmup + cfg.batches)]
     warm, timed = order[: cfg.warmup], order[cfg.warmup :]
-    rows: list[dict] = []
-    for cell in cfg.cells:
-        for H in cfg.hidden:
-            models = _models(cfg.impls, cell, V, H, layers, seed, dev)
-            runners = [_Runner(impl, m, dev, 1.0, batch_size) for impl, m in models.items()]
-            for runner in runners:
+    models = _models(cfg.impls, cell, V, H, cfg.layers, cfg.seed, dev)
+    runners = [_Runner(impl, m, dev, 1.0, B) for impl, m in models.items()]
+    for runner in runners:
+        # The first warm-up step also initialises libraries (kernels, thread pools, caches);
+        # memory is measured over the steps after it, which all need the same.
+        for k, i in enumerate(warm):
+            if k == 1:
                 if dev.type == "cuda":
                     _sync(dev)
                     torch.cuda.reset_peak_memory_stats(dev)
                     before = torch.cuda.memory_allocated(dev)
-                for i in warm:
-                    runner.run(X_all[i], Y_all[i])
-                if dev.type == "cuda":
-                    runner.peak_mem_mb = (torch.cuda.max_memory_allocated(dev) - before) / 2**20
-            # Round robin, starting each round one implementation later, so that every
-            # implementation sees the same load and none always follows the same one.
-            for rnd, i in enumerate(timed):
-                for k in range(len(runners)):
-                    runner = runners[(rnd + k) % len(runners)]
-                    runner.seconds.append(runner.run(X_all[i], Y_all[i]))
-            speed = {r.impl: batch_size * num_steps / statistics.median(r.seconds) for r in runners}
-            for runner in runners:
-                tps = speed[runner.impl]
-                rows.append(
-                    dict(
-                        impl=runner.impl,
-                        cell=cell,
-                        hidden=H,
-                        layers=layers,
-                        batch=batch_size,
-                        steps=num_steps,
-                        device=dev.type,
-                        tokens_per_s=tps,
-                        vs_scratch=tps / speed["scratch"] if "scratch" in speed else None,
-                        vs_torch=tps / speed["torch"] if "torch" in speed else None,
-                        peak_mem_mb=runner.peak_mem_mb,
-                    )
-                )
+                else:
+                    rss_before = _start_rss_peak()
+            runner.run(X_all[i], Y_all[i])
+        if len(warm) >= 2:
+            if dev.type == "cuda":
+                runner.peak_mem_mb = (torch.cuda.max_memory_allocated(dev) - before) / 2**20
+            else:
+                runner.peak_mem_mb = _peak_growth_mb(rss_before)
+    timers: list[_Runner | _Floor] = list(runners)
+    floor = None if cfg.no_floor else _Floor(cell, V, H, cfg.layers, B, T, dev)
+    if floor is not None:
+        for _ in warm:
+            floor.run()
+        timers.append(floor)
+    # Round robin, starting each round one timer later, so that every implementation
+    # sees the same load and none always follows the same one.
+    for rnd, i in enumerate(timed):
+        for k in range(len(timers)):
+            timer = timers[(rnd + k) % len(timers)]
+            timer.seconds.append(timer.run(X_all[i], Y_all[i]))
+    tokens = B * T
+    speed = {r.impl: tokens / statistics.median(r.seconds) for r in runners}
+    floor_speed = tokens / statistics.median(floor.seconds) if floor is not None else None
+    rows = []
+    for runner in runners:
+        tps = speed[runner.impl]
+        rows.append(
+            dict(
+                impl=runner.impl,
+                cell=cell,
+                hidden=H,
+                layers=cfg.layers,
+                batch=B,
+                steps=T,
+                device=dev.type,
+                tokens_per_s=tps,
+                vs_scratch=tps / speed["scratch"] if "scratch" in speed else None,
+                vs_torch=tps / speed["torch"] if "torch" in speed else None,
+                floor_tokens_per_s=floor_speed,
+                floor_fraction=tps / floor_speed if floor_speed else None,
+                peak_mem_mb=runner.peak_mem_mb,
+            )
+        )
     return rows
 
 
@@ -167,6 +299,8 @@ def format_table(rows: list[dict]) -> str:
         "tokens/s",
         "vs scratch",
         "vs torch",
+        "floor tok/s",
+        "of floor",
         "peak MB",
     ]
     body = [
@@ -181,6 +315,8 @@ def format_table(rows: list[dict]) -> str:
             _fmt(r["tokens_per_s"], ",.0f"),
             _fmt(r["vs_scratch"], ".2f"),
             _fmt(r["vs_torch"], ".2f"),
+            _fmt(r["floor_tokens_per_s"], ",.0f"),
+            _fmt(r["floor_fraction"], ".2f"),
             _fmt(r["peak_mem_mb"], ".1f"),
         ]
         for r in rows

@@ -180,13 +180,16 @@ def build_parser(with_options: bool = True) -> argparse.ArgumentParser:
 
 def add_command_options(parsers: dict[str, argparse.ArgumentParser]) -> None:
     from .config import (
+        RESUMABLE_CHANGES,
         SOURCE_HELP,
         BenchConfig,
         DataConfig,
         EvalConfig,
         GenerateConfig,
         TrainConfig,
+        flag,
     )
+    from .models import ONE_HOT_IMPLS
 
     p = parsers["data"]
     p.add_argument("source", metavar="SOURCE", help=SOURCE_HELP)
@@ -211,8 +214,8 @@ def add_command_options(parsers: dict[str, argparse.ArgumentParser]) -> None:
         "--resume",
         action="store_true",
         help="continue the run in RUN_DIR from its last checkpoint; options given "
-        "must agree with its config.json (except --epochs, --device, --prefix, "
-        "--sample-every, --checkpoint-every, --threads)",
+        f"must agree with its config.json (except {', '.join(map(flag, RESUMABLE_CHANGES))}, "
+        f"and --impl between {', '.join(ONE_HOT_IMPLS)})",
     )
     p.add_argument(
         "--quiet",

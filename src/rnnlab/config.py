@@ -25,7 +25,7 @@ from .corpus import CORPORA
 from .data import HELD_OUT_SPLITS
 from .errors import RnnlabError
 from .generate import MAX_LENGTH
-from .models import CELLS, IMPLS, ONE_HOT_IMPLS
+from .models import CELLS, EXPERIMENTAL_IMPLS, IMPLS, ONE_HOT_IMPLS
 from .tokenize import MODES
 from .train import DEVICES, OPTIMIZERS
 
@@ -265,7 +265,15 @@ MODEL_FIELDS = tuple(f.name for f in fields(ModelConfig))
 # Options that may change when a run is resumed: they do not change what is computed
 # batch by batch (more epochs only extends the run). Every other option is fixed, but
 # for --impl between the one-hot implementations, which share their parameters.
-RESUMABLE_CHANGES = ("epochs", "device", "prefix", "sample_every", "checkpoint_every", "threads")
+RESUMABLE_CHANGES = (
+    "epochs",
+    "device",
+    "cuda_graph",
+    "prefix",
+    "sample_every",
+    "checkpoint_every",
+    "threads",
+)
 
 
 @dataclass(frozen=True)
@@ -321,6 +329,11 @@ class TrainConfig:
     )
     device: str = option(
         "auto", "where to train; auto picks cuda when a GPU is available", choices=DEVICES
+    )
+    cuda_graph: bool = option(
+        False,
+        "capture the training step once as a CUDA graph and replay it (--device cuda, "
+        "--impl fused or triton); experimental: never yet run on a GPU",
     )
     seed: int = option(
         0,
@@ -504,7 +517,9 @@ class BenchConfig:
 
     device: str = option("cpu", "where to time", choices=("cpu", "cuda"))
     impls: tuple[str, ...] = list_option(
-        tuple(IMPLS), "comma-separated implementations", choices=tuple(IMPLS)
+        tuple(i for i in IMPLS if i not in EXPERIMENTAL_IMPLS),
+        "comma-separated implementations (experimental ones only when named)",
+        choices=tuple(IMPLS),
     )
     cells: tuple[str, ...] = list_option(CELLS, "comma-separated cells", choices=CELLS)
     hidden: tuple[int, ...] = list_option(
@@ -515,8 +530,25 @@ class BenchConfig:
         at_most=MAX_WIDTH,
     )
     layers: int = option(1, "stacked recurrent layers L", check="positive", at_most=MAX_LAYERS)
-    batch_size: int = option(32, "minibatch size B", check="positive", at_most=MAX_BATCH)
-    num_steps: int = option(35, "time steps T per minibatch", check="positive", at_most=MAX_BATCH)
+    batch_size: tuple[int, ...] = list_option(
+        (32,),
+        "comma-separated minibatch sizes B (each timed with each --num-steps)",
+        item=int,
+        item_check="positive",
+        at_most=MAX_BATCH,
+    )
+    num_steps: tuple[int, ...] = list_option(
+        (35,),
+        "comma-separated time steps T per minibatch",
+        item=int,
+        item_check="positive",
+        at_most=MAX_BATCH,
+    )
+    no_floor: bool = option(
+        False,
+        "skip timing the floor (the matrix products a training step cannot avoid) and "
+        "the fraction of it each row reaches",
+    )
     batches: int = option(
         20, "timed batches per configuration", check="positive", at_most=MAX_EPOCHS
     )

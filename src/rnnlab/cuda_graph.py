@@ -1,5 +1,10 @@
 """A whole training step captured once in a CUDA graph and replayed for every batch.
 
+Experimental (``--cuda-graph``): written and tested on the CPU, never yet run on a GPU
+(docs/gpu.md). ``train.make_step(..., cuda_graph=True)`` makes one; the trainer makes
+one per run, and it captures once, on its first batch, since every training batch of a
+run has the same shape.
+
 A CUDA graph records the step's kernel launches (forward, loss, backward,
 clipping, optimizer update) once and replays them with one call: PyTorch's
 "whole-network capture", for models whose steps are many short kernels.
@@ -45,6 +50,11 @@ from .errors import RnnlabError
 from .train import grad_clipping, sequence_loss, train_step
 
 WARMUP_STEPS = 3
+
+
+def _on_gpu(X) -> bool:
+    """Whether a batch is on a CUDA device, where the step can be a graph."""
+    return torch.cuda.is_available() and X.device.type == "cuda"
 
 
 def _clone_state(state):
@@ -122,6 +132,7 @@ class GraphedTrainStep:
         self.batch_size, self.num_steps = batch_size, num_steps
         self.graph: torch.cuda.CUDAGraph | None = None
         self.key = None
+        self.captures = 0  # graphs captured so far: one per run unless the shapes change
 
     def recapture(self) -> None:
         """Forget the graph; the next call captures a new one (e.g. after changing the lr)."""
@@ -132,7 +143,7 @@ class GraphedTrainStep:
 
     def __call__(self, X, Y, state):
         """X, Y (B, T), state -> (loss, grad norm, new state), as train.train_step."""
-        if not torch.cuda.is_available() or X.device.type != "cuda":
+        if not _on_gpu(X):
             return self._eager(X, Y, state)
         B, T = X.shape
         if (B, T) != (self.batch_size or B, self.num_steps or T):
@@ -145,10 +156,15 @@ class GraphedTrainStep:
         if key != self.key:
             self._capture(X, Y, state)
             self.key = key
+            self.captures += 1
+        return self._replay(X, Y, state)
+
+    def _replay(self, X, Y, state):
+        """Copy the batch and state into the static buffers, replay, return clones."""
         self.static_X.copy_(X)
         self.static_Y.copy_(Y)
         _copy_state(self.static_state, state)
-        assert self.graph is not None  # captured above, or by an earlier call of these shapes
+        assert self.graph is not None  # captured by this call or an earlier one of these shapes
         self.graph.replay()
         return self.loss.clone(), self.norm.clone(), _clone_state(self.state_out)
 

@@ -105,16 +105,32 @@ def train_step(model, optimizer, X, Y, state, clip: float):
 Step = Callable[[torch.Tensor, torch.Tensor, object], tuple]
 
 
-def make_step(model, optimizer, clip: float) -> Step:
+def check_cuda_graph(device: torch.device) -> None:
+    """Raise RnnlabError unless a training step on ``device`` can be a CUDA graph."""
+    if device.type != "cuda":
+        raise RnnlabError(
+            f"--cuda-graph needs --device cuda (a CUDA GPU), and this run is on the "
+            f"{device.type}; leave --cuda-graph out"
+        )
+
+
+def make_step(model, optimizer, clip: float, cuda_graph: bool = False) -> Step:
     """The update step ``step(X, Y, state) -> (loss, grad norm, new state)`` for ``model``.
 
-    On a GPU, a model that declares ``cuda_graph_safe`` (fixed shapes, no host
-    synchronisation: the fused models) gets the step replayed as a CUDA graph
-    (:mod:`rnnlab.cuda_graph`), which computes what :func:`train_step` does;
-    everywhere else the step is :func:`train_step`.
+    :func:`train_step`, unless ``cuda_graph`` (``--cuda-graph``, experimental: never yet
+    run on a GPU) asks for the step to be captured once as a CUDA graph and replayed
+    (:class:`rnnlab.cuda_graph.GraphedTrainStep`, which computes what train_step does).
+    That needs a model that declares ``cuda_graph_safe`` (fixed shapes, no host
+    synchronisation: the fused models) on a CUDA device; asked for anywhere else it is an
+    RnnlabError. Make the step once per run: a graphed step captures on its first call.
     """
-    on_gpu = next(model.parameters()).is_cuda
-    if on_gpu and getattr(model, "cuda_graph_safe", False):
+    if cuda_graph:
+        if not getattr(model, "cuda_graph_safe", False):
+            raise RnnlabError(
+                f"--cuda-graph needs a model whose training step can be captured (--impl "
+                f"fused or triton); {type(model).__name__} cannot be: leave --cuda-graph out"
+            )
+        check_cuda_graph(next(model.parameters()).device)
         from .cuda_graph import GraphedTrainStep
 
         return GraphedTrainStep(model, optimizer, clip)

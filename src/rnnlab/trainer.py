@@ -13,6 +13,10 @@ and the batches of an epoch depend only on (seed, epoch), so a run stopped at an
 batch and resumed computes what the uninterrupted run would have, bit for bit on
 the CPU.
 
+The device is checked before anything is read: ``--impl triton`` and ``--cuda-graph``
+(both experimental) need CUDA. One training step is made per run
+(``train.make_step``), so a CUDA-graphed step captures once.
+
 SIGINT/SIGTERM: the current batch finishes, a checkpoint is written, and fit
 returns 130 or 143. A second signal acts at once (atomic writes keep the last
 checkpoint). A non-finite loss raises train.NonFiniteError before anything is saved.
@@ -37,7 +41,7 @@ from .config import RESUMABLE_CHANGES, TrainConfig, conflicts, flag, machine_cpu
 from .data import Dataset, prepare
 from .errors import RnnlabError
 from .generate import continue_text, default_prompt
-from .models import build_model, check_fits, usable_impl
+from .models import build_model, check_device, check_fits, usable_impl
 from .train import EpochProgress, bits_per_token, evaluate, make_optimizer, perplexity, run_epoch
 
 MAX_OPTIMIZER_SETTING = 1e9  # no rate, decay, momentum or epsilon of an optimizer comes near
@@ -173,6 +177,8 @@ class Trainer:
             )
         self.model = build_model(cfg.model, len(data.vocab)).to(device)
         self.optimizer = make_optimizer(cfg.optimizer, self.model.parameters(), cfg.lr)
+        # One step for the whole run: a CUDA-graphed one captures once, at its first batch.
+        self.step = train.make_step(self.model, self.optimizer, cfg.clip, cuda_graph=cfg.cuda_graph)
         self.epoch = 0
         self.progress = EpochProgress()
         self.history: list[dict[str, Any]] = []
@@ -240,7 +246,7 @@ class Trainer:
         self.model.train()
         return text
 
-    def train_epoch(self, epoch: int, step: train.Step, stop: StopSignals, use_bar: bool) -> int:
+    def train_epoch(self, epoch: int, stop: StopSignals, use_bar: bool) -> int:
         """Train epoch ``epoch`` from where ``self.progress`` stands; returns its batch count.
 
         Stops early, after a whole batch, when a signal has come.
@@ -283,7 +289,7 @@ class Trainer:
                 clip=cfg.clip,
                 progress=self.progress,
                 epoch=epoch,
-                step=step,
+                step=self.step,
                 on_batch=on_batch,
             )
         finally:
@@ -300,10 +306,9 @@ class Trainer:
             # g can differ in the sign of a zero): resumed and uninterrupted runs agree bitwise.
             p.grad = torch.zeros_like(p)
         use_bar = not self.quiet and hasattr(self.err, "isatty") and self.err.isatty()
-        step = train.make_step(self.model, self.optimizer, cfg.clip)
         with StopSignals() as stop:
             for epoch in range(self.epoch, cfg.epochs):
-                nb = self.train_epoch(epoch, step, stop, use_bar)
+                nb = self.train_epoch(epoch, stop, use_bar)
                 if stop.signum is not None and self.progress.batch < nb:
                     self.save(epoch, self.progress)
                     return self.interrupted(stop, epoch, self.progress.batch, nb)
@@ -448,9 +453,18 @@ def _remove_unstarted(run: Path, made: bool) -> None:
             pass
 
 
+def _device(cfg: TrainConfig) -> torch.device:
+    """The device ``cfg`` trains on, once its implementation and --cuda-graph can run there."""
+    device = train.resolve_device(cfg.device)
+    check_device(cfg.model, device.type)
+    if cfg.cuda_graph:
+        train.check_cuda_graph(device)
+    return device
+
+
 def _start(cfg: TrainConfig, run: Path, quiet: bool, out: TextIO, err: TextIO) -> int:
     """A new run in the (locked, empty) folder ``run``."""
-    device = train.resolve_device(cfg.device)
+    device = _device(cfg)
     data = _prepare(cfg)
     if cfg.prefix is None:  # the run's own text, not another corpus' phrase
         start = data.vocab.to_tokens(data.train_ids[:400].tolist())
@@ -497,7 +511,10 @@ def _resume(
     checkpoint, recovered = ckpt_io.latest(run, saved, len(saved_vocab))
     if checkpoint is not None:
         ckpt_io.check_config_matches(run, saved, checkpoint)
-    device = train.resolve_device(cfg.device)
+    if "cuda_graph" not in given and train.resolve_device(cfg.device).type != "cuda":
+        # --cuda-graph only sets the speed on the GPU the run was trained on: off elsewhere.
+        cfg = replace(cfg, cuda_graph=False)
+    device = _device(cfg)
     data = _prepare(cfg)
     same_text = rundir.check_source(run, cfg, data.text_sha256, accept_changed)
     if data.vocab.idx_to_token != saved_vocab.idx_to_token:

@@ -35,23 +35,52 @@ assert CELLS == tuple(RECURRENT), "scratch.py and torchnn.py must offer the same
 IMPLS = {
     "scratch": "the book's loops over raw tensors (models/scratch.py)",
     "torch": "torch.nn's RNN/GRU/LSTM; adds embedding, dropout and weight tying",
-    "fused": "the scratch model's function and parameters, computed fast",
+    "fused": "the scratch model's function and parameters, computed fast (on CUDA by cuDNN)",
+    "triton": "fused, with Triton kernels for the recurrences on CUDA; experimental: never "
+    "yet run on a GPU",
 }
-ONE_HOT_IMPLS = ("scratch", "fused")  # the book's one-hot models: the same parameters
+# The book's one-hot models: the same parameters and state_dict keys, so a run may switch
+# between them on --resume and a checkpoint of one loads into any other.
+ONE_HOT_IMPLS = ("scratch", "fused", "triton")
+# Implementations not yet verified where they are meant to run: only ever used when asked for.
+EXPERIMENTAL_IMPLS = ("triton",)
 
 
 def usable_impl(impl: str) -> tuple[str, str | None]:
     """The implementation that will run for ``impl``, and why it differs (or None).
 
-    ``fused`` falls back to ``scratch`` (the same function and parameters, only
-    slower) where its module cannot be imported.
+    ``fused`` and ``triton`` fall back to ``scratch`` (the same function and
+    parameters, only slower) where their module cannot be imported.
     """
-    if impl == "fused":
+    if impl in ("fused", "triton"):
         try:
             from . import fused  # noqa: F401
         except ImportError as e:
-            return "scratch", f"the fused implementation is not available ({e})"
+            return "scratch", f"the {impl} implementation is not available ({e})"
     return impl, None
+
+
+def check_device(config: ModelConfig, device_type: str) -> None:
+    """Raise RnnlabError if the model ``config`` describes cannot train on ``device_type``.
+
+    Only ``triton`` has conditions: its kernels run on CUDA tensors only, and they need
+    Triton and a hidden size they support. Call it once the device is resolved.
+    """
+    if config.impl != "triton":
+        return
+    if device_type != "cuda":
+        raise RnnlabError(
+            f"--impl triton runs its kernels only on a CUDA GPU, and this run is on the "
+            f"{device_type}; give --device cuda on a machine with one, or use --impl fused"
+        )
+    impl, why = usable_impl(config.impl)
+    if why:
+        raise RnnlabError(f"{why}; use --impl torch")
+    from .fused import triton_problem
+
+    problem = triton_problem(config.cell, config.hidden)
+    if problem:
+        raise RnnlabError(problem)
 
 
 def build_model(config: ModelConfig, vocab_size: int) -> nn.Module:
@@ -69,9 +98,10 @@ def build_model(config: ModelConfig, vocab_size: int) -> nn.Module:
         )
     if impl == "scratch":
         return ScratchLM(vocab_size, config.hidden, config.layers, config.cell)
-    from .fused import FusedLM
+    from .fused import FusedLM, TritonLM
 
-    return FusedLM(vocab_size, config.hidden, config.layers, config.cell)
+    cls = TritonLM if impl == "triton" else FusedLM
+    return cls(vocab_size, config.hidden, config.layers, config.cell)
 
 
 def parameter_count(config: ModelConfig, vocab_size: int) -> int:
@@ -80,7 +110,7 @@ def parameter_count(config: ModelConfig, vocab_size: int) -> int:
     With G gates (1 RNN, 3 GRU, 4 LSTM), H hidden units, L layers and D the input
     size of a layer (V, or E with an embedding, for the first; H above it):
 
-        one-hot (scratch, fused)  per layer G*(D*H + H*H + H), + H for the GRU's b_hh
+        one-hot (ONE_HOT_IMPLS)   per layer G*(D*H + H*H + H), + H for the GRU's b_hh
         torch                     per layer G*(D*H + H*H + 2*H); + V*E for the embedding
         output layer              H*V + V (less V*E when the weights are tied)
     """
@@ -175,6 +205,7 @@ __all__ = [
     "RNNEncoder",
     "build_model",
     "usable_impl",
+    "check_device",
     "parameter_count",
     "memory_estimate",
     "check_fits",
@@ -182,4 +213,5 @@ __all__ = [
     "CELLS",
     "IMPLS",
     "ONE_HOT_IMPLS",
+    "EXPERIMENTAL_IMPLS",
 ]

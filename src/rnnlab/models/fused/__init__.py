@@ -14,10 +14,13 @@ forward pass regroups the work into big products:
       -> the recurrence of each layer, one autograd node per sequence     (T, B, H)
       -> the output layer as one product            outputs W_hq + b_q    (T*B, V)
 
-The recurrence runs as a Triton kernel when the tensors are on a CUDA device
-and ``rnnlab.models.fused.triton_rnn`` is importable and supports the layer
-(``triton_rnn.supported(kind, H, dtype)``); otherwise as the torch code of
-:mod:`rnnlab.models.fused.cpu`, which runs on any device. Both share the signature
+Which code runs the recurrences is decided by :func:`path_for`, from the cell,
+the device and the sizes alone: torch's whole-network kernel (cuDNN on CUDA,
+oneDNN on the CPU) fed the scratch parameters in torch.nn's layout, or the torch
+code of :mod:`rnnlab.models.fused.cpu` (any device). :class:`TritonLM`
+(``--impl triton``, experimental) runs the Triton kernels of
+:mod:`rnnlab.models.fused.triton_rnn` on CUDA instead. cpu.py and Triton share
+the signature
 
     recurrence(kind, XW (T, B, G*H), W_h (H, G*H), b_hh (G*H,), h0 (B, H), c0 (B, H) or None)
         -> outputs (T, B, H), hT (B, H), cT (B, H) or None
@@ -31,40 +34,34 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ...errors import RnnlabError
 from .. import layout
 from ..scratch import ScratchLM
 from . import cpu
 
 _triton_rnn: Any = None  # the module once imported; False if it could not be
 
+TRITON_MISSING = (
+    "needs the triton package, which cannot be imported here (pip install 'rnnlab[gpu]')"
+)
+
 
 def _triton():
-    """``rnnlab.models.fused.triton_rnn``, or None where it (or Triton) cannot be imported."""
+    """``rnnlab.models.fused.triton_rnn``, or None where it or Triton cannot be imported."""
     global _triton_rnn
     if _triton_rnn is None:
         try:
             from . import triton_rnn
 
-            _triton_rnn = triton_rnn
+            _triton_rnn = triton_rnn if triton_rnn.triton is not None else False
         except ImportError:
             _triton_rnn = False
     return _triton_rnn or None
 
 
-def recurrence_for(kind: str, XW: torch.Tensor) -> Callable:
-    """The recurrence function to run layer ``kind`` on XW (T, B, G*H): Triton or torch."""
-    if XW.is_cuda:
-        kernels = _triton()
-        H = XW.shape[-1] // layout.num_gates(kind)
-        if kernels is not None and kernels.supported(kind, H, XW.dtype):
-            return kernels.recurrence
-    return cpu.recurrence
-
-
 # Cells whose whole recurrence runs faster on the CPU in torch's own kernel (oneDNN's
-# fused LSTM) than in cpu.py: measured side by side in docs/fused-cpu.md. The kernel
-# computes the scratch function from the scratch parameters, stacked as torch.nn stacks
-# them (the same conversion tests/test_models.py checks against nn.LSTM in float64).
+# fused LSTM) than in cpu.py: measured side by side in docs/fused-cpu.md, where the GRU
+# measured slower through the kernel than in cpu.py, and torch.nn's RNN slower than cpu.py's.
 TORCH_KERNEL_CELLS = ("lstm",)
 
 # torch's whole-network recurrences, as nn.RNN/GRU/LSTM call them: (input (T, B, D), state,
@@ -76,22 +73,102 @@ KERNELS: dict[str, Callable[..., Any]] = {
     "lstm": torch.lstm,
 }
 
+PATHS = ("torch-kernel", "torch-ops", "triton")
+
+
+def path_for(
+    cell: str, device_type: str, vocab_size: int, hidden: int, triton: bool = False
+) -> str:
+    """Which code computes a fused model's recurrences: one of :data:`PATHS`.
+
+    Every path computes the scratch model's function from the scratch parameters.
+
+    * "torch-kernel": torch's whole-network kernel for the cell (:data:`KERNELS`), fed
+      the parameters in torch.nn's layout (``layout.torch_nn_parameters``). It takes
+      one-hot inputs, so layer 0 costs it a (T*B, V) x (V, G*H) product that the row
+      lookup of the other paths avoids: chosen only while V <= H (characters, not words).
+      On CUDA for every cell: there it is cuDNN, the code torch.nn's own recurrent layers
+      run on a GPU; what rnnlab adds, the layout conversion, is tested on the CPU against
+      the scratch model in float64 (tests/test_fused.py). On the CPU for the cells of
+      :data:`TORCH_KERNEL_CELLS` only (the LSTM: oneDNN measured faster than cpu.py).
+    * "triton": the Triton kernels of ``triton_rnn``, only where asked for (``triton``,
+      i.e. ``--impl triton``) and on CUDA. Experimental: checked in Triton's interpreter,
+      never yet run on a GPU (docs/gpu.md).
+    * "torch-ops": everything else; the recurrence of :mod:`rnnlab.models.fused.cpu`,
+      torch operations with a hand-written backward pass, which runs on any device and is
+      checked against the scratch model and by gradcheck. On the CPU: the RNN and GRU
+      (measured faster there than torch's kernel), and the LSTM when V > H; on CUDA: V > H.
+    """
+    if device_type == "cuda":
+        if triton:
+            return "triton"
+        return "torch-kernel" if vocab_size <= hidden else "torch-ops"
+    if device_type == "cpu" and cell in TORCH_KERNEL_CELLS and vocab_size <= hidden:
+        return "torch-kernel"
+    return "torch-ops"
+
+
+def recurrence_for(kind: str, XW: torch.Tensor, triton: bool = False) -> Callable:
+    """The recurrence function to run layer ``kind`` on XW (T, B, G*H).
+
+    Triton's (``triton_rnn.recurrence``) where ``triton`` is asked for and XW is on CUDA;
+    otherwise cpu.py's. Raises RnnlabError where Triton is asked for but cannot be imported.
+    """
+    if triton and XW.is_cuda:
+        kernels = _triton()
+        if kernels is None:
+            raise RnnlabError(
+                f"a model of --impl triton on CUDA {TRITON_MISSING}; or use --device cpu"
+            )
+        return kernels.recurrence
+    return cpu.recurrence
+
+
+def triton_problem(cell: str, hidden: int) -> str | None:
+    """Why ``--impl triton`` cannot train ``cell`` with ``hidden`` units on this machine's
+    GPU, as a message; None where it can. Call it once CUDA is known to be there."""
+    kernels = _triton()
+    if kernels is None:
+        return f"--impl triton {TRITON_MISSING}; or use --impl fused"
+    if not kernels.supported(cell, hidden, torch.float32):
+        return (
+            f"--impl triton supports --hidden from 16 to {kernels.MAX_HIDDEN} in multiples "
+            f"of 16 (got {hidden}); use --impl fused"
+        )
+    return None
+
 
 class FusedLM(ScratchLM):
     """ScratchLM with whole-sequence recurrences: forward(X, state) -> (logits (T*B, V), state)."""
 
-    # Fixed shapes and no host synchronisation in forward and backward, so a training
-    # step can be captured as a CUDA graph (train.make_step).
+    # Fixed shapes and no host synchronisation in forward and backward, so a training step
+    # can be captured as a CUDA graph (train.make_step with --cuda-graph). Declared from the
+    # code, not yet verified on a GPU.
     cuda_graph_safe = True
+    use_triton = False  # TritonLM: the recurrences as Triton kernels on CUDA
 
     def __init__(self, vocab_size: int, hidden: int, layers: int = 1, cell: str = "rnn"):
         super().__init__(vocab_size, hidden, layers, cell)
         self._pack()
 
-    def _pack(self) -> None:
+    def path(self, device_type: str) -> str:
+        """The code that computes this model's recurrences on ``device_type`` (path_for)."""
+        return path_for(self.cell, device_type, self.vocab_size, self.hidden, self.use_triton)
+
+    def _pack(self, device_type: str | None = None) -> None:
         """Lay the gate parameters out as torch's kernel reads them (``layout.pack``), so
-        that no weight or gradient is copied per step, for the cells that run there."""
-        if self.cell in TORCH_KERNEL_CELLS:
+        that no weight or gradient is copied per step, where the kernel runs them.
+
+        ``device_type``: where the parameters are (default: where they are now).
+        """
+        device_type = device_type or self.W_hq.device.type
+        if device_type == "cpu":
+            # As measured (docs/fused-cpu.md): the LSTM packed whatever V; the RNN and GRU
+            # not, since cpu.py runs them from layout.stacked's contiguous copies.
+            pack = self.cell in TORCH_KERNEL_CELLS
+        else:
+            pack = self.path(device_type) == "torch-kernel"
+        if pack:
             for layer in self.layers:
                 layout.pack(layer, self.cell)
 
@@ -103,9 +180,8 @@ class FusedLM(ScratchLM):
 
     def forward(self, X: torch.Tensor, state):
         """X (B, T) token ids, state as from begin_state -> logits (T*B, V), new state."""
-        # One-hot inputs cost the kernel a (T*B, V) x (V, G*H) product, which the row lookup
-        # below avoids: worth it only while V is no larger than the recurrent H (characters).
-        if self.cell in TORCH_KERNEL_CELLS and not X.is_cuda and self.vocab_size <= self.hidden:
+        path = self.path(X.device.type)
+        if path == "torch-kernel":
             return self._forward_in_torch_kernel(X, state)
         B, T = X.shape
         H = self.hidden
@@ -122,7 +198,7 @@ class FusedLM(ScratchLM):
                 h0, c0 = state[0][i], state[1][i]
             else:
                 h0, c0 = state[i], None
-            recurrence = recurrence_for(self.cell, XW)
+            recurrence = recurrence_for(self.cell, XW, triton=path == "triton")
             inputs, hT, cT = recurrence(
                 self.cell, XW, W_h, layout.hidden_bias(layer, self.cell), h0, c0
             )
@@ -136,9 +212,10 @@ class FusedLM(ScratchLM):
     def _forward_in_torch_kernel(self, X: torch.Tensor, state):
         """The same function, with every layer's recurrence in torch's kernel for the cell.
 
+        X (B, T) token ids, state (L, B, H) or a pair of them -> logits (T*B, V), new state.
         The scratch parameters are handed to the kernel in torch.nn's layout, W_ih (G*H, D)
         and W_hh (G*H, H) in cuDNN's gate order, as views of their packed blocks
-        (``layout.pack``), so gradients reach them and nothing is copied.
+        (``layout.pack``; copies where the layer is not packed), so gradients reach them.
         """
         params = layout.torch_nn_parameters(self.layers, self.cell)
         inputs = F.one_hot(X.T, self.vocab_size).to(self.W_hq.dtype)  # (T, B, V)
@@ -157,4 +234,25 @@ class FusedLM(ScratchLM):
         return logits, tuple(last) if self.cell == "lstm" else last[0]
 
 
-__all__ = ["FusedLM", "recurrence_for"]
+class TritonLM(FusedLM):
+    """FusedLM whose recurrences run as the Triton kernels on CUDA (``--impl triton``).
+
+    Experimental: the kernels are checked in Triton's interpreter and compiled for sm_90,
+    but have never run on a GPU (docs/gpu.md). Same parameters, ``state_dict`` keys and
+    function as ScratchLM and FusedLM; off CUDA it computes exactly as FusedLM does (so a
+    run trained with it samples on a CPU).
+    """
+
+    use_triton = True
+
+
+__all__ = [
+    "FusedLM",
+    "TritonLM",
+    "KERNELS",
+    "PATHS",
+    "TORCH_KERNEL_CELLS",
+    "path_for",
+    "recurrence_for",
+    "triton_problem",
+]

@@ -39,6 +39,22 @@ the forward buffers live until backward, the backward ones only during it):
 plus O(BH) for the running state and one or two TBH-sized temporaries while the
 local derivatives are computed.
 
+A whole training step of a FusedLM on these recurrences (L layers, V tokens, P
+parameters, float32) therefore needs, on top of the weights, about
+
+    bytes = 4 * (P  +  T*B * (L*F*H + 2*V)  +  T*B * (K*H + 2*H + V))
+
+F, K = 1, 3 (RNN), 5, 12 (GRU), 7, 10 (LSTM): the gradients (P); what every layer
+keeps for the backward pass, with the logits and their log-softmax (2V); and the
+largest backward-pass moment, one layer's buffers above with the outputs' gradient
+and its running copy (2H) and the logits' gradient (V). (XW, G*H per row, lives
+only during its layer's forward pass and is smaller than its backward buffers.)
+For the RNN at H 512, B 32, T 35, V 28: 4 * (291,356 + 1,120 * (512 + 56) +
+1,120 * (2,560 + 28)) bytes = 14.6 MiB. ``rnnlab bench`` measures the real peak
+(resident set on the CPU, which adds the allocator's and libraries' own share).
+The LSTM with V <= H runs in torch's kernel instead (``rnnlab.models.fused``), whose
+workspace is oneDNN's.
+
 Works on any device and floating dtype. It is not twice differentiable.
 
 Design notes and measurements: docs/fused-cpu.md
@@ -85,13 +101,11 @@ def _rnn_forward_loop(outputs: Tensor, h: Tensor, W_h: Tensor) -> None:
         h = out
 
 
-def _rnn_backward_loop(
-    dh: Tensor, local: Tensor, dgates: Tensor, d_outputs: Tensor, W_hT: Tensor
-) -> None:
-    dh_, local_, dgates_, d_out_ = (x.unbind(0) for x in (dh, local, dgates, d_outputs))
+def _rnn_backward_loop(dh: Tensor, local: Tensor, dgates: Tensor, W_hT: Tensor) -> None:
+    dh_, local_, dgates_ = (x.unbind(0) for x in (dh, local, dgates))
     for t in range(len(dh_) - 1, 0, -1):
         torch.mul(dh_[t], local_[t], out=dgates_[t])
-        torch.addmm(d_out_[t - 1], dgates_[t], W_hT, out=dh_[t - 1])
+        dh_[t - 1].addmm_(dgates_[t], W_hT)
     torch.mul(dh_[0], local_[0], out=dgates_[0])
 
 
@@ -118,14 +132,14 @@ def _gru_forward_loop(
 
 
 def _gru_backward_loop(
-    dh: Tensor, z: Tensor, d_outputs: Tensor, local: Tensor, dgates_h: Tensor, W_hT: Tensor
+    dh: Tensor, z: Tensor, local: Tensor, dgates_h: Tensor, W_hT: Tensor
 ) -> None:
-    dh_, z_, d_out_, local_, dgates_h_ = (x.unbind(0) for x in (dh, z, d_outputs, local, dgates_h))
+    dh_, z_, local_, dgates_h_ = (x.unbind(0) for x in (dh, z, local, dgates_h))
     dh1_ = dh.unsqueeze(2).unbind(0)  # (b, 1, H): broadcast over the three gates
     dgates_h3_ = [g.view(g.shape[0], 3, -1) for g in dgates_h_]
     for t in range(len(dh_) - 1, 0, -1):
         torch.mul(local_[t], dh1_[t], out=dgates_h3_[t])
-        torch.addmm(d_out_[t - 1], dgates_h_[t], W_hT, out=dh_[t - 1])
+        dh_[t - 1].addmm_(dgates_h_[t], W_hT)
         dh_[t - 1].addcmul_(dh_[t], z_[t])  # h_t depends on h_{t-1} directly too
     torch.mul(local_[0], dh1_[0], out=dgates_h3_[0])
 
@@ -166,7 +180,6 @@ def _lstm_backward_loop(
     dh: Tensor,
     a_c: Tensor,
     f: Tensor,
-    d_outputs: Tensor,
     dgates: Tensor,
     local: Tensor,
     dc: Tensor,
@@ -175,7 +188,7 @@ def _lstm_backward_loop(
     T, b, GH = dgates.shape
     dgates4 = dgates.view(T, b, 4, GH // 4)
     dc1 = dc.unsqueeze(1)  # (b, 1, H): broadcast over the gates i, f, g
-    dh_, a_c_, f_, d_out_, dgates_ = (x.unbind(0) for x in (dh, a_c, f, d_outputs, dgates))
+    dh_, a_c_, f_, dgates_ = (x.unbind(0) for x in (dh, a_c, f, dgates))
     local_ifg_, local_o_ = local[:, :, :3].unbind(0), local[:, :, 3].unbind(0)
     dgates_ifg_, dgates_o_ = dgates4[:, :, :3].unbind(0), dgates4[:, :, 3].unbind(0)
     for t in range(T - 1, -1, -1):
@@ -184,7 +197,7 @@ def _lstm_backward_loop(
         torch.mul(local_o_[t], dh_[t], out=dgates_o_[t])
         dc.mul_(f_[t])
         if t > 0:
-            torch.addmm(d_out_[t - 1], dgates_[t], W_hT, out=dh_[t - 1])
+            dh_[t - 1].addmm_(dgates_[t], W_hT)
 
 
 class RNNRecurrence(torch.autograd.Function):
@@ -203,10 +216,12 @@ class RNNRecurrence(torch.autograd.Function):
         W_h, h0, outputs = ctx.saved_tensors
         local = _tanh_grad(outputs)  # (T, B, H) dh_t/dpre_t
         dgates = torch.empty_like(outputs)  # (T, B, H) = dXW
-        dh = torch.empty_like(outputs)  # dh[t] = dL/dh_t, everything included
-        torch.add(d_outputs[-1], d_hT, out=dh[-1])
+        # dh[t] = dL/dh_t, everything included: the outputs' gradient now, the rest added
+        # step by step in place (no per-step copy)
+        dh = d_outputs.clone(memory_format=torch.contiguous_format)
+        dh[-1] += d_hT
         W_hT = W_h.t()
-        _rnn_backward_loop(dh, local, dgates, d_outputs, W_hT)
+        _rnn_backward_loop(dh, local, dgates, W_hT)
         dh0 = dgates[0] @ W_hT if ctx.needs_input_grad[3] else None
         dW = _dW_h(h0, outputs, dgates) if ctx.needs_input_grad[1] else None
         db = dgates.sum((0, 1)) if ctx.needs_input_grad[2] else None
@@ -250,10 +265,10 @@ class GRURecurrence(torch.autograd.Function):
         torch.sub(h_prev, n, out=local[:, :, 1]).mul_(_sigmoid_grad(z))
         torch.mul(a_n, r, out=local[:, :, 2])
         dgates_h = torch.empty_like(hw)  # gradient of (h W_h + b_hh) per step
-        dh = torch.empty_like(outputs)
-        torch.add(d_outputs[-1], d_hT, out=dh[-1])
+        dh = d_outputs.clone(memory_format=torch.contiguous_format)  # gains the rest in place
+        dh[-1] += d_hT
         W_hT = W_h.t()
-        _gru_backward_loop(dh, z, d_outputs, local, dgates_h, W_hT)
+        _gru_backward_loop(dh, z, local, dgates_h, W_hT)
         dh0 = None
         if ctx.needs_input_grad[3]:
             dh0 = dgates_h[0] @ W_hT
@@ -301,11 +316,11 @@ class LSTMRecurrence(torch.autograd.Function):
         torch.mul(tanh_c, _sigmoid_grad(o), out=local[:, :, 3])
         del c_prev
         dgates = torch.empty_like(gates)  # = dXW
-        dh = torch.empty_like(outputs)
-        torch.add(d_outputs[-1], d_hT, out=dh[-1])
+        dh = d_outputs.clone(memory_format=torch.contiguous_format)  # gains the rest in place
+        dh[-1] += d_hT
         dc = d_cT.clone()
         W_hT = W_h.t()
-        _lstm_backward_loop(dh, a_c, f, d_outputs, dgates, local, dc, W_hT)
+        _lstm_backward_loop(dh, a_c, f, dgates, local, dc, W_hT)
         dh0 = dgates[0] @ W_hT if ctx.needs_input_grad[3] else None
         dW = _dW_h(h0, outputs, dgates) if ctx.needs_input_grad[1] else None
         db = dgates.sum((0, 1)) if ctx.needs_input_grad[2] else None
