@@ -47,7 +47,7 @@ def stacked(layer: nn.Module, kind: str) -> tuple[torch.Tensor, torch.Tensor, to
     """(W_x (D, G*H), W_h (H, G*H), b (G*H,)) of a scratch layer, in cuDNN's gate order."""
     names = GATES[kind]
     if is_packed(layer, kind):
-        W_ih, W_hh, b = (_block([getattr(layer, n[k]) for n in names]) for k in range(3))
+        W_ih, W_hh, b = _blocks(layer, kind)
         return W_ih.t(), W_hh.t(), b
     W_x = torch.cat([getattr(layer, x) for x, _, _ in names], dim=1)
     W_h = torch.cat([getattr(layer, h) for _, h, _ in names], dim=1)
@@ -65,7 +65,7 @@ def torch_nn_parameters(layers, kind: str) -> dict[str, torch.Tensor]:
     for i, layer in enumerate(layers):
         names = GATES[kind]
         if is_packed(layer, kind):
-            W_ih, W_hh, b = (_block([getattr(layer, n[k]) for n in names]) for k in range(3))
+            W_ih, W_hh, b = _blocks(layer, kind)
         else:
             W_ih = torch.cat([getattr(layer, x).t() for x, _, _ in names])
             W_hh = torch.cat([getattr(layer, h).t() for _, h, _ in names])
@@ -119,27 +119,39 @@ def _is_block(params: list[torch.Tensor]) -> bool:
     )
 
 
-class _Block(torch.autograd.Function):
-    """The block that packed gate tensors are slices of, as a differentiable view (no copy)."""
+class _Blocks(torch.autograd.Function):
+    """A packed layer's three blocks as differentiable views (no copy), in one autograd node.
+
+    Inputs: the G input weights (D, H), the G recurrent weights (H, H) and the G biases
+    (H,) of a packed layer; outputs W_ih (G*H, D), W_hh (G*H, H), b (G*H,).
+    """
 
     @staticmethod
-    def forward(ctx, *params: torch.Tensor) -> torch.Tensor:
-        first = params[0]
-        ctx.gates = len(params)
-        if first.dim() == 1:
-            return first.as_strided((len(params) * first.shape[0],), (1,))
-        D, H = first.shape
-        return first.as_strided((len(params) * H, D), (D, 1))
+    def forward(ctx, *params: torch.Tensor):
+        G = len(params) // 3
+        ctx.gates = G
+        W_x, W_h, b = params[0], params[G], params[2 * G]
+        (D, H), (Hh, _) = W_x.shape, W_h.shape
+        return (
+            W_x.as_strided((G * H, D), (D, 1)),
+            W_h.as_strided((G * H, Hh), (Hh, 1)),
+            b.as_strided((G * H,), (1,)),
+        )
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        parts = grad.chunk(ctx.gates)  # (H, D) or (H,) each
-        return tuple(part.t() if part.dim() == 2 else part for part in parts)
+    def backward(ctx, dW_ih, dW_hh, db):
+        G = ctx.gates
+        grads: list[torch.Tensor | None] = []
+        for grad in (dW_ih, dW_hh):
+            grads += [None] * G if grad is None else [part.t() for part in grad.chunk(G)]
+        grads += [None] * G if db is None else list(db.chunk(G))
+        return tuple(grads)
 
 
-def _block(params: list[torch.Tensor]) -> torch.Tensor:
-    """(G*H, D) or (G*H,): the packed gate tensors as one torch.nn-shaped tensor."""
-    return _Block.apply(*params)
+def _blocks(layer: nn.Module, kind: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(W_ih (G*H, D), W_hh (G*H, H), b (G*H,)) of a packed layer, as views of its blocks."""
+    names = GATES[kind]
+    return _Blocks.apply(*(getattr(layer, n[k]) for k in range(3) for n in names))
 
 
 def hidden_bias(layer: nn.Module, kind: str) -> torch.Tensor:

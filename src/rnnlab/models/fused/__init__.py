@@ -218,7 +218,8 @@ class FusedLM(ScratchLM):
         (``layout.pack``; copies where the layer is not packed), so gradients reach them.
         """
         params = layout.torch_nn_parameters(self.layers, self.cell)
-        inputs = F.one_hot(X.T, self.vocab_size).to(self.W_hq.dtype)  # (T, B, V)
+        # one-hot(X.T) (T, B, V), written straight in the weights' dtype
+        inputs = self.W_hq.new_zeros(*X.T.shape, self.vocab_size).scatter_(2, X.T[..., None], 1)
         outputs, *last = KERNELS[self.cell](
             inputs,
             state,
