@@ -433,6 +433,9 @@ def cmd_bench(args) -> int:
 
 UNKNOWN_WARNING = 0.5  # eval warns when more than this fraction of the text is <unk>
 
+# Commands that train or evaluate a model: their buffers are reused step after step (heap.py)
+HEAVY_COMMANDS = ("train", "eval", "bench")
+
 RUN = {
     "data": cmd_data,
     "train": cmd_train,
@@ -450,6 +453,10 @@ def main(argv: list[str] | None = None) -> int:
         # a mistyped command are answered without it.
         parser = build_parser(with_options=bool(argv) and argv[0] in COMMANDS)
         args = parser.parse_args(argv)
+        if args.command in HEAVY_COMMANDS:
+            from .heap import keep_freed_memory
+
+            keep_freed_memory()
         return RUN[args.command](args)
     except RnnlabError as e:
         message = " ".join(str(e).split())  # one line, whatever a file name holds
