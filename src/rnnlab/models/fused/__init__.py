@@ -24,6 +24,12 @@ the signature
 
     recurrence(kind, XW (T, B, G*H), W_h (H, G*H), b_hh (G*H,), h0 (B, H), c0 (B, H) or None)
         -> outputs (T, B, H), hT (B, H), cT (B, H) or None
+
+Memory: a training step on cpu.py's recurrences needs, on top of the weights, about
+4 * (P + T*B*(L*F*H + 2*V) + T*B*(K*H + 2*H + V)) bytes in float32 (P parameters;
+F, K = 1, 3 for the RNN, 5, 12 for the GRU, 7, 10 for the LSTM): the derivation and a
+measurement are in :mod:`rnnlab.models.fused.cpu`. In torch's kernel the workspace is
+the kernel's own; ``rnnlab bench`` reports every implementation's measured peak.
 """
 
 from __future__ import annotations

@@ -50,8 +50,10 @@ largest backward-pass moment, one layer's buffers above with the outputs' gradie
 and its running copy (2H) and the logits' gradient (V). (XW, G*H per row, lives
 only during its layer's forward pass and is smaller than its backward buffers.)
 For the RNN at H 512, B 32, T 35, V 28: 4 * (291,356 + 1,120 * (512 + 56) +
-1,120 * (2,560 + 28)) bytes = 14.6 MiB. ``rnnlab bench`` measures the real peak
-(resident set on the CPU, which adds the allocator's and libraries' own share).
+1,120 * (2,560 + 28)) bytes = 14.6 MiB; at B 256, T 128 it gives 395.6 MiB, and
+``rnnlab bench`` measured the resident set grow by 408 MiB there (the model alone in
+its process, freed memory kept by ``rnnlab.heap``; in one process with other models
+the heap's fragments add more).
 The LSTM with V <= H runs in torch's kernel instead (``rnnlab.models.fused``), whose
 workspace is oneDNN's.
 
