@@ -2,6 +2,7 @@
 
     python tests/faults.py crash-at-batch 40 -- train timemachine --out runs/x ...
     python tests/faults.py crash-in-save 2 -- train ...
+    python tests/faults.py crash-in-best-save 2 -- train ...
     python tests/faults.py nan-at-batch 40 -- train ...
 
 The library has no test hooks: this launcher wraps the function to break, then
@@ -11,6 +12,7 @@ calls the command line's ``main`` in the same process.
   batches of this process have trained).
 * crash-in-save N: SIGKILL in the Nth checkpoint this process writes, after its
   first file (the weights) is written and before the switch to it.
+* crash-in-best-save N: the same in the Nth best checkpoint (RUN/best/).
 * nan-at-batch N: the update of global batch N turns every parameter and the loss
   into NaN, as a diverging run would.
 """
@@ -44,18 +46,23 @@ def crash_at_batch(n: int) -> None:
     train.make_step = counting_make_step
 
 
-def crash_in_save(n: int) -> None:
+def crash_in_save(n: int, series: str = "checkpoints") -> None:
     atomic_write = files.atomic_write
     saves = [0]
 
     def dies_in_nth_save(path, data):
         atomic_write(path, data)
-        if path.parent.name.startswith("gen-") and path.name == "model.safetensors":
+        folder = path.parent
+        if (folder.parent.name, path.name) == (series, "model.safetensors"):
             saves[0] += 1  # the weights are the first file of every checkpoint
             if saves[0] == n:
                 os.kill(os.getpid(), signal.SIGKILL)
 
     files.atomic_write = dies_in_nth_save
+
+
+def crash_in_best_save(n: int) -> None:
+    crash_in_save(n, series="best")
 
 
 def nan_at_batch(n: int) -> None:
@@ -83,6 +90,7 @@ def nan_at_batch(n: int) -> None:
 FAULTS = {
     "crash-at-batch": crash_at_batch,
     "crash-in-save": crash_in_save,
+    "crash-in-best-save": crash_in_best_save,
     "nan-at-batch": nan_at_batch,
 }
 

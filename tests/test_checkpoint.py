@@ -17,6 +17,7 @@ from rnnlab.config import ModelConfig, TrainConfig
 from rnnlab.data import prepare
 from rnnlab.errors import RnnlabError
 from rnnlab.models import build_model
+from rnnlab.schedule import ScheduleState
 from rnnlab.train import EpochProgress, NonFiniteError, evaluate, make_optimizer, train_step
 from rnnlab.vocab import Vocab
 
@@ -226,3 +227,84 @@ def test_a_run_directory_written_by_rnnlm_0_1_still_loads():
     X, Y = eval_batches(data.val_ids, cfg.batch_size, cfg.num_steps)
     assert Y.numel() == 192
     assert evaluate(model, X, Y) == pytest.approx(2.8923246463139853, rel=1e-6)
+
+
+def test_a_best_checkpoint_is_a_second_series_beside_the_latest(tmp_path):
+    run, cfg, model, opt, progress, history = make_run(tmp_path)
+    assert checkpoint.load_run(run, which="best")[3].which == "latest"  # none yet: the latest
+    clock = ScheduleState(lr=0.01, batches=7, seconds=1.5, best_loss=1.0, best_epoch=2)
+    for epoch in (2, 3, 4):
+        checkpoint.save_checkpoint(run, model, opt, epoch, EpochProgress(), history, cfg, clock,
+                                   best=epoch != 3)  # fmt: skip
+    best = checkpoint.read_checkpoint(run, slot=checkpoint.BEST)
+    latest = checkpoint.read_checkpoint(run)
+    assert (best.which, best.epoch, best.generation) == ("best", 4, 2)
+    assert (latest.epoch, latest.generation, latest.schedule) == (4, 4, clock)
+    assert json.loads((run / "best.json").read_text())["current"] == "best/gen-000002"
+    assert sorted(p.name for p in (run / "best").iterdir()) == ["gen-000001", "gen-000002"]
+    cfg2, _, loaded, ckpt = checkpoint.load_run(run, which="best")
+    assert ckpt.which == "best" and cfg2 == cfg
+    for key, value in model.state_dict().items():
+        assert torch.equal(best.weights[key], value) and torch.equal(
+            loaded.state_dict()[key], value
+        )
+
+
+def test_a_damaged_best_pointer_is_replaced_by_the_next_best(tmp_path):
+    run, cfg, model, opt, progress, history = make_run(tmp_path)
+    checkpoint.save_checkpoint(run, model, opt, 2, EpochProgress(), history, cfg, best=True)
+    (run / "best.json").write_text("not json")
+    with pytest.raises(RnnlabError, match="best.json.*--checkpoint latest"):
+        checkpoint.load_run(run, which="best")
+    checkpoint.load_run(run, which="latest")
+    checkpoint.save_checkpoint(run, model, opt, 3, EpochProgress(), history, cfg, best=True)
+    assert checkpoint.load_run(run, which="best")[3].generation == 2
+
+
+def resign(run: Path, trainer: dict) -> None:
+    """Rewrite the current trainer.json with its manifest and pointer sums, as a hostile or
+    badly repaired run would have them."""
+    folder = run / checkpoint.read_pointer(run)["current"]
+    data = checkpoint.json_bytes(trainer)
+    (folder / "trainer.json").write_bytes(data)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["files"]["trainer.json"] = checkpoint.sha256(data)
+    manifest_bytes = checkpoint.json_bytes(manifest)
+    (folder / "manifest.json").write_bytes(manifest_bytes)
+    checkpoint.write_pointer(run, manifest["generation"], manifest_bytes)
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("lr", -1.0),
+        ("lr", "0.1"),
+        ("batches", 1.5),
+        ("seconds", float("inf")),
+        ("best_loss", [1.0]),
+        ("best_epoch", 5),  # after the checkpoint's own epoch
+        ("best_epoch", 0),  # a best loss with no epoch
+        ("best_loss", None),  # an epoch with no best loss
+    ],
+)
+def test_a_schedule_state_of_other_types_is_refused(tmp_path, key, value):
+    run = make_run(tmp_path)[0]
+    folder = run / checkpoint.read_pointer(run)["current"]
+    trainer = json.loads((folder / "trainer.json").read_text())
+    assert trainer["format"] == 2
+    trainer["schedule"] = {**trainer["schedule"], "best_loss": 2.0, "best_epoch": 1, key: value}
+    resign(run, trainer)
+    with pytest.raises(RnnlabError, match="cannot read"):
+        checkpoint.read_checkpoint(run)
+
+
+def test_trainer_json_of_format_1_is_read_without_a_schedule(tmp_path):
+    run = make_run(tmp_path)[0]
+    folder = run / checkpoint.read_pointer(run)["current"]
+    trainer = json.loads((folder / "trainer.json").read_text())
+    del trainer["schedule"]
+    resign(run, {**trainer, "format": 1})
+    assert checkpoint.read_checkpoint(run).schedule is None
+    resign(run, {**trainer, "format": 3})  # a later rnnlab's: refused, not misread
+    with pytest.raises(RnnlabError, match="cannot read"):
+        checkpoint.read_checkpoint(run)

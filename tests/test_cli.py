@@ -121,9 +121,14 @@ def test_generate_warns_about_prefix_characters_outside_the_vocabulary(tmp_path,
 
 def test_eval_json_on_the_run_and_on_a_held_out_file(run, tmp_path):
     result = json.loads(rnnlab("eval", run, "--json").stdout)
-    assert set(result) >= {"ppl", "bpt", "tokens"} and result["tokens"] > 0
+    assert set(result) >= {"ppl", "bpt", "loss", "tokens", "checkpoint", "epoch", "batch_size"}
+    assert result["tokens"] > 0 and result["checkpoint"] == "best"
     metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    assert result["ppl"] == pytest.approx(metrics[-1]["val_ppl"], rel=1e-9)
+    lowest = min(metrics, key=lambda m: m["val_loss"])
+    assert result["epoch"] == lowest["epoch"]
+    assert result["ppl"] == pytest.approx(lowest["val_ppl"], rel=1e-9)
+    latest = json.loads(rnnlab("eval", run, "--json", "--checkpoint", "latest").stdout)
+    assert latest["ppl"] == pytest.approx(metrics[-1]["val_ppl"], rel=1e-9)
     held_out = tmp_path / "held_out.txt"
     held_out.write_text("the time traveller smiled and said nothing at all " * 5)
     assert cli.main(["eval", str(run), str(held_out), "--json"]) == 0
@@ -195,6 +200,12 @@ def test_every_help_mentions_every_option_and_its_default():
         "--prefix",
         "--sample-every",
         "--checkpoint-every",
+        "--schedule",
+        "--warmup",
+        "--min-lr-frac",
+        "--patience",
+        "--time-limit MINUTES",
+        "--eval-batch-size",
         "--quiet",
         "--resume",
         "--out",
@@ -202,6 +213,10 @@ def test_every_help_mentions_every_option_and_its_default():
         assert option in train_help
     flowed = " ".join(train_help.split())  # argparse wraps lines where the help's length says
     assert "(default: 512)" in flowed and "(default: fused)" in flowed
+    assert "(default: constant)" in flowed and "(default: no limit)" in flowed
+    for name in ("generate", "eval"):
+        text = " ".join(sub.choices[name].format_help().split())
+        assert "--checkpoint {best,latest}" in text and "(default: best)" in text
 
 
 def bad_files(tmp_path):
@@ -263,6 +278,19 @@ def test_bad_input_is_one_line_and_exit_status_2(tmp_path, run, capsys):
             "--cuda-graph needs --device cuda",
         ),
         (["train", "--out", str(run), "--resume", "--cuda-graph"], "--cuda-graph needs"),
+        (["train", "--out", str(tmp_path / "r5"), "--time-limit", "0"], "--time-limit"),
+        (["train", "--out", str(tmp_path / "r5"), "--warmup", "100"], "--schedule cosine"),
+        (
+            ["train", "--out", str(tmp_path / "r5"), "--schedule", "cosine", "--min-lr-frac", "1"],
+            "--min-lr-frac",
+        ),
+        (["train", "--out", str(tmp_path / "r5"), "--patience", "-1"], "--patience"),
+        (["train", "--out", str(tmp_path / "r5"), "--eval-batch-size", "-2"], "--eval-batch-size"),
+        (
+            ["train", "--out", str(run), "--resume", "--schedule", "plateau"],
+            "--schedule 'plateau' conflicts",
+        ),
+        (["eval", str(run), "--batch-size", "-1"], "--batch-size"),
     ]
     if not torch.cuda.is_available():  # auto is the CPU here
         cases.append((["train", "--out", str(tmp_path / "r4"), "--impl", "triton"], "triton"))
@@ -276,6 +304,7 @@ def test_bad_input_is_one_line_and_exit_status_2(tmp_path, run, capsys):
         assert words in lines[0], (argv, words, lines[0])
     assert not (tmp_path / "r1").exists() or not (tmp_path / "r1" / "checkpoint.json").exists()
     assert not (tmp_path / "r4").exists()  # refused before anything was written
+    assert not (tmp_path / "r5").exists()
 
 
 def test_run_without_a_checkpoint_is_a_clear_error(run, tmp_path, capsys):
@@ -283,6 +312,12 @@ def test_run_without_a_checkpoint_is_a_clear_error(run, tmp_path, capsys):
     shutil.copytree(run, copy)
     (copy / "checkpoint.json").unlink()
     shutil.rmtree(copy / "checkpoints")
+    assert cli.main(["eval", str(copy), "--checkpoint", "latest"]) == 2
+    assert "has no checkpoint" in capsys.readouterr().err
+    assert cli.main(["eval", str(copy)]) == 0  # the best checkpoint is still there
+    (copy / "best.json").unlink()
+    shutil.rmtree(copy / "best")
+    capsys.readouterr()
     assert cli.main(["eval", str(copy)]) == 2
     assert "has no checkpoint" in capsys.readouterr().err
 

@@ -363,12 +363,13 @@ def test_every_field_refuses_a_value_of_the_wrong_type_by_name(cls, f):
         (cls, f)
         for cls in COMMAND_CONFIGS
         for f in fields(cls)
-        if any(k in str(f.type) for k in ("int", "float")) and f.name not in ("val_frac", "dropout")
+        if any(k in str(f.type) for k in ("int", "float"))
+        and f.metadata["check"] not in ("fraction", "dropout")
     ],
     ids=lambda x: getattr(x, "__name__", getattr(x, "name", None)),
 )
 def test_every_number_has_an_upper_bound(cls, f):
-    """val_frac and dropout are below 1 by their check; every other number has at_most."""
+    """Fractions and dropout rates are below 1 by their check; every other number has at_most."""
     assert f.metadata["at_most"] is not None
     huge = (10**30,) if f.metadata["check"] == "list" else 10**30
     with pytest.raises(RnnlabError, match="at most") as info:

@@ -5,7 +5,9 @@ a launcher that wraps the function to break (the update step, or the file writer
 and then calls the command line's ``main``: the process SIGKILLs itself at a
 chosen global batch or in the middle of writing its Nth checkpoint, or the update
 at a batch diverges. After each crash the run is resumed and must end with the
-same per-epoch metrics and bitwise the same weights as an uninterrupted run.
+same per-epoch metrics and bitwise the same weights as an uninterrupted run, and
+the same best checkpoint; with a cosine or plateau schedule too, whose state (batches
+trained, the lowest validation loss, the rate) the checkpoint keeps.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import shutil
 import signal
 import subprocess
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -47,6 +50,13 @@ TORCH_DROPOUT = TINY + [
     "--model",
     "lstm",
 ]
+# Schedules whose rate changes within the run: every batch (cosine, after 10 of warm-up), and
+# after epoch 3, whose validation loss at --lr 5 is far above epoch 2's (plateau).
+SCHEDULES = {
+    "cosine": TINY + ["--schedule", "cosine", "--warmup", "10", "--min-lr-frac", "0.1", "--lr",
+                      "2"],
+    "plateau": TINY + ["--schedule", "plateau", "--lr", "5", "--epochs", "4"],
+}  # fmt: skip
 BATCHES_PER_EPOCH = 33  # 2700 training tokens, 8 streams of 10 steps (after a random offset < 10)
 TRIALS = {"crash_at_batch": 0, "crash_in_save": 0}
 
@@ -63,15 +73,23 @@ def metrics(run: Path):
 
 
 def same_training(run: Path, reference: Path) -> None:
-    """Per-epoch losses and final weights equal, bit for bit."""
+    """Per-epoch losses and rates, final weights and the best checkpoint equal, bit for bit."""
     got, want = metrics(run), metrics(reference)
-    assert [(m["epoch"], m["train_loss"], m["val_loss"]) for m in got] == [
-        (m["epoch"], m["train_loss"], m["val_loss"]) for m in want
+    assert [(m["epoch"], m["train_loss"], m["val_loss"], m["lr"]) for m in got] == [
+        (m["epoch"], m["train_loss"], m["val_loss"], m["lr"]) for m in want
     ]
     a, b = load_file(run / "model.safetensors"), load_file(reference / "model.safetensors")
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+    best, best_then = (
+        checkpoint.read_checkpoint(r, slot=checkpoint.BEST) for r in (run, reference)
+    )
+    assert best.epoch == best_then.epoch and best.schedule == replace(
+        best_then.schedule, seconds=best.schedule.seconds
+    )
+    for key in best.weights:
+        assert torch.equal(best.weights[key], best_then.weights[key]), key
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +100,54 @@ def reference(tmp_path_factory):
     rnnlab("train", *TORCH_DROPOUT, "--out", root / "torch", check=0)
     assert len(metrics(root / "scratch")) == 3
     return root
+
+
+@pytest.fixture(scope="module")
+def scheduled(tmp_path_factory):
+    """Uninterrupted runs of both changing schedules."""
+    root = tmp_path_factory.mktemp("scheduled")
+    for name, options in SCHEDULES.items():
+        rnnlab("train", *options, "--out", root / name, check=0)
+    rates = {name: [m["lr"] for m in metrics(root / name)] for name in SCHEDULES}
+    assert rates["plateau"] == [5.0, 5.0, 5.0, 1.25], "the plateau run no longer plateaus"
+    assert len(set(rates["cosine"])) == 3 and rates["cosine"][-1] < 0.25
+    return root
+
+
+@pytest.mark.parametrize(
+    "name, batch",
+    [("cosine", 5), ("cosine", 47), ("plateau", 50), ("plateau", 3 * BATCHES_PER_EPOCH + 10)],
+)
+def test_kill_mid_epoch_then_resume_is_exact_with_a_schedule(scheduled, tmp_path, name, batch):
+    """In warm-up and in decay (cosine); before and after the rate is divided (plateau)."""
+    run = tmp_path / name
+    crashed = run_with_fault("crash-at-batch", batch, "train", *SCHEDULES[name], "--out", run)
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    rnnlab("train", "--out", run, "--resume", "--quiet", check=0)
+    same_training(run, scheduled / name)
+
+
+def test_kill_while_writing_the_best_checkpoint_keeps_the_previous_best(scheduled, tmp_path):
+    run = tmp_path / "run"
+    options = SCHEDULES["plateau"]
+    crashed = run_with_fault("crash-in-best-save", 2, "train", *options, "--out", run)
+    assert crashed.returncode == -signal.SIGKILL
+    best = checkpoint.read_checkpoint(run, slot=checkpoint.BEST)  # the first, whole
+    latest = checkpoint.read_checkpoint(run)
+    # killed at the end of epoch 2: the latest is its last batch checkpoint
+    assert best.epoch == 1 and latest.epoch == 1 and latest.progress.batch > 0
+    rnnlab("train", "--out", run, "--resume", "--quiet", check=0)
+    same_training(run, scheduled / "plateau")
+
+
+def test_a_time_limit_stops_like_a_signal_and_resume_is_exact(reference, tmp_path):
+    run = tmp_path / "run"
+    stopped = rnnlab("train", *SCRATCH, "--time-limit", "0.001", "--out", run, check=0)
+    assert "time limit of 0.001 minutes reached" in stopped.stdout
+    ckpt = checkpoint.read_checkpoint(run)
+    assert ckpt.epoch < 3 and ckpt.schedule is not None and ckpt.schedule.seconds >= 0.06
+    rnnlab("train", "--out", run, "--resume", "--time-limit", "60", "--quiet", check=0)
+    same_training(run, reference / "scratch")
 
 
 @pytest.mark.slow
@@ -172,7 +238,7 @@ def test_damaged_checkpoint_file_is_a_clear_error(reference, tmp_path, capsys, n
         data = data[: len(data) // 2]
     path.write_bytes(bytes(data))
     for argv in (
-        ["generate", str(run), "--length", "5"],
+        ["generate", str(run), "--length", "5", "--checkpoint", "latest"],
         ["train", "--out", str(run), "--resume", "--epochs", "4", "--quiet"],
     ):
         assert cli.main(argv) == 2
@@ -186,9 +252,10 @@ def test_damaged_model_through_the_command_says_what_to_do(reference, tmp_path, 
     current = run / checkpoint.read_pointer(run)["current"]
     with open(current / "model.safetensors", "r+b") as f:
         f.truncate(100)
-    clean_error(rnnlab("generate", run), "model.safetensors", "train again")
+    clean_error(rnnlab("generate", run, "--checkpoint", "latest"), "model.safetensors",
+                "train again")  # fmt: skip
     shutil.rmtree(run / "checkpoints")
-    clean_error(rnnlab("eval", run), "missing")
+    clean_error(rnnlab("eval", run, "--checkpoint", "latest"), "missing")
 
 
 def test_vocabulary_of_another_run_is_refused(reference, tmp_path, capsys):

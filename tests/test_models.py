@@ -189,14 +189,23 @@ def test_weight_tying_shares_the_embedding():
 
 @pytest.mark.parametrize("impl", ["scratch", "fused"])
 def test_one_hot_models_refuse_torch_only_options(impl):
-    for option in ({"embedding": 8}, {"dropout": 0.5}, {"tie_weights": True}):
+    torch_only = (
+        {"embedding": 8},
+        {"dropout": 0.5},
+        {"tie_weights": True},
+        {"dropout_input": 0.5},
+        {"locked_dropout": True},
+        {"adaptive_softmax": True},
+    )
+    for option in torch_only:
         with pytest.raises(RnnlabError, match="--impl torch"):
             ModelConfig(impl=impl, hidden=8, **option)
     with pytest.raises(RnnlabError, match="--cell 'transformer'.*" + ", ".join(CELLS)):
         ModelConfig(impl=impl, cell="transformer")
 
 
-# Each model's optional extras: an embedding, and tied weights (which need E == H).
+# Each model's optional extras: an embedding, tied weights (which need E == H), locked
+# dropout (no parameters of its own) and an adaptive softmax.
 SHAPES = (
     [
         dict(impl=impl, cell=cell, layers=layers, hidden=6)
@@ -209,6 +218,12 @@ SHAPES = (
         dict(impl="torch", cell=cell, layers=2, hidden=6, embedding=6, tie_weights=True)
         for cell in CELLS
     ]
+    + [dict(impl="torch", cell=cell, layers=2, hidden=6, locked_dropout=True) for cell in CELLS]
+    + [
+        dict(impl="torch", cell=cell, layers=1, hidden=16, embedding=4, adaptive_softmax=True)
+        for cell in CELLS
+    ]
+    + [dict(impl="torch", cell="lstm", hidden=16, adaptive_softmax=True, cutoffs=(2, 5))]
 )
 
 

@@ -82,8 +82,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def argv(command: str, run: Path) -> list[str]:
     return {
-        "generate": ["generate", str(run), "--length", "3"],
-        "eval": ["eval", str(run)],
+        "generate": ["generate", str(run), "--length", "3", "--checkpoint", "latest"],
+        "eval": ["eval", str(run), "--checkpoint", "latest"],
         "train": ["train", "--out", str(run), "--resume", "--epochs", "2", "--quiet"]
         + ["--device", "cpu", "--threads", "1"],
     }[command]

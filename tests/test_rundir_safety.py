@@ -305,7 +305,7 @@ def test_a_pointer_cannot_lead_out_of_the_run(trained, tmp_path, current, capsys
     run = copy_of(trained, tmp_path)
     pointer = json.loads((run / "checkpoint.json").read_text())
     (run / "checkpoint.json").write_text(json.dumps({**pointer, "current": current}))
-    assert cli.main(["generate", str(run), "--length", "3"]) == 2
+    assert cli.main(["generate", str(run), "--length", "3", "--checkpoint", "latest"]) == 2
     assert "damaged" in capsys.readouterr().err
 
 
@@ -316,7 +316,7 @@ def test_a_checkpoint_folder_that_is_a_link_is_refused(trained, tmp_path, capsys
     outside = tmp_path / "outside"
     shutil.move(str(folder), outside)
     folder.symlink_to(outside, target_is_directory=True)
-    assert cli.main(["generate", str(run), "--length", "3"]) == 2
+    assert cli.main(["generate", str(run), "--length", "3", "--checkpoint", "latest"]) == 2
     assert "symbolic link" in capsys.readouterr().err
 
 
@@ -406,5 +406,5 @@ def test_a_tensor_file_larger_than_the_model_can_be_is_refused_unread(trained, t
     run = copy_of(trained, tmp_path)
     weights = run / checkpoint.read_pointer(run)["current"] / "model.safetensors"
     os.truncate(weights, 10 * 2**30)  # sparse: no disk is used, and it must never be read
-    assert cli.main(["generate", str(run), "--length", "3"]) == 2
+    assert cli.main(["generate", str(run), "--length", "3", "--checkpoint", "latest"]) == 2
     assert "more than" in capsys.readouterr().err

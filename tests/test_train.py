@@ -177,3 +177,60 @@ def test_on_batch_can_stop_an_epoch_and_it_resumes_exactly():
     done = train.run_epoch(model2, opt2, X, Y, sampling="sequential", clip=1.0, progress=part)
     assert done.loss == whole.loss
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), model2.parameters()))
+
+
+@pytest.mark.parametrize("name", train.OPTIMIZERS)
+def test_make_optimizer_passes_the_weight_decay(name):
+    params = list(ScratchLM(3, 2).parameters())
+    assert (
+        train.make_optimizer(name, params, 0.1, weight_decay=0.25).defaults["weight_decay"] == 0.25
+    )
+    default = train.make_optimizer(name, params, 0.1).defaults["weight_decay"]
+    assert default == (0.01 if name == "adamw" else 0)  # None: the optimizer's own default
+
+
+def test_adamw_decays_a_weight_without_gradient_by_lr_times_decay_times_the_weight():
+    """Decoupled (Loshchilov & Hutter 2019): w <- w - lr*wd*w, whatever Adam does to the gradient.
+
+    Adam's L2 decay instead adds wd*w to the gradient, which its normalisation turns into a
+    step of about lr in the sign of w, whatever wd is.
+    """
+    lr, wd, w0 = 0.1, 0.5, torch.tensor([2.0, -3.0], dtype=torch.float64)
+    decoupled = torch.nn.Parameter(w0.clone())
+    optimizer = train.make_optimizer("adamw", [decoupled], lr, weight_decay=wd)
+    for step in range(1, 4):
+        decoupled.grad = torch.zeros_like(w0)
+        optimizer.step()
+        torch.testing.assert_close(
+            decoupled.detach(), w0 * (1 - lr * wd) ** step, rtol=1e-15, atol=0
+        )
+    coupled = torch.nn.Parameter(w0.clone())
+    optimizer = train.make_optimizer("adam", [coupled], lr, weight_decay=wd)
+    coupled.grad = torch.zeros_like(w0)
+    optimizer.step()
+    torch.testing.assert_close(coupled.detach(), w0 - lr * w0.sign(), rtol=1e-6, atol=0)
+
+
+def test_weight_decay_is_none_or_a_non_negative_number():
+    from rnnlab.config import TrainConfig
+
+    assert TrainConfig().weight_decay is None
+    assert TrainConfig(weight_decay=0).weight_decay == 0
+    for wrong in (-0.1, float("nan"), float("inf"), "0.1", 1e6):
+        with pytest.raises(RnnlabError, match="--weight-decay"):
+            TrainConfig(weight_decay=wrong)
+
+
+def test_a_run_gives_its_optimizer_the_weight_decay(tmp_path):
+    import json
+
+    from rnnlab.cli import main
+
+    out = tmp_path / "run"
+    options = ["--hidden", "8", "--max-tokens", "800", "--batch-size", "4", "--num-steps", "8"]
+    options += ["--optimizer", "adamw", "--weight-decay", "0.3", "--lr", "0.01", "--quiet"]
+    assert main(["train", "--out", str(out), "--epochs", "1", *options]) == 0
+    saved = [json.loads(p.read_text()) for p in out.rglob("trainer.json")]
+    assert saved and all(
+        group["weight_decay"] == 0.3 for s in saved for group in s["optimizer"]["param_groups"]
+    )

@@ -118,6 +118,18 @@ def epoch_batches(
     raise RnnlabError(f"unknown sampling {sampling!r}; choose one of {', '.join(SAMPLINGS)}")
 
 
+def num_batches(
+    n_tokens: int, batch_size: int, num_steps: int, sampling: str, seed: int, epoch: int
+) -> int:
+    """How many batches :func:`epoch_batches` makes of ``n_tokens`` in epoch ``epoch``,
+    without making them (the epochs differ by their random offset)."""
+    check_length(n_tokens, batch_size, num_steps)
+    offset = _random_offset(epoch_rng(seed, epoch), n_tokens, batch_size, num_steps)
+    if sampling == "random":
+        return (n_tokens - offset - 1) // num_steps // batch_size
+    return (n_tokens - offset - 1) // batch_size // num_steps
+
+
 def eval_batches(
     corpus: torch.Tensor, batch_size: int, num_steps: int
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,13 +6,23 @@
       model.safetensors    the weights (safetensors: data, no pickle)
       trainer.safetensors  optimizer tensors, the carried hidden state, RNG states
       trainer.json         epoch and batch position, partial epoch sums, optimizer
-                           settings, metrics history, the config it was trained with
+                           settings, the schedule's state, metrics history, the config
+                           it was trained with
       manifest.json        sha256 of each file above and of vocab.json
+    RUN_DIR/best.json              the same pointer, to the best checkpoint
+    RUN_DIR/best/gen-000011/       the checkpoint of the epoch with the lowest validation
+                                   loss so far: the same four files
 
 A checkpoint is written whole into a new folder, then ``checkpoint.json`` is
 switched to it in one atomic rename; until then the previous one is current.
+The best checkpoint is a second series of the same folders behind its own pointer
+(:data:`BEST`), written, switched and verified the same way, just before the epoch's
+own checkpoint, when that epoch's validation loss is the lowest so far.
 Loading checks every file against the manifest, so a truncated or flipped byte
 is reported instead of trained on. Design notes: docs/run-directory.md.
+
+trainer.json format 2 added ``"schedule"`` (:class:`rnnlab.schedule.ScheduleState`);
+format 1, written before it, is still read (its ``schedule`` is None).
 """
 
 from __future__ import annotations
@@ -32,20 +42,50 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from . import files, rundir
-from .config import TrainConfig, conflicts, flag
+from .config import MAX_LR, TrainConfig, conflicts, flag
 from .errors import RnnlabError
 from .models import build_model, check_fits, parameter_count
-from .rundir import CHECKPOINTS, CONFIG, MODEL, POINTER, VOCAB, VOCAB_LIMIT
+from .rundir import (
+    BEST_FOLDER,
+    BEST_POINTER,
+    CHECKPOINTS,
+    CONFIG,
+    MODEL,
+    POINTER,
+    VOCAB,
+    VOCAB_LIMIT,
+)
+from .schedule import ScheduleState
 from .train import EpochProgress, NonFiniteError
 
 TRAINER_TENSORS, TRAINER_JSON, MANIFEST = ("trainer.safetensors", "trainer.json", "manifest.json")
-FORMAT = 1
-GENERATION = re.compile(CHECKPOINTS + r"/gen-(\d{6})")  # the only folders a pointer may name
+FORMAT = 1  # of manifest.json
+TRAINER_FORMAT = 2  # of trainer.json: 2 added "schedule"
+TRAINER_FORMATS = (1, 2)  # the trainer.json formats this version reads
 DAMAGED_RUN = "the run directory is damaged: restore it from a backup, or train again"
 # Limits on what is read from a run directory (a hostile file must not exhaust memory).
 POINTER_LIMIT, MANIFEST_LIMIT = 4 * files.KIB, 64 * files.KIB
 TENSORS_SLACK = 16 * files.MIB  # safetensors headers, RNG states and the carried state's room
 READ_ATTEMPTS = 5  # a reader racing a training process retries this often
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One series of checkpoints: its pointer file and its folder of gen-NNNNNN folders."""
+
+    pointer: str  # RUN/checkpoint.json
+    folder: str  # RUN/checkpoints
+    name: str  # how messages call it
+
+    @property
+    def pattern(self) -> re.Pattern:
+        """The only folders its pointer may name: FOLDER/gen-NNNNNN."""
+        return re.compile(re.escape(self.folder) + r"/gen-(\d{6})")
+
+
+LATEST = Slot(POINTER, CHECKPOINTS, "checkpoint")
+BEST = Slot(BEST_POINTER, BEST_FOLDER, "best checkpoint")
+SLOTS = {"latest": LATEST, "best": BEST}  # by config.CHECKPOINT_CHOICES
 
 
 def json_bytes(obj: Any) -> bytes:
@@ -101,12 +141,17 @@ def save_checkpoint(
     progress: EpochProgress,
     history: list[dict[str, Any]],
     cfg: TrainConfig,
+    schedule: ScheduleState | None = None,
+    *,
+    best: bool = False,
 ) -> int:
     """Write a new checkpoint and make it the current one; returns its generation number.
 
     ``epoch`` is the epoch in progress (0-based) and ``progress`` how far it got;
-    at an epoch's end pass epoch + 1 and a fresh EpochProgress. Refuses (NonFiniteError)
-    to write weights or optimizer state that are not finite numbers.
+    at an epoch's end pass epoch + 1 and a fresh EpochProgress. ``schedule``: where the
+    run stands (default: at its start, at ``cfg.lr``). ``best``: the same checkpoint
+    becomes the best one first (:data:`BEST`). Refuses (NonFiniteError) to write
+    weights or optimizer state that are not finite numbers.
     """
     run = Path(run)
     weights = dict(model.state_dict())
@@ -121,8 +166,9 @@ def save_checkpoint(
     rng = {"rng.torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         rng.update({f"rng.cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    schedule = schedule if schedule is not None else ScheduleState(lr=cfg.lr)
     trainer = {
-        "format": FORMAT,
+        "format": TRAINER_FORMAT,
         "epoch": epoch,
         "progress": {
             "batch": progress.batch,
@@ -133,6 +179,7 @@ def save_checkpoint(
             "carry": carry_kind,
         },
         "optimizer": opt_plain,
+        "schedule": schedule.to_json(),
         "history": history,
         "config": cfg.to_dict(),
     }
@@ -143,60 +190,93 @@ def save_checkpoint(
     }
     try:
         vocab_sha = sha256(files.read_regular(run / VOCAB, VOCAB_LIMIT))
-        checkpoints = checkpoints_folder(run, create=True)
-        # Numbered past every folder there, so that no save ever writes into (or deletes)
-        # a folder that may hold a complete checkpoint, even one the pointer has lost.
-        previous = current_generation(run)
-        generation = max([*generations(run), previous], default=0) + 1
-        folder = checkpoints / f"gen-{generation:06d}"
-        folder.mkdir()
-        for name, data in blobs.items():
-            files.atomic_write(folder / name, data)
-        manifest = {
-            "format": FORMAT,
-            "generation": generation,
-            "epoch": epoch,
-            "batch": progress.batch,
-            "vocab_sha256": vocab_sha,
-            "files": {name: sha256(data) for name, data in blobs.items()},
-        }
-        manifest_bytes = json_bytes(manifest)
-        files.atomic_write(folder / MANIFEST, manifest_bytes)
-        files.fsync_dir(checkpoints)
-        # The switch: from here on the new checkpoint is the current one.
-        write_pointer(run, generation, manifest_bytes)
+        if best:  # first: a crash between the two then redoes the epoch, best included
+            _write_generation(run, BEST, blobs, epoch, progress.batch, vocab_sha)
+        generation, previous = _write_generation(
+            run, LATEST, blobs, epoch, progress.batch, vocab_sha
+        )
     except OSError as e:
         raise rundir.write_error(run, e) from None
     _after_switch(run, generation, previous, blobs[MODEL])
     return generation
 
 
-def write_pointer(run: Path, generation: int, manifest_bytes: bytes) -> None:
+def _write_generation(
+    run: Path, slot: Slot, blobs: dict[str, bytes], epoch: int, batch: int, vocab_sha: str
+) -> tuple[int, int]:
+    """Write ``blobs`` whole as a new folder of ``slot`` and switch its pointer to it.
+
+    Returns (its generation, the one current before). Then deletes all but those two.
+    """
+    folder_of_slot = checkpoints_folder(run, create=True, slot=slot)
+    # Numbered past every folder there, so that no save ever writes into (or deletes)
+    # a folder that may hold a complete checkpoint, even one the pointer has lost.
+    try:
+        previous = current_generation(run, slot)
+    except RnnlabError:
+        if slot is LATEST:
+            raise
+        previous = 0  # a damaged best.json is replaced: the new best supersedes what it named
+    generation = max([*generations(run, slot), previous], default=0) + 1
+    folder = folder_of_slot / f"gen-{generation:06d}"
+    folder.mkdir()
+    for name, data in blobs.items():
+        files.atomic_write(folder / name, data)
+    manifest = {
+        "format": FORMAT,
+        "generation": generation,
+        "epoch": epoch,
+        "batch": batch,
+        "vocab_sha256": vocab_sha,
+        "files": {name: sha256(data) for name, data in blobs.items()},
+    }
+    manifest_bytes = json_bytes(manifest)
+    files.atomic_write(folder / MANIFEST, manifest_bytes)
+    files.fsync_dir(folder_of_slot)
+    # The switch: from here on the new checkpoint is the current one.
+    write_pointer(run, generation, manifest_bytes, slot)
+    if slot is not LATEST:
+        _prune(run, slot, {generation, previous})
+    return generation, previous
+
+
+def write_pointer(run: Path, generation: int, manifest_bytes: bytes, slot: Slot = LATEST) -> None:
     """Make checkpoint ``generation`` (with this manifest) the current one, atomically."""
     pointer = {
-        "current": f"{CHECKPOINTS}/gen-{generation:06d}",
+        "current": f"{slot.folder}/gen-{generation:06d}",
         "generation": generation,
         "manifest_sha256": sha256(manifest_bytes),
     }
-    files.atomic_write(Path(run) / POINTER, json_bytes(pointer))
+    files.atomic_write(Path(run) / slot.pointer, json_bytes(pointer))
 
 
 def _after_switch(run: Path, generation: int, previous: int, weights: bytes) -> None:
     """Copy the current weights to RUN/model.safetensors; delete all but the last two checkpoints.
 
     The copy is a file of its own, so that writing over it never touches a checkpoint.
-    The previous checkpoint stays until the next switch, so that a reader (generate,
-    eval) that read the pointer just before this switch still finds its files.
     Best effort: a failure here leaves the new checkpoint current and complete.
     """
     try:
         files.atomic_write(run / MODEL, weights)
     except OSError:
         pass
-    keep = {generation, previous}  # folders of saves killed before their switch go too
-    for number in generations(run):
+    _prune(run, LATEST, {generation, previous})
+
+
+def _prune(run: Path, slot: Slot, keep: set[int]) -> None:
+    """Delete the folders of ``slot`` but ``keep`` (best effort).
+
+    The previous checkpoint stays until the next switch, so that a reader (generate,
+    eval) that read the pointer just before this switch still finds its files; folders
+    of saves killed before their switch go too.
+    """
+    try:
+        numbers = generations(run, slot)
+    except RnnlabError:
+        return
+    for number in numbers:
         if number not in keep:
-            _remove_folder(run / CHECKPOINTS / f"gen-{number:06d}")
+            _remove_folder(Path(run) / slot.folder / f"gen-{number:06d}")
 
 
 def _remove_folder(folder: Path) -> None:
@@ -210,9 +290,10 @@ def _remove_folder(folder: Path) -> None:
         pass
 
 
-def checkpoints_folder(run: Path, create: bool = False) -> Path:
-    """RUN/checkpoints: a real folder, as rnnlab never writes or deletes through a link."""
-    folder = Path(run) / CHECKPOINTS
+def checkpoints_folder(run: Path, create: bool = False, slot: Slot = LATEST) -> Path:
+    """RUN/checkpoints (or RUN/best): a real folder, as rnnlab never writes or deletes
+    through a link."""
+    folder = Path(run) / slot.folder
     if folder.is_symlink():
         raise RnnlabError(
             f"{folder} is a symbolic link; rnnlab does not write or delete checkpoints through "
@@ -223,22 +304,22 @@ def checkpoints_folder(run: Path, create: bool = False) -> Path:
     return folder
 
 
-def generations(run: Path) -> list[int]:
+def generations(run: Path, slot: Slot = LATEST) -> list[int]:
     """The numbers of the checkpoint folders (real folders named gen-NNNNNN), in order."""
-    folder = checkpoints_folder(run)
+    folder = checkpoints_folder(run, slot=slot)
     if not folder.is_dir():
         return []
     numbers = []
     for entry in folder.iterdir():
-        match = GENERATION.fullmatch(f"{CHECKPOINTS}/{entry.name}")
+        match = slot.pattern.fullmatch(f"{slot.folder}/{entry.name}")
         if match and entry.is_dir() and not entry.is_symlink():
             numbers.append(int(match.group(1)))
     return sorted(numbers)
 
 
-def current_generation(run: Path) -> int:
-    """The generation checkpoint.json points to; 0 where there is no pointer."""
-    return read_pointer(run)["generation"] if has_checkpoint(run) else 0
+def current_generation(run: Path, slot: Slot = LATEST) -> int:
+    """The generation checkpoint.json (best.json) points to; 0 where there is no pointer."""
+    return read_pointer(run, slot)["generation"] if has_checkpoint(run, slot) else 0
 
 
 # ---------------------------------------------------------------- loading
@@ -251,9 +332,9 @@ def _damaged(path: Path, what: str) -> RnnlabError:
     )
 
 
-def has_checkpoint(run: Path) -> bool:
-    """Whether ``run`` has a current checkpoint (its pointer, checkpoint.json)."""
-    return (Path(run) / POINTER).exists()
+def has_checkpoint(run: Path, slot: Slot = LATEST) -> bool:
+    """Whether ``run`` has a current checkpoint (its pointer, checkpoint.json or best.json)."""
+    return (Path(run) / slot.pointer).exists()
 
 
 def _no_checkpoint(run: Path) -> RnnlabError:
@@ -264,13 +345,14 @@ def _no_checkpoint(run: Path) -> RnnlabError:
     )
 
 
-def read_pointer(run: Path) -> dict[str, Any]:
-    """checkpoint.json: which checkpoint folder is current, and its manifest's sha256.
+def read_pointer(run: Path, slot: Slot = LATEST) -> dict[str, Any]:
+    """checkpoint.json (best.json): which checkpoint folder is current, and its manifest's
+    sha256.
 
-    The folder it names must be RUN/checkpoints/gen-NNNNNN, a real folder inside the
-    run directory: a pointer cannot lead outside it.
+    The folder it names must be RUN/checkpoints/gen-NNNNNN (RUN/best/gen-NNNNNN), a real
+    folder inside the run directory: a pointer cannot lead outside it.
     """
-    path = Path(run) / POINTER
+    path = Path(run) / slot.pointer
     try:
         data = files.read_json(path, DAMAGED_RUN, limit=POINTER_LIMIT)
     except FileNotFoundError:
@@ -278,7 +360,7 @@ def read_pointer(run: Path) -> dict[str, Any]:
     except OSError as e:
         raise RnnlabError(f"cannot read {path} ({e.strerror or e}); {DAMAGED_RUN}") from None
     current = data.get("current") if isinstance(data, dict) else None
-    match = GENERATION.fullmatch(current) if isinstance(current, str) else None
+    match = slot.pattern.fullmatch(current) if isinstance(current, str) else None
     if not (
         match
         and type(data.get("generation")) is int
@@ -286,7 +368,7 @@ def read_pointer(run: Path) -> dict[str, Any]:
         and isinstance(data.get("manifest_sha256"), str)
     ):
         raise RnnlabError(f"{path} is damaged (not the pointer rnnlab writes); {DAMAGED_RUN}")
-    folder = checkpoints_folder(run) / f"gen-{data['generation']:06d}"
+    folder = checkpoints_folder(run, slot=slot) / f"gen-{data['generation']:06d}"
     if folder.is_symlink():
         raise RnnlabError(
             f"{folder} is a symbolic link; a checkpoint must be a folder inside the run "
@@ -307,6 +389,8 @@ class Checkpoint:
     optimizer: dict[str, Any]
     rng: dict[str, torch.Tensor] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
+    schedule: ScheduleState | None = None  # None: trainer.json format 1, before schedules
+    which: str = "latest"  # the series it was read from: a key of SLOTS
 
 
 class _Vanished(Exception):
@@ -337,6 +421,25 @@ def _number(value: Any, kind: type = float) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value) and abs(value) < 2**63
 
 
+def _check_schedule(schedule: Any, epoch: int) -> bool:
+    """Whether trainer.json's "schedule" has the types and ranges of a ScheduleState."""
+    if not isinstance(schedule, dict):
+        return False
+    best_loss, best_epoch = schedule.get("best_loss"), schedule.get("best_epoch")
+    return (
+        _number(schedule.get("lr"))
+        and 0 <= schedule["lr"] <= MAX_LR
+        and _number(schedule.get("batches"), int)
+        and schedule["batches"] >= 0
+        and _number(schedule.get("seconds"))
+        and schedule["seconds"] >= 0
+        and (best_loss is None or _number(best_loss))
+        and _number(best_epoch, int)
+        and 0 <= schedule["best_epoch"] <= epoch
+        and (best_loss is None) == (best_epoch == 0)
+    )
+
+
 def _check_trainer_json(trainer: Any) -> None:
     """Raise ValueError unless trainer.json has the types and ranges this rnnlab writes."""
     progress = trainer.get("progress") if isinstance(trainer, dict) else None
@@ -345,9 +448,11 @@ def _check_trainer_json(trainer: Any) -> None:
     last = progress.get("last_finite_loss") if isinstance(progress, dict) else None
     ok = (
         isinstance(progress, dict)
-        and trainer.get("format") == FORMAT
+        and _number(trainer.get("format"), int)
+        and trainer["format"] in TRAINER_FORMATS
         and _number(trainer.get("epoch"), int)
         and trainer["epoch"] >= 0
+        and (trainer["format"] == 1 or _check_schedule(trainer.get("schedule"), trainer["epoch"]))
         and all(_number(progress.get(k), int) and progress[k] >= 0 for k in ("batch", "tokens"))
         and all(_number(progress.get(k)) for k in ("loss_sum", "seconds"))
         and (_number(last) or (isinstance(last, float) and math.isnan(last)))  # nan: none yet
@@ -386,20 +491,22 @@ def _tensors_limit_of(run: Path) -> int:
     return tensors_limit(rundir.read_config(run), len(rundir.read_vocab(run)))
 
 
-def _read_generation(run: Path, generation: int, manifest_sha: Any, limit: int) -> Checkpoint:
+def _read_generation(
+    run: Path, generation: int, manifest_sha: Any, limit: int, slot: Slot = LATEST
+) -> Checkpoint:
     """Read and verify checkpoint ``generation`` of ``run`` against its manifest's sha256.
 
     ``limit``: the most bytes each tensor file may have (:func:`tensors_limit`).
     """
-    folder = checkpoints_folder(run) / f"gen-{generation:06d}"
+    folder = checkpoints_folder(run, slot=slot) / f"gen-{generation:06d}"
     manifest_bytes = _read_verified(folder / MANIFEST, manifest_sha, MANIFEST_LIMIT)
     manifest = files.parse_json(manifest_bytes, folder / MANIFEST, DAMAGED_RUN)
     try:
         listed = manifest["files"]
         if type(manifest["generation"]) is not int or manifest["generation"] != generation:
-            raise _damaged(run / POINTER, "does not agree with the checkpoint it points to")
+            raise _damaged(run / slot.pointer, "does not agree with the checkpoint it points to")
         if not isinstance(listed, dict):
-            raise _damaged(run / POINTER, "does not agree with the checkpoint it points to")
+            raise _damaged(run / slot.pointer, "does not agree with the checkpoint it points to")
         blobs = {
             name: _read_verified(folder / name, listed[name], limit)
             for name, limit in (
@@ -447,6 +554,7 @@ def _read_generation(run: Path, generation: int, manifest_sha: Any, limit: int) 
                 _, idx, name = key.split(".", 2)
                 optimizer["state"].setdefault(int(idx), {})[name] = tensor
         rng = {k: v for k, v in extra.items() if k.startswith("rng.")}
+        schedule = trainer.get("schedule") if trainer["format"] >= 2 else None
         return Checkpoint(
             generation,
             trainer["epoch"],
@@ -456,6 +564,16 @@ def _read_generation(run: Path, generation: int, manifest_sha: Any, limit: int) 
             optimizer,
             rng,
             dict(trainer.get("config") or {}),
+            None
+            if schedule is None
+            else ScheduleState(
+                lr=float(schedule["lr"]),
+                batches=schedule["batches"],
+                seconds=float(schedule["seconds"]),
+                best_loss=None if schedule["best_loss"] is None else float(schedule["best_loss"]),
+                best_epoch=schedule["best_epoch"],
+            ),
+            next(k for k, v in SLOTS.items() if v is slot),
         )
     except (
         SafetensorError,
@@ -470,21 +588,24 @@ def _read_generation(run: Path, generation: int, manifest_sha: Any, limit: int) 
         raise _damaged(folder, "holds a checkpoint this version of rnnlab cannot read") from None
 
 
-def read_checkpoint(run: Path, limit: int | None = None) -> Checkpoint:
+def read_checkpoint(run: Path, limit: int | None = None, slot: Slot = LATEST) -> Checkpoint:
     """Read and verify the current checkpoint of ``run``; RnnlabError says what is wrong.
 
     Safe while a training process saves: if the checkpoint read is replaced (and its
     files deleted) meanwhile, the read starts again from the new pointer. ``limit``:
     :func:`tensors_limit` of the run, where the caller has read its config already.
+    ``slot``: BEST reads the best checkpoint instead.
     """
     run = Path(run)
     limit = _tensors_limit_of(run) if limit is None else limit
     for _ in range(READ_ATTEMPTS):
-        pointer = read_pointer(run)
+        pointer = read_pointer(run, slot)
         try:
-            return _read_generation(run, pointer["generation"], pointer["manifest_sha256"], limit)
+            return _read_generation(
+                run, pointer["generation"], pointer["manifest_sha256"], limit, slot
+            )
         except _Vanished as gone:
-            if read_pointer(run) == pointer:  # nothing moved on: the file is simply missing
+            if read_pointer(run, slot) == pointer:  # nothing moved on: the file is missing
                 raise _damaged(gone.args[0], "is missing") from None
     raise RnnlabError(
         f"the checkpoint of {run} was replaced {READ_ATTEMPTS} times while it was read (a "
@@ -492,8 +613,9 @@ def read_checkpoint(run: Path, limit: int | None = None) -> Checkpoint:
     )
 
 
-def recover(run: Path, limit: int | None = None) -> Checkpoint | None:
-    """The newest complete checkpoint of ``run`` when checkpoint.json is missing (else None).
+def recover(run: Path, limit: int | None = None, slot: Slot = LATEST) -> Checkpoint | None:
+    """The newest complete checkpoint of ``run`` when checkpoint.json (best.json) is
+    missing (else None).
 
     Each checkpoint folder, newest first, is verified against its own manifest; the first
     that verifies is returned. None where no folder was ever completed (every save was
@@ -503,8 +625,8 @@ def recover(run: Path, limit: int | None = None) -> Checkpoint | None:
     run = Path(run)
     limit = _tensors_limit_of(run) if limit is None else limit
     damaged = []
-    for generation in reversed(generations(run)):
-        folder = checkpoints_folder(run) / f"gen-{generation:06d}"
+    for generation in reversed(generations(run, slot)):
+        folder = checkpoints_folder(run, slot=slot) / f"gen-{generation:06d}"
         try:
             manifest_bytes = files.read_regular(folder / MANIFEST, MANIFEST_LIMIT, DAMAGED_RUN)
         except FileNotFoundError:
@@ -513,14 +635,14 @@ def recover(run: Path, limit: int | None = None) -> Checkpoint | None:
             damaged.append(folder.name)
             continue
         try:
-            return _read_generation(run, generation, sha256(manifest_bytes), limit)
+            return _read_generation(run, generation, sha256(manifest_bytes), limit, slot)
         except (RnnlabError, _Vanished):
             damaged.append(folder.name)
     if damaged:
         raise RnnlabError(
-            f"{run} has no checkpoint.json, and none of its complete checkpoints verifies "
-            f"({', '.join(damaged)}); nothing was changed or deleted: restore the run from a "
-            f"backup, or start a new run with another --out"
+            f"{run} has no {slot.pointer}, and none of its complete {slot.name}s in "
+            f"{slot.folder}/ verifies ({', '.join(damaged)}); nothing was changed or deleted: "
+            f"restore the run from a backup, or start a new run with another --out"
         )
     return None
 
@@ -585,19 +707,43 @@ def restore_rng(rng: dict[str, torch.Tensor]) -> None:
         torch.cuda.set_rng_state_all(cuda)
 
 
-def load_run(run: Path, device="cpu"):
+def best(run: Path, cfg: TrainConfig, vocab_size: int) -> Checkpoint | None:
+    """The best checkpoint of ``run`` (the lowest validation loss); None where there is none.
+
+    As for the latest, a lost best.json is recovered from the newest complete folder. A
+    damaged one is an RnnlabError that says the latest checkpoint may still serve.
+    """
+    limit = tensors_limit(cfg, vocab_size)
+    try:
+        if has_checkpoint(run, BEST):
+            return read_checkpoint(run, limit, BEST)
+        return recover(run, limit, BEST)
+    except RnnlabError as e:
+        raise RnnlabError(
+            f"the best checkpoint cannot be used: {e}; or give --checkpoint latest to use "
+            f"the run's latest checkpoint"
+        ) from None
+
+
+def load_run(run: Path, device="cpu", which: str = "latest"):
     """(config, vocab, model on ``device`` in eval mode, checkpoint) of a trained run.
 
-    Where checkpoint.json is missing, the newest complete checkpoint is used (and the
-    pointer left as it is: reading a run never writes to it).
+    ``which``: "latest", or "best" for the best checkpoint (the latest where the run has
+    none yet: rnnlm 0.1's runs, runs stopped before an epoch ended). Where the pointer is
+    missing, the newest complete checkpoint is used (and the pointer left as it is:
+    reading a run never writes to it).
     """
     run = Path(run)
     if not run.is_dir():
         raise RnnlabError(f"no run directory {run}; give the --out folder of an rnnlab train run")
+    if which not in SLOTS:
+        raise RnnlabError(f"unknown checkpoint {which!r}; choose one of {', '.join(SLOTS)}")
     cfg = rundir.read_config(run)
     vocab = rundir.read_vocab(run)
     check_fits(cfg.model, len(vocab), 1, 1)  # a hostile config.json must not exhaust memory
-    ckpt, _ = latest(run, cfg, len(vocab))
+    ckpt = best(run, cfg, len(vocab)) if which == "best" else None
+    if ckpt is None:
+        ckpt, _ = latest(run, cfg, len(vocab))
     if ckpt is None:
         raise _no_checkpoint(run)
     check_config_matches(run, cfg, ckpt)

@@ -49,6 +49,11 @@ COMMANDS = {
         "Report perplexity and bits per token of a trained run on its validation split "
         "(default), on a built-in corpus' split, or on a held-out file.",
     ),
+    "recipes": (
+        "list the training recipes, their options and measured results",
+        "List the named sets of training options that `rnnlab train --recipe NAME` uses, "
+        "with what each was measured to reach.",
+    ),
     "bench": (
         "time the implementations (tokens per second)",
         "Train each implementation side by side on The Time Machine and print tokens per "
@@ -142,7 +147,9 @@ def add_config_options(
                 type=kind,
                 choices=meta["choices"],
                 default=arg_default,
-                metavar=None if meta["choices"] else {int: "N", float: "X", str: "TEXT"}[kind],
+                metavar=None
+                if meta["choices"]
+                else meta.get("metavar") or {int: "N", float: "X", str: "TEXT"}[kind],
                 help=help_text,
             )
         for alias, target in (aliases or {}).items():
@@ -210,6 +217,15 @@ def add_command_options(parsers: dict[str, argparse.ArgumentParser]) -> None:
         help="the run directory: config, vocabulary, checkpoints, metrics, plot",
     )
     add_config_options(p, TrainConfig, suppress=True, aliases={"--model": "cell"})
+    from .recipes import RECIPES
+
+    p.add_argument(
+        "--recipe",
+        choices=tuple(RECIPES),
+        default=None,
+        help="start from a named set of options (rnnlab recipes lists them); options "
+        "given here override the recipe's",
+    )
     p.add_argument(
         "--resume",
         action="store_true",
@@ -307,8 +323,17 @@ def cmd_train(args) -> int:
     given: dict[str, Any] = {
         k: v
         for k, v in vars(args).items()
-        if k not in ("command", "out", "resume", "quiet", "accept_changed_source")
+        if k not in ("command", "out", "resume", "quiet", "accept_changed_source", "recipe")
     }
+    if args.recipe:
+        if args.resume:
+            raise RnnlabError(
+                "--recipe starts a new run; --resume continues from the run's own config.json: "
+                "leave --recipe out"
+            )
+        from .recipes import options_for
+
+        given = options_for(args.recipe, given)
     if "source" in given and not is_builtin(given["source"]) and Path(given["source"]).exists():
         # Record where the text is, so that --resume and eval work from any folder.
         given["source"] = str(Path(given["source"]).expanduser().resolve())
@@ -334,7 +359,7 @@ def cmd_generate(args) -> int:
 
     cfg = _config(GenerateConfig, args)
     device = resolve_device(cfg.device)
-    run, vocab, model, _ = load_run(Path(args.run), device)
+    run, vocab, model, _ = load_run(Path(args.run), device, cfg.checkpoint)
     prompt = run.prefix if cfg.prefix is None else cfg.prefix
     _, unknown = prompt_ids(prompt or "", run.mode, vocab)
     if unknown:
@@ -371,7 +396,7 @@ def cmd_eval(args) -> int:
 
     cfg = _config(EvalConfig, args)
     device = resolve_device(cfg.device)
-    run, vocab, model, _ = load_run(Path(args.run), device)
+    run, vocab, model, ckpt = load_run(Path(args.run), device, cfg.checkpoint)
     if cfg.source is None and cfg.split is None:
         data = prepare(run.source, run.mode, run.max_tokens, run.val_frac, run.batch_size,
                        run.num_steps, vocab=vocab)  # fmt: skip
@@ -400,7 +425,8 @@ def cmd_eval(args) -> int:
             f"vocabulary (read as <unk>), so the figure says little about this text",
             file=sys.stderr,
         )
-    X, Y = eval_batches(ids, run.batch_size, run.num_steps)
+    streams = cfg.batch_size or run.eval_batch_size or run.batch_size
+    X, Y = eval_batches(ids, streams, run.num_steps)
     loss = evaluate(model, X.to(device), Y.to(device))
     result = {
         "ppl": perplexity(loss),
@@ -408,6 +434,9 @@ def cmd_eval(args) -> int:
         "tokens": int(Y.numel()),
         "loss": loss,
         "source": what,
+        "checkpoint": ckpt.which,  # best, or latest (asked for, or where there is no best)
+        "epoch": ckpt.epoch,  # epochs trained when it was saved
+        "batch_size": int(X.shape[1]),  # the streams scored at once
     }
     if cfg.json:
         print(json.dumps(result, ensure_ascii=False))
@@ -436,7 +465,16 @@ UNKNOWN_WARNING = 0.5  # eval warns when more than this fraction of the text is 
 # Commands that train or evaluate a model: their buffers are reused step after step (heap.py)
 HEAVY_COMMANDS = ("train", "eval", "bench")
 
+
+def cmd_recipes(args) -> int:
+    from .recipes import describe
+
+    print(describe())
+    return 0
+
+
 RUN = {
+    "recipes": cmd_recipes,
     "data": cmd_data,
     "train": cmd_train,
     "generate": cmd_generate,

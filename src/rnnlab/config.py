@@ -26,6 +26,7 @@ from .data import HELD_OUT_SPLITS
 from .errors import RnnlabError
 from .generate import MAX_LENGTH
 from .models import CELLS, EXPERIMENTAL_IMPLS, IMPLS, ONE_HOT_IMPLS
+from .schedule import SCHEDULES
 from .tokenize import MODES
 from .train import DEVICES, OPTIMIZERS
 
@@ -47,6 +48,8 @@ MAX_VOCAB = 10**9  # top-k and top: no vocabulary has a billion distinct tokens
 MAX_LR = 1e3  # 50 times word_language_model's SGD rate of 20; Adam's are near 1e-3
 MAX_CLIP = 1e6  # a gradient norm of a million means the run has diverged: no clipping
 MAX_TEMPERATURE = 100.0  # logits 10 apart then differ by e**0.1: sampling is near uniform
+MAX_MINUTES = 10**7  # a time limit of 19 years
+MAX_WEIGHT_DECAY = 100.0  # 10**4 times AdamW's default of 0.01
 # A run's config.json may move to a machine with fewer CPUs (generate and eval ignore the
 # threads): the trainer checks --threads against this machine when it applies it.
 MAX_THREADS = 1024
@@ -65,6 +68,7 @@ def option(
     check: str | None = None,
     at_most: float | Callable[[], int] | None = None,
     flag: bool = True,
+    metavar: str | None = None,
 ) -> Any:
     """A dataclass field with its command-line help, its allowed values and its check.
 
@@ -72,9 +76,11 @@ def option(
     ``str``; ``| None`` allows None, "not given"); a float field also takes a whole
     number. check: "positive" (whole number > 0), "count" (whole number >= 0), "rate"
     (finite number > 0), "fraction" (0 < x < 1), "dropout" (0 <= x < 1),
-    "temperature" (finite number >= 0), "path" (text, not empty, no NUL character);
+    "temperature" (finite number >= 0, 0 meaning greedy), "nonnegative" (finite number
+    >= 0), "path" (text, not empty, no NUL character);
     ``at_most``: the largest number allowed, or a function giving this machine's limit;
-    ``flag=False`` keeps it off the command line.
+    ``flag=False`` keeps it off the command line; ``metavar``: how its help names the
+    value (default N, X or TEXT, by type).
     """
     return field(
         default=default,
@@ -84,6 +90,7 @@ def option(
             "check": check,
             "at_most": at_most,
             "flag": flag,
+            "metavar": metavar,
         },
     )
 
@@ -164,6 +171,8 @@ def _check(
         raise RnnlabError(
             f"{label} must be 0 (greedy) or a positive finite number, got {shown(value)}"
         )
+    if check == "nonnegative" and not (finite and value >= 0):
+        raise RnnlabError(f"{label} must be 0 or a positive finite number, got {shown(value)}")
     if check == "fraction" and not (number and 0 < value < 1):
         raise RnnlabError(f"{label} must be between 0 and 1 (exclusive), got {shown(value)}")
     if check == "dropout" and not (number and 0 <= value < 1):
@@ -186,7 +195,7 @@ def check_fields(obj: Any) -> None:
         if meta.get("check") == "list":
             if not isinstance(value, (tuple, list)):
                 raise RnnlabError(f"{label} must be a comma-separated list, got {shown(value)}")
-            if not value:
+            if not value and not meta.get("allow_empty", False):
                 raise RnnlabError(f"{label} is empty; give a comma-separated list")
             item = meta["item"].__name__
             for x in value:
@@ -203,8 +212,13 @@ def list_option(
     choices: Sequence[str] | None = None,
     item_check: str | None = None,
     at_most: float | None = None,
+    allow_empty: bool = False,
 ) -> Any:
-    """A comma-separated list option (for ``bench``); each item is checked as :func:`option`'s."""
+    """A comma-separated list option; each item is checked as :func:`option`'s.
+
+    ``allow_empty``: an empty list is a value (the field's help says what it means);
+    otherwise it is refused.
+    """
     return field(
         default=default,
         metadata={
@@ -214,6 +228,7 @@ def list_option(
             "item": item,
             "item_check": item_check,
             "at_most": at_most,
+            "allow_empty": allow_empty,
             "flag": True,
         },
     )
@@ -238,16 +253,54 @@ class ModelConfig:
         at_most=MAX_WIDTH,
     )
     dropout: float = option(0.0, "dropout on layer outputs (--impl torch)", check="dropout")
+    dropout_input: float = option(
+        0.0,
+        "dropout on the input of the first layer: the embedding or the one-hot vectors "
+        "(--impl torch)",
+        check="dropout",
+    )
+    locked_dropout: bool = option(
+        False,
+        "variational dropout (Gal & Ghahramani 2016, as in AWD-LSTM): one mask per stream, "
+        "the same at every time step, for --dropout-input, between layers and on the last "
+        "layer's output (--impl torch); off: a fresh mask per element and step",
+    )
     tie_weights: bool = option(
         False,
         "share the embedding and output matrices (--impl torch; "
         "needs --embedding equal to --hidden)",
     )
+    adaptive_softmax: bool = option(
+        False,
+        "adaptive softmax output layer for large vocabularies (Grave et al. 2017): a head "
+        "of the most frequent tokens and smaller tail clusters (--impl torch; not with "
+        "--tie-weights)",
+    )
+    cutoffs: tuple[int, ...] = list_option(
+        (),
+        "comma-separated token ids where the adaptive softmax's clusters start, "
+        "increasing and below the vocabulary size V (default: empty, meaning V//20,V//4: "
+        "500,2500 for ptb's 10,000 words)",
+        item=int,
+        item_check="positive",
+        at_most=MAX_VOCAB,
+        allow_empty=True,
+    )
 
     def __post_init__(self) -> None:
         check_fields(self)
+        # config.json gives a list: a tuple compares equal to the command line's value
+        object.__setattr__(self, "cutoffs", tuple(self.cutoffs))
         if self.impl in ONE_HOT_IMPLS:
-            extras = [flag(n) for n in ("dropout", "embedding", "tie_weights") if getattr(self, n)]
+            torch_only = (
+                "dropout",
+                "dropout_input",
+                "locked_dropout",
+                "embedding",
+                "tie_weights",
+                "adaptive_softmax",
+            )
+            extras = [flag(n) for n in torch_only if getattr(self, n)]
             if extras:
                 raise RnnlabError(
                     f"{', '.join(extras)} need(s) --impl torch; the {self.impl} "
@@ -258,15 +311,28 @@ class ModelConfig:
                 f"--tie-weights needs --embedding equal to --hidden "
                 f"(got embedding {self.embedding}, hidden {self.hidden})"
             )
+        if self.cutoffs and not self.adaptive_softmax:
+            raise RnnlabError("--cutoffs needs --adaptive-softmax")
+        if any(a >= b for a, b in zip(self.cutoffs, self.cutoffs[1:])):
+            raise RnnlabError(f"--cutoffs must increase, got {','.join(map(str, self.cutoffs))}")
+        if self.adaptive_softmax and self.tie_weights:
+            raise RnnlabError(
+                "--tie-weights cannot be used with --adaptive-softmax: tying an adaptive "
+                "softmax's clusters to the embedding is not supported; leave one out"
+            )
 
 
 MODEL_FIELDS = tuple(f.name for f in fields(ModelConfig))
 
 # Options that may change when a run is resumed: they do not change what is computed
-# batch by batch (more epochs only extends the run). Every other option is fixed, but
-# for --impl between the one-hot implementations, which share their parameters.
+# batch by batch (more epochs, a longer time limit or more patience only extend the
+# run; under --schedule cosine the first two also stretch the rest of the schedule).
+# Every other option is fixed, but for --impl between the one-hot implementations,
+# which share their parameters.
 RESUMABLE_CHANGES = (
     "epochs",
+    "time_limit",
+    "patience",
     "device",
     "cuda_graph",
     "prefix",
@@ -274,6 +340,9 @@ RESUMABLE_CHANGES = (
     "checkpoint_every",
     "threads",
 )
+# Which checkpoint of a run generate and eval read (checkpoint.load_run): the one of the
+# lowest validation loss (the latest where there is none yet), or the latest.
+CHECKPOINT_CHOICES = ("best", "latest")
 
 
 @dataclass(frozen=True)
@@ -323,7 +392,52 @@ class TrainConfig:
         at_most=MAX_EPOCHS,
     )
     lr: float = option(1.0, "learning rate", check="rate", at_most=MAX_LR)
+    schedule: str = option(
+        "constant",
+        "learning-rate schedule: constant; cosine: linear warm-up over --warmup batches, "
+        "then cosine decay to --min-lr-frac x --lr by the end of the run (its --epochs, or "
+        "its --time-limit); plateau: divide the rate by 4 after each epoch whose validation "
+        "loss is not the lowest so far",
+        choices=SCHEDULES,
+    )
+    warmup: int = option(
+        0,
+        "batches of linear warm-up from 0 to --lr (--schedule cosine)",
+        check="count",
+        at_most=MAX_TOKENS,
+    )
+    min_lr_frac: float = option(
+        0.0, "the rate --schedule cosine decays to, as a fraction of --lr", check="dropout"
+    )
+    patience: int = option(
+        0,
+        "stop when N epochs pass without a lower validation loss (0: never; may change "
+        "on --resume)",
+        check="count",
+        at_most=MAX_EPOCHS,
+    )
+    time_limit: float | None = option(
+        None,
+        "stop after this many minutes of training, counted across resumes, with a "
+        "checkpoint; --resume with a larger one continues (default: no limit)",
+        check="rate",
+        at_most=MAX_MINUTES,
+        metavar="MINUTES",
+    )
+    eval_batch_size: int = option(
+        0,
+        "streams the validation split is scored in at once (0: --batch-size)",
+        check="count",
+        at_most=MAX_BATCH,
+    )
     optimizer: str = option("sgd", "optimizer", choices=tuple(OPTIMIZERS))
+    weight_decay: float | None = option(
+        None,
+        "weight decay: L2 for sgd and adam, decoupled for adamw (Loshchilov & Hutter 2019) "
+        "(default: the optimizer's own: 0, or 0.01 for adamw)",
+        check="nonnegative",
+        at_most=MAX_WEIGHT_DECAY,
+    )
     clip: float = option(
         1.0, "clip the gradient to this global L2 norm", check="rate", at_most=MAX_CLIP
     )
@@ -371,6 +485,16 @@ class TrainConfig:
         if not isinstance(self.model, ModelConfig):
             raise RnnlabError(f"the model options must be a ModelConfig, got {shown(self.model)}")
         check_fields(self)
+        if self.schedule != "cosine" and (self.warmup or self.min_lr_frac):
+            raise RnnlabError(
+                f"--warmup and --min-lr-frac shape --schedule cosine, and this run's schedule "
+                f"is {self.schedule}; add --schedule cosine, or leave them out"
+            )
+        if self.cuda_graph and self.schedule == "cosine":
+            raise RnnlabError(
+                "--cuda-graph freezes the learning rate when it captures the step, and "
+                "--schedule cosine changes it every batch; leave out one of them"
+            )
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> TrainConfig:
@@ -468,6 +592,12 @@ class GenerateConfig:
         at_most=MAX_SEED,
     )
     device: str = option("cpu", "where to run the model", choices=DEVICES)
+    checkpoint: str = option(
+        "best",
+        "best: the weights of the lowest validation loss (the latest where there is "
+        "none yet); latest: the last checkpoint saved",
+        choices=CHECKPOINT_CHOICES,
+    )
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -489,7 +619,21 @@ class EvalConfig:
         choices=HELD_OUT_SPLITS,
     )
     device: str = option("cpu", "where to run the model", choices=DEVICES)
-    json: bool = option(False, "print one JSON object (ppl, bpt, tokens) instead of a line")
+    checkpoint: str = option(
+        "best",
+        "best: the weights of the lowest validation loss (the latest where there is "
+        "none yet); latest: the last checkpoint saved",
+        choices=CHECKPOINT_CHOICES,
+    )
+    batch_size: int = option(
+        0,
+        "streams scored at once (0: the run's --eval-batch-size, else its --batch-size)",
+        check="count",
+        at_most=MAX_BATCH,
+    )
+    json: bool = option(
+        False, "print one JSON object (ppl, bpt, loss, tokens, ...) instead of a line"
+    )
 
     def __post_init__(self) -> None:
         check_fields(self)

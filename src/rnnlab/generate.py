@@ -4,7 +4,9 @@ Warm-up feeds every prefix token but the last through the model to build the
 state, discarding the outputs; the last prefix token is then the first input
 whose prediction is kept. Each prediction is either the most likely token
 (greedy, d2l's predict_ch8), or a sample from softmax(logits / temperature),
-optionally restricted to the ``top_k`` most likely tokens.
+optionally restricted to the ``top_k`` most likely tokens. A model with an
+adaptive softmax is sampled from its full distribution: the log-probabilities of
+its ``adaptive`` layer serve as the logits (softmax of them is that distribution).
 
 ``continue_text`` is the one path from a text prompt to a text continuation:
 the command line's ``generate`` and the samples printed during training use it.
@@ -63,10 +65,13 @@ def generate_ids(
     if len(prefix_ids) > 1:  # warm-up: one call over prefix[:-1] is the same as one per token
         warm = torch.tensor([prefix_ids[:-1]], device=device)  # (1, T)
         _, state = model(warm, state)
+    head = getattr(model, "adaptive", None)
     outputs = list(prefix_ids)
     for _ in range(num_preds):
-        logits, state = model(torch.tensor([[outputs[-1]]], device=device), state)  # (1, V)
-        outputs.append(next_token(logits[0], temperature, top_k, generator))
+        scores, state = model(torch.tensor([[outputs[-1]]], device=device), state)  # (1, V)
+        if head is not None:  # scores are the features (1, H): log-probabilities (1, V)
+            scores = head.log_prob(scores)
+        outputs.append(next_token(scores[0], temperature, top_k, generator))
     model.train(was_training)
     return outputs
 

@@ -5,6 +5,9 @@
       vocab.json         the vocabulary (Vocab.to_json)
       checkpoint.json    pointer to the current checkpoint folder, and its manifest's sha256
       checkpoints/gen-000012/   the current checkpoint (see rnnlab.checkpoint)
+      best.json          pointer to the best checkpoint folder, and its manifest's sha256
+      best/gen-000011/   the checkpoint of the epoch with the lowest validation loss so far
+                         (the same files; generate and eval read it by default)
       model.safetensors  a copy of the current checkpoint's weights, for other tools
       metrics.jsonl      one JSON object per finished epoch
       perplexity.png     training and validation perplexity against epoch
@@ -12,7 +15,8 @@
       train.lock         held (flock) by the one training process of the run
 
 Every file is written whole or not at all (:func:`rnnlab.files.atomic_write`).
-Run directories written by rnnlm 0.1 have the same layout and load as they are.
+Run directories written by rnnlm 0.1 have the same layout (without best/) and load as
+they are; a run without a best checkpoint is read from its latest one.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ CONFIG, VOCAB, POINTER, METRICS, PLOT, MODEL, SOURCE, LOCK = (
     "train.lock",
 )
 CHECKPOINTS = "checkpoints"
+BEST_POINTER, BEST_FOLDER = "best.json", "best"
 CONFIG_LIMIT = 1 * files.MIB  # config.json is well under 1 KiB
 VOCAB_LIMIT = 256 * files.MIB  # a word vocabulary of millions of entries is a few tens of MiB
 

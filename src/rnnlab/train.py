@@ -8,6 +8,9 @@ The loop knows nothing of files or the command line. One epoch is
         loss = cross_entropy(logits, Y.T.reshape(-1))    # Y.T: rows are time-major too
         backward; clip the gradient to global L2 norm <= theta; optimizer step
 
+A model with an adaptive softmax returns features instead of logits, and its
+``adaptive`` layer gives the loss (:func:`sequence_loss`).
+
 Perplexity is exp(mean loss per token). Losses and gradient norms stay in
 device tensors and are read every ``check_every`` batches (each batch on the
 CPU), which is also where a non-finite loss or gradient is caught, naming the
@@ -29,7 +32,8 @@ import torch.nn.functional as F
 
 from .errors import RnnlabError
 
-# name -> optimizer class; each is made with its defaults and the run's learning rate.
+# name -> optimizer class; each is made with its defaults, the run's learning rate and,
+# where given, its weight decay.
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "sgd": torch.optim.SGD,  # d2l's choice, with lr 1
     "adam": torch.optim.Adam,
@@ -43,11 +47,21 @@ class NonFiniteError(RnnlabError):
     """The loss or the gradient stopped being a finite number."""
 
 
-def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
-    """The optimizer called ``name`` in :data:`OPTIMIZERS`, over ``params``, with rate ``lr``."""
+def make_optimizer(
+    name: str, params, lr: float, weight_decay: float | None = None
+) -> torch.optim.Optimizer:
+    """The optimizer called ``name`` in :data:`OPTIMIZERS`, over ``params``, with rate ``lr``.
+
+    ``weight_decay`` (lambda; None: the optimizer's default, 0, or 0.01 for AdamW): SGD
+    and Adam add lambda * w to the gradient (L2 regularization); AdamW decays the
+    weights apart from the gradient, w <- w - lr * lambda * w each step, before its
+    Adam update (decoupled weight decay, Loshchilov & Hutter 2019).
+    """
     if name not in OPTIMIZERS:
         raise RnnlabError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
-    return OPTIMIZERS[name](params, lr=lr)
+    if weight_decay is None:
+        return OPTIMIZERS[name](params, lr=lr)
+    return OPTIMIZERS[name](params, lr=lr, weight_decay=weight_decay)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -85,15 +99,26 @@ def detach_state(state):
     return state.detach()
 
 
-def sequence_loss(logits: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of logits (T*B, V) against targets Y (B, T)."""
-    return F.cross_entropy(logits, Y.T.reshape(-1))
+def sequence_loss(
+    outputs: torch.Tensor, Y: torch.Tensor, model=None, reduction: str = "mean"
+) -> torch.Tensor:
+    """Cross-entropy of a model's outputs against targets Y (B, T): the mean per token, or "sum".
+
+    outputs: logits (T*B, V); or, for a ``model`` with an adaptive softmax, the features
+    (T*B, H) that its ``adaptive`` layer scores (-log p(y) without all V logits).
+    """
+    y = Y.T.reshape(-1)  # time-major, as the rows of the outputs
+    head = getattr(model, "adaptive", None)
+    if head is None:
+        return F.cross_entropy(outputs, y, reduction=reduction)
+    result = head(outputs, y)  # .output: log p(y) per row; .loss: their negated mean
+    return -result.output.sum() if reduction == "sum" else result.loss
 
 
 def train_step(model, optimizer, X, Y, state, clip: float):
     """One update on batch X, Y (B, T) from ``state``: returns (loss, grad norm, new state)."""
-    logits, state = model(X, state)
-    loss = sequence_loss(logits, Y)
+    outputs, state = model(X, state)
+    loss = sequence_loss(outputs, Y, model)
     optimizer.zero_grad()  # grads to None: backward then stores them without adding to zeros
     loss.backward()
     params = [p for group in optimizer.param_groups for p in group["params"]]
@@ -232,8 +257,8 @@ def evaluate(model, X_all: torch.Tensor, Y_all: torch.Tensor) -> float:
     state = model.begin_state(X_all.shape[1], X_all.device)
     total = torch.zeros((), dtype=torch.float64, device=X_all.device)
     for X, Y in zip(X_all, Y_all):
-        logits, state = model(X, state)
-        total += F.cross_entropy(logits, Y.T.reshape(-1), reduction="sum").double()
+        outputs, state = model(X, state)
+        total += sequence_loss(outputs, Y, model, reduction="sum").double()
     model.train()
     return total.item() / Y_all.numel()
 

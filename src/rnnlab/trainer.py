@@ -3,15 +3,20 @@
     rnnlab train --out runs/tm        # what the command line calls: fit(cfg, "runs/tm")
 
 Each epoch: train.run_epoch over that epoch's batches (rebuilt from (seed, epoch)),
-evaluate on the validation split, append a metrics record, checkpoint, rewrite
-metrics.jsonl and perplexity.png, print one log line (and a greedy sample every
-``sample_every`` epochs, as d2l's train_ch8 does every 10).
+each at the rate its schedule gives (rnnlab.schedule), evaluate on the validation
+split (``eval_batch_size`` streams), append a metrics record, checkpoint (first as the
+best checkpoint, if its validation loss is the lowest so far), rewrite metrics.jsonl
+and perplexity.png, print one log line (and a greedy sample every ``sample_every``
+epochs, as d2l's train_ch8 does every 10). ``patience`` epochs without a lower
+validation loss end the run early.
 
 Resuming is exact: the checkpoint holds the weights, the optimizer state, the
-carried hidden state, the epoch's partial loss sums and torch's RNG (dropout),
-and the batches of an epoch depend only on (seed, epoch), so a run stopped at any
-batch and resumed computes what the uninterrupted run would have, bit for bit on
-the CPU.
+carried hidden state, the epoch's partial loss sums, torch's RNG (dropout) and the
+schedule's state (batches trained, seconds trained, the lowest validation loss, the
+rate), and the batches of an epoch depend only on (seed, epoch), so a run stopped at
+any batch and resumed computes what the uninterrupted run would have, bit for bit on
+the CPU. (A cosine schedule over a --time-limit follows the clock: it is resumed
+where it stood, but no rerun repeats it.)
 
 The device is checked before anything is read: ``--impl triton`` and ``--cuda-graph``
 (both experimental) need CUDA. One training step is made per run
@@ -19,7 +24,9 @@ The device is checked before anything is read: ``--impl triton`` and ``--cuda-gr
 
 SIGINT/SIGTERM: the current batch finishes, a checkpoint is written, and fit
 returns 130 or 143. A second signal acts at once (atomic writes keep the last
-checkpoint). A non-finite loss raises train.NonFiniteError before anything is saved.
+checkpoint). ``time_limit``: once that many minutes of training have passed (counted
+across resumes), the same, but fit returns 0. A non-finite loss raises
+train.NonFiniteError before anything is saved.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import math
 import signal
 import sys
 import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO, cast
@@ -36,12 +44,13 @@ import torch
 
 from . import checkpoint as ckpt_io
 from . import files, rundir, train
-from .batches import epoch_batches, eval_batches
+from .batches import epoch_batches, eval_batches, num_batches
 from .config import RESUMABLE_CHANGES, TrainConfig, conflicts, flag, machine_cpus
 from .data import Dataset, prepare
 from .errors import RnnlabError
 from .generate import continue_text, default_prompt
 from .models import build_model, check_device, check_fits, usable_impl
+from .schedule import Schedule, ScheduleState, after_epoch, improves
 from .train import EpochProgress, bits_per_token, evaluate, make_optimizer, perplexity, run_epoch
 
 MAX_OPTIMIZER_SETTING = 1e9  # no rate, decay, momentum or epsilon of an optimizer comes near
@@ -176,19 +185,98 @@ class Trainer:
                 f"{why}; training with --impl {self.impl}, the same model computed more slowly"
             )
         self.model = build_model(cfg.model, len(data.vocab)).to(device)
-        self.optimizer = make_optimizer(cfg.optimizer, self.model.parameters(), cfg.lr)
+        self.optimizer = make_optimizer(
+            cfg.optimizer, self.model.parameters(), cfg.lr, weight_decay=cfg.weight_decay
+        )
         # One step for the whole run: a CUDA-graphed one captures once, at its first batch.
-        self.step = train.make_step(self.model, self.optimizer, cfg.clip, cuda_graph=cfg.cuda_graph)
+        self.update = train.make_step(
+            self.model, self.optimizer, cfg.clip, cuda_graph=cfg.cuda_graph
+        )
         self.epoch = 0
         self.progress = EpochProgress()
         self.history: list[dict[str, Any]] = []
+        self.schedule = Schedule(
+            cfg.schedule,
+            cfg.lr,
+            cfg.warmup,
+            cfg.min_lr_frac,
+            self.batches_before(cfg.epochs)
+            if cfg.schedule == "cosine" and cfg.time_limit is None
+            else 0,
+            None if cfg.time_limit is None else cfg.time_limit * 60,
+        )
+        self.clock = ScheduleState(lr=cfg.lr)
+        self.started: float | None = None  # time.monotonic() when this process began training
+        self.seconds_before = 0.0  # the run's seconds of training before that
+
+    def batches_before(self, epoch: int) -> int:
+        """The batches of the run's epochs before ``epoch`` (0-based)."""
+        cfg, n = self.cfg, len(self.data.train_ids)
+        return sum(
+            num_batches(n, cfg.batch_size, cfg.num_steps, cfg.sampling, cfg.seed, e)
+            for e in range(epoch)
+        )
+
+    def step(self, X, Y, state):
+        """One update (``train.make_step``'s) at the rate the schedule gives; counts the batch."""
+        if self.schedule.per_batch:
+            self.set_lr(self.schedule.rate(replace(self.clock, seconds=self.elapsed())))
+        result = self.update(X, Y, state)
+        self.clock = replace(self.clock, batches=self.clock.batches + 1)
+        return result
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def elapsed(self) -> float:
+        """Seconds of training in the whole run, across resumes, up to now."""
+        if self.started is None:
+            return self.clock.seconds
+        return self.seconds_before + (time.monotonic() - self.started)
+
+    def time_is_up(self, seconds: float | None = None) -> bool:
+        """Whether the run has trained its time limit: up to now, or ``seconds`` of it."""
+        if self.cfg.time_limit is None:
+            return False
+        return (self.elapsed() if seconds is None else seconds) >= self.cfg.time_limit * 60
+
+    def patience_ran_out(self) -> bool:
+        """Whether ``patience`` epochs have passed since the lowest validation loss."""
+        best = self.clock.best_epoch
+        return bool(self.cfg.patience and best and self.epoch - best >= self.cfg.patience)
+
+    def nothing_left(self) -> str | None:
+        """Why a resumed run has nothing left to train under its limits (None: it has)."""
+        cfg = self.cfg
+        if self.epoch >= cfg.epochs:
+            return (
+                f"the run in {self.run} has already trained {self.epoch} epoch(s); give "
+                f"--epochs larger than {self.epoch} to train it longer"
+            )
+        if self.time_is_up():
+            return (
+                f"the run in {self.run} has already trained for {self.clock.seconds / 60:.3g} "
+                f"minutes, its --time-limit of {cfg.time_limit:g}; give a larger --time-limit "
+                f"to train it longer"
+            )
+        if self.patience_ran_out():
+            return (
+                f"the run in {self.run} stopped early after epoch {self.epoch}: no lower "
+                f"validation loss since epoch {self.clock.best_epoch} (--patience "
+                f"{cfg.patience}); give --patience larger than {cfg.patience} to train it longer"
+            )
+        return None
 
     def warn(self, message: str) -> None:
         print(f"rnnlab: warning: {message}", file=self.err)
 
-    def log(self, message: str) -> None:
-        """Print a line of the log; if the reader went away (``| head``), go on silently."""
-        if self.quiet:
+    def log(self, message: str, always: bool = False) -> None:
+        """Print a line of the log; if the reader went away (``| head``), go on silently.
+
+        ``always``: also with --quiet (why the run stopped).
+        """
+        if self.quiet and not always:
             return
         try:
             print(message, file=self.out, flush=True)
@@ -223,10 +311,39 @@ class Trainer:
         self.epoch, self.history = ckpt.epoch, ckpt.history
         self.progress = ckpt.progress
         self.progress.state = _to_device(self.progress.state, self.device)
+        self.clock = ckpt.schedule or self.clock_of_format_1(ckpt)
+        if self.cfg.schedule == "plateau":
+            self.set_lr(self.clock.lr)
 
-    def save(self, epoch: int, progress: EpochProgress) -> None:
+    def clock_of_format_1(self, ckpt: ckpt_io.Checkpoint) -> ScheduleState:
+        """The schedule's state of a checkpoint written before schedules (constant ones),
+        from its history: the batches and seconds trained and the lowest validation loss."""
+        clock = ScheduleState(
+            lr=self.cfg.lr,
+            batches=self.batches_before(ckpt.epoch) + ckpt.progress.batch,
+            seconds=ckpt.progress.seconds
+            + sum(_finite(r.get("seconds")) or 0.0 for r in ckpt.history),
+        )
+        for record in ckpt.history:
+            loss = _finite(record.get("val_loss"))
+            if loss is None:
+                loss = math.log(record["val_ppl"])  # checked: a positive finite number
+            if improves(clock, loss):
+                clock = replace(clock, best_loss=loss, best_epoch=record["epoch"])
+        return clock
+
+    def save(self, epoch: int, progress: EpochProgress, best: bool = False) -> None:
+        self.clock = replace(self.clock, seconds=self.elapsed())
         ckpt_io.save_checkpoint(
-            self.run, self.model, self.optimizer, epoch, progress, self.history, self.cfg
+            self.run,
+            self.model,
+            self.optimizer,
+            epoch,
+            progress,
+            self.history,
+            self.cfg,
+            self.clock,
+            best=best,
         )
 
     def sample(self) -> str:
@@ -273,7 +390,7 @@ class Trainer:
         def on_batch(p: EpochProgress) -> bool:
             if bar is not None:
                 bar.update(p.batch - bar.n)
-            if stop.signum is not None:
+            if stop.signum is not None or self.time_is_up():
                 return True
             if cfg.checkpoint_every and p.batch % cfg.checkpoint_every == 0 and p.batch < nb:
                 self.save(epoch, p)
@@ -299,22 +416,42 @@ class Trainer:
 
     def fit(self) -> int:
         cfg, device = self.cfg, self.device
-        B, T = cfg.batch_size, cfg.num_steps
-        VX, VY = (t.to(device) for t in eval_batches(self.data.val_ids, B, T))
+        VX, VY = (
+            t.to(device)
+            for t in eval_batches(
+                self.data.val_ids, cfg.eval_batch_size or cfg.batch_size, cfg.num_steps
+            )
+        )
         for p in self.model.parameters():
             # Start from zeroed gradients, as a resumed run's later steps do (0 + g and a fresh
             # g can differ in the sign of a zero): resumed and uninterrupted runs agree bitwise.
             p.grad = torch.zeros_like(p)
         use_bar = not self.quiet and hasattr(self.err, "isatty") and self.err.isatty()
+        self.started, self.seconds_before = time.monotonic(), self.clock.seconds
         with StopSignals() as stop:
             for epoch in range(self.epoch, cfg.epochs):
                 nb = self.train_epoch(epoch, stop, use_bar)
-                if stop.signum is not None and self.progress.batch < nb:
+                if self.progress.batch < nb:  # stopped by a signal or by the time limit
                     self.save(epoch, self.progress)
-                    return self.interrupted(stop, epoch, self.progress.batch, nb)
+                    if stop.signum is not None:
+                        return self.interrupted(stop, epoch, self.progress.batch, nb)
+                    return self.out_of_time(epoch, self.progress.batch, nb)
                 self.end_epoch(epoch, VX, VY)
                 if stop.signum is not None:
                     return self.interrupted(stop, epoch + 1, 0, nb)
+                # The time the checkpoint records, so that a resume sees the same as this test.
+                if self.epoch < cfg.epochs and self.time_is_up(self.clock.seconds):
+                    return self.out_of_time(epoch + 1, 0, nb)
+                if self.epoch < cfg.epochs and self.patience_ran_out():
+                    self.log(
+                        f"no lower validation loss for {cfg.patience} epoch(s): stopped early "
+                        f"after epoch {self.epoch}/{cfg.epochs}; the best, epoch "
+                        f"{self.clock.best_epoch} (val ppl "
+                        f"{perplexity(self.clock.best_loss or 0.0):.2f}), is in "
+                        f"{self.run / rundir.BEST_FOLDER}",
+                        always=True,
+                    )
+                    break
         last = self.history[-1] if self.history else None
         if last is not None:
             self.log(
@@ -328,6 +465,7 @@ class Trainer:
 
     def end_epoch(self, epoch: int, VX, VY) -> None:
         cfg, p = self.cfg, self.progress
+        lr = self.optimizer.param_groups[0]["lr"]  # the rate of the epoch's last batch
         val_loss = evaluate(self.model, VX, VY)
         if not math.isfinite(val_loss):
             raise train.NonFiniteError(
@@ -344,15 +482,23 @@ class Trainer:
             "tokens": p.tokens,
             "tokens_per_s": p.tokens / max(p.seconds, 1e-9),
             "seconds": p.seconds,
+            "lr": lr,
         }
+        best = improves(self.clock, val_loss)
+        self.clock = after_epoch(cfg.schedule, self.clock, epoch + 1, val_loss)
+        if self.clock.lr != lr and cfg.schedule == "plateau":
+            self.set_lr(self.clock.lr)
+            if hasattr(self.update, "recapture"):  # a CUDA graph froze the old rate
+                self.update.recapture()
         self.history.append(record)
         self.epoch, self.progress = epoch + 1, EpochProgress()
-        self.save(self.epoch, self.progress)
+        self.save(self.epoch, self.progress, best=best)
         rundir.write_metrics(self.run, self.history, self.plot_title())
         self.log(
             f"epoch {epoch + 1}/{cfg.epochs}  train ppl {record['train_ppl']:.2f}  "
             f"val ppl {record['val_ppl']:.2f}  val bpt {record['val_bpt']:.3f}  "
             f"{record['tokens_per_s']:,.0f} tokens/s  {record['seconds']:.1f} s"
+            + (f"  lr {lr:.4g}" if cfg.schedule != "constant" else "")
         )
         if cfg.sample_every and (epoch + 1) % cfg.sample_every == 0 and epoch + 1 < cfg.epochs:
             sample = self.sample()
@@ -364,15 +510,36 @@ class Trainer:
         return f"{cfg.model.cell} ({self.impl}), H={cfg.model.hidden}, {Path(cfg.source).name}"
 
     def interrupted(self, stop: StopSignals, epoch: int, batch: int, nb: int) -> int:
-        name = stop.name
-        where = f"epoch {epoch + 1}, batch {batch}/{nb}" if batch else f"the end of epoch {epoch}"
         print(
-            f"rnnlab: {name} received: stopped at {where}; checkpoint saved in {self.run}; "
-            f"resume with: rnnlab train --out {self.run} --resume",
+            f"rnnlab: {stop.name} received: stopped at {_where(epoch, batch, nb)}; checkpoint "
+            f"saved in {self.run}; resume with: rnnlab train --out {self.run} --resume",
             file=self.err,
             flush=True,
         )
         return stop.exit_status
+
+    def out_of_time(self, epoch: int, batch: int, nb: int) -> int:
+        """Report a run stopped by its time limit (its checkpoint saved); exit status 0."""
+        self.log(
+            f"time limit of {self.cfg.time_limit:g} minutes reached ({self.clock.seconds / 60:.3g} "
+            f"trained): stopped at {_where(epoch, batch, nb)}; "
+            f"checkpoint saved in {self.run}; to train longer: rnnlab train --out {self.run} "
+            f"--resume --time-limit MINUTES (more than {self.cfg.time_limit:g})",
+            always=True,
+        )
+        return 0
+
+
+def _where(epoch: int, batch: int, nb: int) -> str:
+    """Where a run stopped: in epoch ``epoch`` (0-based) after ``batch`` of ``nb`` batches,
+    or, with batch 0, at the end of epoch ``epoch`` (1-based)."""
+    return f"epoch {epoch + 1}, batch {batch}/{nb}" if batch else f"the end of epoch {epoch}"
+
+
+def _finite(value: Any) -> float | None:
+    """A JSON value as a finite non-negative float, or None if it is not one."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return float(value) if ok and math.isfinite(value) and value >= 0 else None
 
 
 def fit(
@@ -423,7 +590,10 @@ def fit(
         with rundir.RunLock(run):
             return _start(cfg, run, quiet, out, err)
     finally:
-        if not ckpt_io.has_checkpoint(run) and not ckpt_io.generations(run):
+        if not any(
+            ckpt_io.has_checkpoint(run, slot) or ckpt_io.generations(run, slot)
+            for slot in (ckpt_io.LATEST, ckpt_io.BEST)
+        ):
             _remove_unstarted(run, made)
 
 
@@ -437,6 +607,7 @@ def _remove_unstarted(run: Path, made: bool) -> None:
         rundir.METRICS,
         rundir.PLOT,
         rundir.CHECKPOINTS,
+        rundir.BEST_FOLDER,
     ):
         path = run / name
         try:
@@ -538,12 +709,9 @@ def _resume(
             rundir.write_metrics(run, trainer.history, trainer.plot_title())
     else:
         trainer.warn(f"{run} has no checkpoint yet; starting its training from the beginning")
-    if trainer.epoch >= cfg.epochs:
-        print(
-            f"the run in {run} has already trained {trainer.epoch} epoch(s); give --epochs "
-            f"larger than {trainer.epoch} to train it longer",
-            file=out,
-        )
+    done = trainer.nothing_left()
+    if done:
+        print(done, file=out)
         return 0
     if cfg != saved:  # only what will really happen goes into config.json
         rundir.write_config(run, cfg)

@@ -4,6 +4,12 @@ Every model takes X (B, T) token ids and a state, and returns logits (T*B, V)
 (time-major rows) and the new state; ``begin_state(B, device)`` gives the zero
 state. ``build_model(config, V)`` makes the one a ``ModelConfig`` describes.
 
+One exception: a model with an adaptive softmax (``--adaptive-softmax``) returns
+the features (T*B, H) its output layer reads, and holds that layer as ``adaptive``
+(an nn.AdaptiveLogSoftmaxWithLoss: ``adaptive(features, y).output`` is log p(y)
+per row, ``adaptive.log_prob(features)`` the full (T*B, V) log-probabilities).
+``train.sequence_loss`` and generation look for it; every other model has none.
+
 Adding a cell or an implementation touches this module (its name in ``CELLS`` or
 ``IMPLS``) and the module that computes it; the configuration, the command line
 and the docs take their lists from here.
@@ -22,7 +28,7 @@ from torch import nn
 from ..errors import RnnlabError
 from .layout import num_gates
 from .scratch import LAYERS, ScratchLM
-from .torchnn import RECURRENT, RNNEncoder, TorchLM
+from .torchnn import ADAPTIVE_DIV, RECURRENT, RNNEncoder, TorchLM, adaptive_cutoffs
 
 if TYPE_CHECKING:  # config imports this module for its lists of choices
     from ..config import ModelConfig
@@ -34,7 +40,8 @@ assert CELLS == tuple(RECURRENT), "scratch.py and torchnn.py must offer the same
 # Each implementation and what it is, in the words the command line's --help shows.
 IMPLS = {
     "scratch": "the book's loops over raw tensors (models/scratch.py)",
-    "torch": "torch.nn's RNN/GRU/LSTM; adds embedding, dropout and weight tying",
+    "torch": "torch.nn's RNN/GRU/LSTM; adds embedding, dropout (locked too), weight tying and "
+    "an adaptive softmax",
     "fused": "the scratch model's function and parameters, computed fast (on CUDA by cuDNN)",
     "triton": "fused, with Triton kernels for the recurrences on CUDA; experimental: never "
     "yet run on a GPU",
@@ -95,6 +102,10 @@ def build_model(config: ModelConfig, vocab_size: int) -> nn.Module:
             config.dropout,
             config.embedding,
             config.tie_weights,
+            dropout_input=config.dropout_input,
+            locked_dropout=config.locked_dropout,
+            adaptive_softmax=config.adaptive_softmax,
+            cutoffs=config.cutoffs,
         )
     if impl == "scratch":
         return ScratchLM(vocab_size, config.hidden, config.layers, config.cell)
@@ -113,13 +124,24 @@ def parameter_count(config: ModelConfig, vocab_size: int) -> int:
         one-hot (ONE_HOT_IMPLS)   per layer G*(D*H + H*H + H), + H for the GRU's b_hh
         torch                     per layer G*(D*H + H*H + 2*H); + V*E for the embedding
         output layer              H*V + V (less V*E when the weights are tied)
+        adaptive softmax          (H + 1)*(c_1 + n) for the head, with n clusters whose
+                                  ids start at c_1 < ... < c_n (c_{n+1} = V); cluster i
+                                  H*h_i + h_i*(c_{i+1} - c_i), h_i = H // 4**i
     """
     V, H, L, E = vocab_size, config.hidden, config.layers, config.embedding
     G = num_gates(config.cell)
     if config.impl == "torch":
         layer = lambda D: G * (D * H + H * H + 2 * H)
         tied = V * E if config.tie_weights else 0
-        return V * E + layer(E or V) + (L - 1) * layer(H) + H * V + V - tied
+        output = H * V + V - tied
+        if config.adaptive_softmax:
+            c = adaptive_cutoffs(V, H, config.cutoffs) + [V]
+            n = len(c) - 1
+            h = [H // ADAPTIVE_DIV**i for i in range(1, n + 1)]
+            output = (H + 1) * (c[0] + n) + sum(
+                H * h[i] + h[i] * (c[i + 1] - c[i]) for i in range(n)
+            )
+        return V * E + layer(E or V) + (L - 1) * layer(H) + output
     extra = H if config.cell == "gru" else 0
     layer = lambda D: G * (D * H + H * H + H) + extra
     return layer(V) + (L - 1) * layer(H) + H * V + V
@@ -150,8 +172,9 @@ def memory_estimate(
     optimizer keeps (0 for SGD without momentum; 2, the first and second moments, for
     Adam, AdamW and any other); per step and stream, the input, G*H gate values and
     H outputs per layer kept for the backward pass (the LSTM's cell state is left
-    out), and the (T*B, V) logits and their gradient. Python ints: no overflow, and
-    nothing is allocated.
+    out), and the (T*B, V) logits and their gradient (with an adaptive softmax, an upper
+    bound: it scores the head for every row and each tail only for the rows whose
+    target is in it). Python ints: no overflow, and nothing is allocated.
     """
     weights, activations = _memory_parts(config, vocab_size, batch_size, num_steps, optimizer)
     return weights + activations

@@ -2,12 +2,20 @@
 
 Same interface as :mod:`rnnlab.models.scratch`: forward(X (B, T), state) ->
 (logits (T*B, V), state) and begin_state(B, device). Adds what the scratch
-models leave out: dropout between layers, nn.Embedding input instead of
-one-hot, and weight tying (the output layer shares the embedding matrix;
-Press & Wolf 2017, Inan et al. 2017), which needs embedding size == hidden size.
+models leave out: nn.Embedding input instead of one-hot; dropout on the input,
+between layers and on the output, either a fresh mask per element (torch.nn's)
+or one mask per stream reused at every step (locked, or variational, dropout;
+Gal & Ghahramani 2016, Merity et al. 2017); weight tying (the output layer
+shares the embedding matrix; Press & Wolf 2017, Inan et al. 2017), which needs
+embedding size == hidden size; and an adaptive softmax output layer (Grave et
+al. 2017), with which forward returns the features (T*B, H) that its
+``adaptive`` module turns into log-probabilities.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +26,81 @@ from . import layout
 from .scratch import ScratchLM
 
 RECURRENT = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
+
+# The functions nn.RNN/GRU/LSTM call: (input (T, B, D), state, [W_ih, W_hh, b_ih, b_hh]
+# per layer, has_biases, num_layers, dropout, train, bidirectional, batch_first) ->
+# (outputs (T, B, H), h_T) or (outputs, h_T, c_T). Locked dropout calls them a layer at
+# a time, on the layer's own parameters of the nn module.
+LAYER_KERNELS: dict[str, Callable[..., Any]] = {
+    "rnn": torch.rnn_tanh,
+    "gru": torch.gru,
+    "lstm": torch.lstm,
+}
+LAYER_WEIGHTS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")  # torch.nn's names, _l{k}
+
+# Each tail cluster of the adaptive softmax projects H features down to H // 4**(i+1)
+# before its own output matrix (Grave et al. 2017: rarer words, smaller capacity).
+ADAPTIVE_DIV = 4
+
+
+def adaptive_cutoffs(vocab_size: int, hidden: int, cutoffs: Sequence[int] = ()) -> list[int]:
+    """The adaptive softmax's cluster boundaries for V = ``vocab_size`` token ids.
+
+    Token ids below the first cutoff form the head, scored for every position;
+    each later range [c_i, c_{i+1}) is a tail cluster. Ids are most frequent first
+    (see :mod:`rnnlab.vocab`), so the head holds the frequent tokens. Empty
+    ``cutoffs`` means V//20 and V//4 (those below 1 dropped). Raises RnnlabError
+    where a cutoff is not below V, where nothing is left for a tail, or where
+    the last cluster's projection would have no units.
+    """
+    V = vocab_size
+    if cutoffs:
+        chosen = list(cutoffs)
+        if chosen[-1] >= V:
+            raise RnnlabError(
+                f"--cutoffs {','.join(map(str, chosen))} must each be below the vocabulary "
+                f"size {V:,}; give smaller cutoffs, or leave --cutoffs out for {V // 20},"
+                f"{V // 4}"
+            )
+    else:
+        chosen = sorted({c for c in (V // 20, V // 4) if 0 < c < V})
+        if not chosen:
+            raise RnnlabError(
+                f"a vocabulary of {V} tokens is too small for --adaptive-softmax; leave it out"
+            )
+    width = hidden // ADAPTIVE_DIV ** len(chosen)
+    if width == 0:
+        raise RnnlabError(
+            f"--hidden {hidden} is too small for {len(chosen)} adaptive softmax clusters: "
+            f"the last one would project to {hidden} // {ADAPTIVE_DIV ** len(chosen)} = 0 "
+            f"units; give --hidden at least {ADAPTIVE_DIV ** len(chosen)} or fewer --cutoffs"
+        )
+    return chosen
+
+
+class LockedDropout(nn.Module):
+    """Dropout with one mask per stream, the same at every time step (Gal & Ghahramani 2016).
+
+    x (T, B, F) -> x * m, m (1, B, F) with entries 0 (probability p) or 1/(1-p), so
+    E[x * m] = x. Identity in eval mode and for p = 0.
+    """
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def mask(self, x: torch.Tensor) -> torch.Tensor:
+        """A fresh mask (1, B, F) for x (T, B, F), drawn from torch's global generator."""
+        keep = 1.0 - self.p
+        return x.new_empty((1, *x.shape[1:])).bernoulli_(keep).div_(keep)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        return x * self.mask(x)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
 
 
 class RNNEncoder(nn.Module):
@@ -58,17 +141,29 @@ class RNNEncoder(nn.Module):
         )
         return (zeros, zeros.clone()) if self.cell == "lstm" else zeros
 
+    def embed(self, X: torch.Tensor) -> torch.Tensor:
+        """X (B, T) -> the first layer's inputs (T, B, E), or one-hot (T, B, V)."""
+        if self.embedding is not None:
+            return self.embedding(X.T)
+        return F.one_hot(X.T, self.vocab_size).to(next(self.rnn.parameters()).dtype)
+
     def encode(self, X: torch.Tensor, state):
         """X (B, T) -> outputs (T, B, H*directions), state."""
-        if self.embedding is not None:
-            inputs = self.embedding(X.T)  # (T, B, E)
-        else:
-            inputs = F.one_hot(X.T, self.vocab_size).to(next(self.rnn.parameters()).dtype)
-        return self.rnn(inputs, state)
+        return self.rnn(self.embed(X), state)
 
 
 class TorchLM(RNNEncoder):
-    """Language model: nn.RNN/GRU/LSTM + a linear output layer."""
+    """Language model: nn.RNN/GRU/LSTM + a linear output layer (or an adaptive softmax).
+
+    dropout: on each layer's output (between layers by nn.RNN/GRU/LSTM, and on the
+    last layer's output by ``drop``); dropout_input: on the first layer's input.
+    With ``locked_dropout`` both draw one mask per stream per forward call
+    (:class:`LockedDropout`); training then runs stacked layers one at a time, on
+    the same parameters, so the state_dict does not depend on it. With
+    ``adaptive_softmax`` the output layer is ``adaptive``, an
+    nn.AdaptiveLogSoftmaxWithLoss over :func:`adaptive_cutoffs`, and forward
+    returns the (dropped-out) features it reads instead of logits.
+    """
 
     def __init__(
         self,
@@ -80,6 +175,11 @@ class TorchLM(RNNEncoder):
         embedding: int = 0,
         tie_weights: bool = False,
         bidirectional: bool = False,
+        *,
+        dropout_input: float = 0.0,
+        locked_dropout: bool = False,
+        adaptive_softmax: bool = False,
+        cutoffs: Sequence[int] = (),
     ):
         if bidirectional:
             raise RnnlabError(
@@ -92,23 +192,73 @@ class TorchLM(RNNEncoder):
                 f"tied weights need an embedding size equal to the hidden size "
                 f"(got embedding {embedding}, hidden {hidden})"
             )
-        super().__init__(vocab_size, hidden, layers, cell, dropout, embedding)
-        self.drop = nn.Dropout(dropout)
-        self.linear = nn.Linear(hidden, vocab_size)
-        if tie_weights and self.embedding is not None:
-            self.linear.weight = self.embedding.weight
+        if tie_weights and adaptive_softmax:
+            raise RnnlabError("tied weights are not supported with an adaptive softmax")
+        # Locked dropout between layers is applied here, so nn.RNN/GRU/LSTM gets none.
+        super().__init__(
+            vocab_size, hidden, layers, cell, 0.0 if locked_dropout else dropout, embedding
+        )
+        self.dropout, self.locked_dropout = dropout, locked_dropout
+        Drop = LockedDropout if locked_dropout else nn.Dropout
+        self.drop: nn.Module = Drop(dropout)
+        self.drop_input: nn.Module | None = Drop(dropout_input) if dropout_input else None
+        self.linear: nn.Linear | None = None
+        self.adaptive: nn.AdaptiveLogSoftmaxWithLoss | None = None
+        if adaptive_softmax:
+            self.adaptive = nn.AdaptiveLogSoftmaxWithLoss(
+                hidden,
+                vocab_size,
+                adaptive_cutoffs(vocab_size, hidden, cutoffs),
+                div_value=ADAPTIVE_DIV,
+                head_bias=True,  # as the full softmax's bias: the frequent tokens' prior
+            )
+        else:
+            self.linear = nn.Linear(hidden, vocab_size)
+            if tie_weights and self.embedding is not None:
+                self.linear.weight = self.embedding.weight
 
     def forward(self, X: torch.Tensor, state):
-        """X (B, T), state -> logits (T*B, V), state."""
-        outputs, state = self.encode(X, state)  # (T, B, H)
-        logits = self.linear(self.drop(outputs).reshape(-1, self.hidden))
-        return logits, state
+        """X (B, T), state -> logits (T*B, V), state; features (T*B, H) with ``adaptive``."""
+        inputs = self.embed(X)  # (T, B, E) or one-hot (T, B, V)
+        if self.drop_input is not None:
+            inputs = self.drop_input(inputs)
+        if self.locked_dropout and self.training and self.dropout > 0 and self.rnn.num_layers > 1:
+            outputs, state = self._layers_with_locked_dropout(inputs, state)
+        else:
+            outputs, state = self.rnn(inputs, state)  # (T, B, H)
+        features = self.drop(outputs).reshape(-1, self.hidden)  # (T*B, H)
+        if self.linear is None:
+            return features, state
+        return self.linear(features), state
+
+    def _layers_with_locked_dropout(self, inputs: torch.Tensor, state):
+        """inputs (T, B, D), state (L, B, H) or a pair -> outputs (T, B, H), new state.
+
+        What ``self.rnn`` computes, one layer at a time with a locked mask on the
+        input of every layer above the first (the last layer's output is forward's).
+        """
+        kernel = LAYER_KERNELS[self.cell]
+        lstm = self.cell == "lstm"
+        x, last_h, last_c = inputs, [], []
+        for k in range(self.rnn.num_layers):
+            if k > 0:
+                x = self.drop(x)
+            weights = [getattr(self.rnn, f"{name}_l{k}") for name in LAYER_WEIGHTS]
+            hx = (state[0][k : k + 1], state[1][k : k + 1]) if lstm else state[k : k + 1]
+            x, *last = kernel(x, hx, weights, True, 1, 0.0, self.training, False, False)
+            last_h.append(last[0])
+            if lstm:
+                last_c.append(last[1])
+        h = torch.cat(last_h)  # (L, B, H)
+        return x, ((h, torch.cat(last_c)) if lstm else h)
 
     @torch.no_grad()
     def copy_from_scratch(self, scratch: ScratchLM) -> TorchLM:
         """Load the weights of a one-hot ScratchLM of the same shape (for equivalence tests)."""
-        if self.embedding is not None:
-            raise RnnlabError("only a one-hot model has the scratch model's parameters")
+        if self.embedding is not None or self.linear is None:
+            raise RnnlabError(
+                "only a one-hot model with a full softmax has the scratch model's parameters"
+            )
         for name, value in layout.torch_nn_parameters(scratch.layers, self.cell).items():
             getattr(self.rnn, name).copy_(value)
         self.linear.weight.copy_(scratch.W_hq.T)

@@ -1,0 +1,178 @@
+"""Recipes: named sets of training options, each with the result it was measured to reach.
+
+    rnnlab recipes                                  # every recipe, its options and result
+    rnnlab train --recipe char-lstm my_text.txt     # a recipe, on your own text
+    rnnlab train --recipe shakespeare --epochs 3    # options given on the line win
+
+A recipe only fills in options: ``options_for(name, given)`` returns the recipe's
+options updated with the ones given on the command line, and training then runs as
+if all of them had been typed. The run's config.json records the options that ran.
+
+``measured`` says what the recipe reached on the project's 2-core CPU, with the
+command and the date, or that it has not been measured yet; benchmarks/recipes.py
+runs them and docs/results.md keeps the table.
+
+Sources of the settings: ``book`` is d2l 8.5's model; ``ptb-small`` and
+``ptb-medium`` follow Zaremba et al. (2014)'s small and medium sizes (2 layers of
+200 and 650 units, dropout 0 and 0.5) trained with word_language_model's rule (SGD
+at learning rate 20, clipping at 0.25, the rate divided by 4 when validation stops
+improving) and tied weights (Press & Wolf 2017); the character recipes use what
+AWD-LSTM found for recurrent language models (locked dropout, AdamW) with a cosine
+schedule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import RnnlabError
+
+NOT_MEASURED = "not measured yet"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A recipe: what it is for, its options (TrainConfig/ModelConfig names) and its result."""
+
+    summary: str
+    options: dict[str, Any] = field(default_factory=dict)
+    measured: str = NOT_MEASURED
+
+
+# The character models share their regularization and optimizer.
+_CHAR_LSTM = {
+    "mode": "chars",
+    "impl": "torch",
+    "cell": "lstm",
+    "embedding": 64,
+    "hidden": 512,
+    "layers": 2,
+    "dropout": 0.2,
+    "locked_dropout": True,
+    "optimizer": "adamw",
+    "lr": 2e-3,
+    "weight_decay": 0.01,
+    "schedule": "cosine",
+    "warmup": 100,
+    "clip": 1.0,
+    "batch_size": 64,
+    "num_steps": 128,
+}
+
+RECIPES: dict[str, Recipe] = {
+    "book": Recipe(
+        "the notes' model (d2l 8.5): an RNN of 512 units on one-hot characters, SGD at "
+        "learning rate 1, clipping at 1; rnnlab's defaults, written out",
+        {
+            "mode": "letters",
+            "impl": "fused",
+            "cell": "rnn",
+            "hidden": 512,
+            "layers": 1,
+            "optimizer": "sgd",
+            "lr": 1.0,
+            "clip": 1.0,
+            "batch_size": 32,
+            "num_steps": 35,
+            "schedule": "constant",
+        },
+    ),
+    "char-lstm": Recipe(
+        "a character model of your own text: 2 LSTM layers of 512 units with locked "
+        "dropout, AdamW and a cosine schedule; stops when validation stops improving",
+        {**_CHAR_LSTM, "epochs": 20, "patience": 3},
+    ),
+    "shakespeare": Recipe(
+        "the best character model of Tiny Shakespeare in 30 CPU-minutes (nanoGPT's split: "
+        "the last 10% held out)",
+        {
+            **_CHAR_LSTM,
+            "source": "tinyshakespeare",
+            "val_frac": 0.1,
+            "epochs": 100,
+            "time_limit": 30.0,
+        },
+    ),
+    "ptb-small": Recipe(
+        "Penn Treebank words, Zaremba et al.'s small size (2 x 200 LSTM) with tied "
+        "weights and word_language_model's SGD schedule, within 30 CPU-minutes",
+        {
+            "source": "ptb",
+            "mode": "words",
+            "impl": "torch",
+            "cell": "lstm",
+            "embedding": 200,
+            "hidden": 200,
+            "layers": 2,
+            "tie_weights": True,
+            "dropout": 0.2,
+            "optimizer": "sgd",
+            "lr": 20.0,
+            "clip": 0.25,
+            "schedule": "plateau",
+            "batch_size": 20,
+            "num_steps": 35,
+            "epochs": 40,
+            "time_limit": 30.0,
+        },
+    ),
+    "ptb-medium": Recipe(
+        "Penn Treebank words, Zaremba et al.'s medium size (2 x 650 LSTM, dropout 0.5) "
+        "with tied weights and word_language_model's SGD schedule",
+        {
+            "source": "ptb",
+            "mode": "words",
+            "impl": "torch",
+            "cell": "lstm",
+            "embedding": 650,
+            "hidden": 650,
+            "layers": 2,
+            "tie_weights": True,
+            "dropout": 0.5,
+            "optimizer": "sgd",
+            "lr": 20.0,
+            "clip": 0.25,
+            "schedule": "plateau",
+            "batch_size": 20,
+            "num_steps": 35,
+            "epochs": 40,
+        },
+    ),
+}
+
+
+def options_for(name: str, given: dict[str, Any]) -> dict[str, Any]:
+    """Recipe ``name``'s options, with the options ``given`` on the command line on top."""
+    if name not in RECIPES:
+        raise RnnlabError(
+            f"unknown recipe {name!r}; choose one of {', '.join(RECIPES)} (rnnlab recipes "
+            f"lists them)"
+        )
+    return {**RECIPES[name].options, **given}
+
+
+def command_line(options: dict[str, Any]) -> str:
+    """The options as ``rnnlab train`` flags: --hidden 512 --tie-weights ..."""
+    from .config import flag
+
+    parts: list[str] = []
+    for name, value in options.items():
+        if name == "source":
+            parts.insert(0, str(value))
+        elif value is True:
+            parts.append(flag(name))
+        elif value is not False:
+            parts.append(f"{flag(name)} {value}")
+    return " ".join(parts)
+
+
+def describe() -> str:
+    """Every recipe: its name, what it is for, its options and its measured result."""
+    blocks = []
+    for name, recipe in RECIPES.items():
+        blocks.append(
+            f"{name}\n  {recipe.summary}\n  options: {command_line(recipe.options)}\n"
+            f"  measured: {recipe.measured}"
+        )
+    return "\n\n".join(blocks)

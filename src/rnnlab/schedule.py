@@ -1,0 +1,121 @@
+"""Learning-rate schedules: the rate of each batch, from where the run stands.
+
+With k the batches the run has trained (from 0, across epochs and resumes), lr the
+run's ``--lr``, W ``--warmup``, m = ``--min-lr-frac`` × lr:
+
+    constant   lr_k = lr                                        (d2l; the default)
+    cosine     lr_k = lr · (k + 1) / (W + 1)                    k < W: linear warm-up
+               lr_k = m + (lr − m) · ½ (1 + cos(π p))           k ≥ W: cosine decay
+                   p = (k − W) / (N − W)                        over N planned batches
+                   p = s / S                                    or s of S seconds (--time-limit)
+               p is clipped to [0, 1], so the rate ends at m and stays there
+    plateau    lr_e = lr / 4^j after j epochs whose validation loss was not lower
+               than the lowest before them
+
+Cosine decay without restarts is Loshchilov & Hutter, "SGDR" (ICLR 2017); the warm-up
+and decay are nanoGPT's ``get_lr``. Plateau is pytorch/examples' word_language_model
+rule (``lr /= 4.0`` when the validation loss did not improve).
+
+N is --epochs × the batches of an epoch (summed over the epochs, which differ by their
+random offset); with a time limit the decay runs over its wall-clock seconds instead,
+so a run that stops at its limit ends at the floor, and a larger limit on --resume
+stretches what is left of it. A larger --epochs on --resume stretches N the same way.
+
+Each rate is a pure function of a :class:`ScheduleState`, which the trainer saves in
+every checkpoint, so a resumed run computes the rates the uninterrupted run would
+have (except with a time limit, where the rates follow the clock, which no rerun
+repeats). The state also keeps the lowest validation loss so far, which plateau
+reads, the best checkpoint is chosen by, and ``--patience`` counts from.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+SCHEDULES = ("constant", "cosine", "plateau")
+PLATEAU_FACTOR = 4.0  # word_language_model divides by 4
+
+
+@dataclass(frozen=True)
+class ScheduleState:
+    """Where the run stands, for its schedule, its best checkpoint and its time limit."""
+
+    lr: float  # the rate plateau has reached (its divisions so far); the run's --lr otherwise
+    batches: int = 0  # batches trained in the whole run: k above
+    seconds: float = 0.0  # wall-clock seconds of training in the whole run, across resumes
+    best_loss: float | None = None  # the lowest validation loss of an epoch so far
+    best_epoch: int = 0  # the epoch (from 1) that reached it; 0 before the first
+
+    def to_json(self) -> dict:
+        return {
+            "lr": self.lr,
+            "batches": self.batches,
+            "seconds": self.seconds,
+            "best_loss": self.best_loss,
+            "best_epoch": self.best_epoch,
+        }
+
+
+def improves(state: ScheduleState, val_loss: float) -> bool:
+    """Whether ``val_loss`` is lower than every validation loss before it."""
+    return state.best_loss is None or val_loss < state.best_loss
+
+
+def after_epoch(kind: str, state: ScheduleState, epoch: int, val_loss: float) -> ScheduleState:
+    """The state after epoch ``epoch`` (from 1) ended with ``val_loss``.
+
+    A new lowest loss becomes the best; under plateau any other loss divides the rate by 4.
+    """
+    if improves(state, val_loss):
+        return replace(state, best_loss=val_loss, best_epoch=epoch)
+    if kind == "plateau":
+        return replace(state, lr=state.lr / PLATEAU_FACTOR)
+    return state
+
+
+def cosine_progress(batch: int, warmup: int, planned: int) -> float:
+    """p of the cosine decay at batch ``batch`` of ``planned``: (k − W) / (N − W) in [0, 1]."""
+    return min(1.0, max(0.0, (batch - warmup) / max(1, planned - warmup)))
+
+
+def time_progress(seconds: float, limit_seconds: float) -> float:
+    """p of the cosine decay after ``seconds`` of a ``limit_seconds`` budget: s / S in [0, 1]."""
+    return min(1.0, max(0.0, seconds / limit_seconds))
+
+
+def cosine_rate(lr: float, batch: int, warmup: int, min_lr_frac: float, progress: float) -> float:
+    """The cosine schedule's rate at batch ``batch``: warm-up, else decay at ``progress`` p."""
+    if batch < warmup:
+        return lr * (batch + 1) / (warmup + 1)
+    floor = min_lr_frac * lr
+    return floor + (lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """One run's schedule: its kind and settings, and what its decay runs over."""
+
+    kind: str
+    lr: float
+    warmup: int = 0
+    min_lr_frac: float = 0.0
+    planned_batches: int = 0  # N: cosine over batches
+    limit_seconds: float | None = None  # S: cosine over the time limit instead
+
+    def rate(self, state: ScheduleState) -> float:
+        """The rate of the next batch, number ``state.batches``, at ``state.seconds``."""
+        if self.kind == "plateau":
+            return state.lr
+        if self.kind != "cosine":
+            return self.lr
+        if self.limit_seconds is not None:
+            progress = time_progress(state.seconds, self.limit_seconds)
+        else:
+            progress = cosine_progress(state.batches, self.warmup, self.planned_batches)
+        return cosine_rate(self.lr, state.batches, self.warmup, self.min_lr_frac, progress)
+
+    @property
+    def per_batch(self) -> bool:
+        """Whether the rate may change from one batch to the next (else only between epochs)."""
+        return self.kind == "cosine"

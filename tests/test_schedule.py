@@ -1,0 +1,132 @@
+"""Learning-rate schedules as pure functions, their options, and evaluation at any batch size."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from rnnlab import schedule
+from rnnlab.batches import epoch_batches, eval_batches, num_batches
+from rnnlab.config import RESUMABLE_CHANGES, ModelConfig, TrainConfig
+from rnnlab.errors import RnnlabError
+from rnnlab.models import build_model
+from rnnlab.schedule import Schedule, ScheduleState, after_epoch, cosine_rate
+from rnnlab.train import evaluate
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def at(batches: int = 0, seconds: float = 0.0, lr: float = 1.0) -> ScheduleState:
+    return ScheduleState(lr=lr, batches=batches, seconds=seconds)
+
+
+def test_constant_is_the_rate_given_at_every_batch():
+    constant = Schedule("constant", 0.5)
+    assert {constant.rate(at(k, s, lr=9.0)) for k, s in [(0, 0), (10**6, 1e5)]} == {0.5}
+
+
+def test_cosine_warms_up_linearly_then_decays_to_its_floor():
+    lr, W, N, m = 2.0, 4, 104, 0.1
+    cosine = Schedule("cosine", lr, W, m, planned_batches=N)
+    rates = [cosine.rate(at(k)) for k in range(N + 5)]
+    assert rates[:W] == [lr * (k + 1) / (W + 1) for k in range(W)]
+    assert rates[W] == lr  # the decay starts at the full rate
+    assert rates[W + 50] == pytest.approx((lr + m * lr) / 2)  # halfway: the mean of lr and floor
+    assert all(a >= b for a, b in zip(rates[W:], rates[W + 1 :]))
+    assert rates[N:] == [pytest.approx(m * lr)] * 5  # the floor, then it stays there
+
+
+def test_cosine_over_a_time_limit_follows_the_clock_not_the_batches():
+    lr, S = 1.0, 120.0  # a 2-minute run
+    cosine = Schedule("cosine", lr, warmup=3, min_lr_frac=0.0, limit_seconds=S)
+    assert cosine.rate(at(1, seconds=100.0)) == pytest.approx(2 / 4)  # warm-up: by batches
+    assert cosine.rate(at(3, seconds=0.0)) == lr
+    for batches in (3, 10**6):  # after warm-up only the seconds count
+        assert cosine.rate(at(batches, seconds=S / 2)) == pytest.approx(lr / 2)
+        assert cosine.rate(at(batches, seconds=S * 0.25)) == pytest.approx(
+            0.5 * (1 + math.cos(math.pi / 4))
+        )
+    assert cosine.rate(at(500, seconds=S)) == pytest.approx(0.0, abs=1e-15)  # decayed by its end
+    assert cosine.rate(at(500, seconds=3 * S)) == cosine.rate(at(500, seconds=S))
+    # the formula itself: m + (lr - m) * (1 + cos(pi p)) / 2
+    assert cosine_rate(4.0, 10, 0, 0.25, 1 / 3) == pytest.approx(1.0 + 3.0 * 0.75)
+
+
+def test_plateau_divides_by_four_after_an_epoch_that_is_not_the_best():
+    state = ScheduleState(lr=20.0)
+    state = after_epoch("plateau", state, 1, 5.0)
+    assert (state.lr, state.best_loss, state.best_epoch) == (20.0, 5.0, 1)
+    state = after_epoch("plateau", state, 2, 5.0)  # not lower: equal is no better
+    assert (state.lr, state.best_epoch) == (5.0, 1)
+    state = after_epoch("plateau", state, 3, 4.0)
+    assert (state.lr, state.best_loss, state.best_epoch) == (5.0, 4.0, 3)
+    assert Schedule("plateau", 20.0).rate(state) == 5.0
+    kept = after_epoch("cosine", ScheduleState(lr=1.0, best_loss=3.0, best_epoch=1), 2, 3.5)
+    assert kept.lr == 1.0 and kept.best_epoch == 1  # only plateau changes the rate here
+
+
+def test_the_state_a_checkpoint_keeps_round_trips_through_json():
+    state = ScheduleState(lr=0.3125, batches=12345, seconds=67.5, best_loss=1.25, best_epoch=4)
+    assert ScheduleState(**state.to_json()) == state
+
+
+@pytest.mark.parametrize("sampling", ["sequential", "random"])
+def test_num_batches_counts_what_epoch_batches_makes(sampling):
+    ids = torch.arange(2717) % 7
+    for seed, epoch in [(0, 0), (0, 1), (3, 7), (11, 2)]:
+        X, _ = epoch_batches(ids, 8, 10, sampling, seed, epoch)
+        assert num_batches(len(ids), 8, 10, sampling, seed, epoch) == len(X)
+
+
+@pytest.mark.parametrize(
+    "options, words",
+    [
+        (dict(warmup=10), "--schedule cosine"),
+        (dict(schedule="plateau", min_lr_frac=0.1), "--schedule cosine"),
+        (dict(schedule="cosine", min_lr_frac=1.0), "--min-lr-frac"),
+        (dict(schedule="linear"), "--schedule"),
+        (dict(time_limit=0), "--time-limit"),
+        (dict(time_limit=-1.5), "--time-limit"),
+        (dict(time_limit=float("inf")), "--time-limit"),
+        (dict(patience=-1), "--patience"),
+        (dict(eval_batch_size=-1), "--eval-batch-size"),
+        (dict(schedule="cosine", cuda_graph=True, device="cuda"), "--cuda-graph"),
+    ],
+)
+def test_bad_schedule_options_are_one_line_errors(options, words):
+    with pytest.raises(RnnlabError) as info:
+        TrainConfig.from_options(options)
+    assert words in str(info.value) and len(str(info.value).splitlines()) == 1
+
+
+def test_defaults_are_todays_training_and_the_limits_may_change_on_resume():
+    cfg = TrainConfig()
+    assert (cfg.schedule, cfg.warmup, cfg.min_lr_frac) == ("constant", 0, 0.0)
+    assert (cfg.patience, cfg.time_limit, cfg.eval_batch_size) == (0, None, 0)
+    assert {"time_limit", "patience"} <= set(RESUMABLE_CHANGES)
+    assert "schedule" not in RESUMABLE_CHANGES and "eval_batch_size" not in RESUMABLE_CHANGES
+    assert schedule.SCHEDULES[0] == "constant"
+
+
+def test_validation_loss_is_the_mean_over_streams_each_scored_as_if_alone():
+    """What the evaluation batch size changes: how the text is cut into streams (each
+    starting from a zero state, the tail that fills no batch left out), not how a stream
+    is scored. So the loss at B streams equals the token-weighted mean of the same B
+    streams scored one at a time (to float32 rounding), and two batch sizes over the
+    same text give losses that differ only by that cut."""
+    torch.manual_seed(0)
+    V = 11
+    model = build_model(ModelConfig(impl="torch", cell="lstm", hidden=16, dropout=0.5), V)
+    ids = torch.randint(0, V, (1001,))
+    for B in (4, 7):
+        X, Y = eval_batches(ids, B, 10)  # (nb, B, T)
+        whole = evaluate(model, X, Y)
+        alone = [evaluate(model, X[:, b : b + 1], Y[:, b : b + 1]) for b in range(B)]
+        assert whole == pytest.approx(sum(alone) / B, rel=1e-6)
+        assert evaluate(model, X, Y) == whole  # eval mode: no dropout, the same every time
+    X4, Y4 = eval_batches(ids, 4, 10)
+    X7, Y7 = eval_batches(ids, 7, 10)
+    assert Y4.numel() != Y7.numel()  # 4 x 25 x 10 tokens, and 7 x 14 x 10
+    assert evaluate(model, X4, Y4) == pytest.approx(evaluate(model, X7, Y7), rel=0.05)
