@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__,
         "cpus": os.cpu_count(),
         "train_seconds": round(seconds, 1),
+        "config": json.loads((run_dir / "config.json").read_text()),  # what the recipe meant
         "last_epoch": last,
         "held_out": held_out,
     }
