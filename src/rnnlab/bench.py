@@ -44,8 +44,6 @@ system offers neither.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import json
 import statistics
 import time
@@ -56,7 +54,7 @@ from pathlib import Path
 import torch
 
 from . import batches as batches_mod
-from . import corpus, files, tokenize, train, vocab
+from . import corpus, files, heap, tokenize, train, vocab
 from .config import BenchConfig, ModelConfig
 from .errors import RnnlabError
 from .models import ScratchLM, TorchLM, build_model
@@ -130,15 +128,6 @@ class _Floor:
         return time.perf_counter() - start
 
 
-def _libc():
-    """The C library, for malloc_trim; None where it cannot be loaded."""
-    name = ctypes.util.find_library("c")
-    try:
-        return ctypes.CDLL(name) if name else None
-    except OSError:
-        return None
-
-
 def _status_kib(key: str) -> int | None:
     """A size line (VmRSS, VmHWM) of /proc/self/status in KiB; None where there is none."""
     try:
@@ -153,10 +142,10 @@ def _status_kib(key: str) -> int | None:
 
 def _start_rss_peak() -> int | None:
     """Give freed heap memory back, reset the peak resident size; the RSS now (KiB) or None."""
-    libc = _libc()
-    if libc is None or not hasattr(libc, "malloc_trim"):
+    malloc_trim = getattr(heap.libc(), "malloc_trim", None)
+    if malloc_trim is None:
         return None
-    libc.malloc_trim(0)
+    malloc_trim(0)
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # reset VmHWM to the current RSS (Linux 4.0 and later)

@@ -26,14 +26,18 @@ M_MMAP_MAX = -4  # how many allocations may be served by mmap at once
 KEEP_UP_TO = 2**31 - 1  # bytes of free heap top kept (mallopt takes an int)
 
 
-def keep_freed_memory() -> bool:
-    """Serve allocations from the heap and keep freed memory; whether glibc accepted it."""
+def libc():
+    """The C library (ctypes), or None where it cannot be found or loaded."""
     name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name) if name else None
+        return ctypes.CDLL(name) if name else None
     except OSError:
-        return False
-    mallopt = getattr(libc, "mallopt", None)
+        return None
+
+
+def keep_freed_memory() -> bool:
+    """Serve allocations from the heap and keep freed memory; whether glibc accepted it."""
+    mallopt = getattr(libc(), "mallopt", None)
     if mallopt is None:
         return False
     return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, KEEP_UP_TO))

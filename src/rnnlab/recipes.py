@@ -60,6 +60,23 @@ _CHAR_LSTM = {
     "num_steps": 128,
 }
 
+# The word models: Penn Treebank, 2 tied LSTM layers, word_language_model's SGD rule.
+_PTB_LSTM = {
+    "source": "ptb",
+    "mode": "words",
+    "impl": "torch",
+    "cell": "lstm",
+    "layers": 2,
+    "tie_weights": True,
+    "optimizer": "sgd",
+    "lr": 20.0,
+    "clip": 0.25,
+    "schedule": "plateau",
+    "batch_size": 20,
+    "num_steps": 35,
+    "epochs": 40,
+}
+
 RECIPES: dict[str, Recipe] = {
     "book": Recipe(
         "the notes' model (d2l 8.5): an RNN of 512 units on one-hot characters, SGD at "
@@ -129,47 +146,12 @@ RECIPES: dict[str, Recipe] = {
     "ptb-small": Recipe(
         "Penn Treebank words, Zaremba et al.'s small size (2 x 200 LSTM) with tied "
         "weights and word_language_model's SGD schedule, within 30 CPU-minutes",
-        {
-            "source": "ptb",
-            "mode": "words",
-            "impl": "torch",
-            "cell": "lstm",
-            "embedding": 200,
-            "hidden": 200,
-            "layers": 2,
-            "tie_weights": True,
-            "dropout": 0.2,
-            "optimizer": "sgd",
-            "lr": 20.0,
-            "clip": 0.25,
-            "schedule": "plateau",
-            "batch_size": 20,
-            "num_steps": 35,
-            "epochs": 40,
-            "time_limit": 30.0,
-        },
+        {**_PTB_LSTM, "embedding": 200, "hidden": 200, "dropout": 0.2, "time_limit": 30.0},
     ),
     "ptb-medium": Recipe(
         "Penn Treebank words, Zaremba et al.'s medium size (2 x 650 LSTM, dropout 0.5) "
         "with tied weights and word_language_model's SGD schedule",
-        {
-            "source": "ptb",
-            "mode": "words",
-            "impl": "torch",
-            "cell": "lstm",
-            "embedding": 650,
-            "hidden": 650,
-            "layers": 2,
-            "tie_weights": True,
-            "dropout": 0.5,
-            "optimizer": "sgd",
-            "lr": 20.0,
-            "clip": 0.25,
-            "schedule": "plateau",
-            "batch_size": 20,
-            "num_steps": 35,
-            "epochs": 40,
-        },
+        {**_PTB_LSTM, "embedding": 650, "hidden": 650, "dropout": 0.5},
     ),
 }
 
