@@ -115,11 +115,22 @@ def test_peak_resident_memory_grows_with_the_activations(one_thread):
     assert sizes[64] > sizes[8]
 
 
-def test_the_floor_runs_every_product_of_a_deep_model():
+def test_the_floor_runs_every_product_of_a_deep_model(monkeypatch):
+    """Per layer 2T step products and dW_h, 3 input products above the first, 3 output ones."""
+    shapes = []
+    real_mm = torch.mm
+    monkeypatch.setattr(
+        torch,
+        "mm",
+        lambda a, b, out: shapes.append((*a.shape, b.shape[1])) or real_mm(a, b, out=out),
+    )
     floor = bench._Floor("gru", V=7, H=8, layers=2, B=3, T=4, device=torch.device("cpu"))
     assert floor.run() > 0
-    assert floor.gates.shape == (3, 24) and floor.XW.shape == (12, 24)
-    assert floor.logits.shape == (12, 7) and floor.dW_hq.shape == (8, 7)
+    step, back, dW = (3, 8, 24), (3, 24, 8), (8, 12, 24)
+    layer0 = [step] * 4 + [back] * 4 + [dW]
+    layer1 = layer0 + [(12, 8, 24), (12, 24, 8), dW]
+    output = [(12, 8, 7), (12, 7, 8), (8, 12, 7)]
+    assert shapes == layer0 + layer1 + output
 
 
 def test_ratios_are_none_without_the_reference_and_threads_are_put_back():
