@@ -187,6 +187,19 @@ def test_weight_tying_shares_the_embedding():
         TorchLM(30, 16, cell="lstm", embedding=8, tie_weights=True)
 
 
+def test_a_tied_matrix_starts_small_as_an_output_layer_must():
+    """Tied weights start uniform in +-0.1 (word_language_model's range), not N(0, 1)."""
+    torch.manual_seed(0)
+    H, V = 200, 10000
+    tied = TorchLM(V, H, 2, "lstm", embedding=H, tie_weights=True)
+    weight = tied.embedding.weight
+    assert weight.abs().max() <= 0.1 and weight.std() > 0.05  # spread over the whole range
+    logits, _ = tied(torch.zeros(1, 1, dtype=torch.long), tied.begin_state(1))
+    assert logits.std() < 1.0  # with N(0, 1) entries they would spread by about sqrt(H) = 14
+    untied = TorchLM(V, H, 2, "lstm", embedding=H)
+    assert untied.embedding.weight.std() > 0.9  # an input-only embedding keeps torch's N(0, 1)
+
+
 @pytest.mark.parametrize("impl", ["scratch", "fused"])
 def test_one_hot_models_refuse_torch_only_options(impl):
     torch_only = (

@@ -42,6 +42,9 @@ LAYER_WEIGHTS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")  # torch.nn's n
 # before its own output matrix (Grave et al. 2017: rarer words, smaller capacity).
 ADAPTIVE_DIV = 4
 
+# Tied weights start uniform in [-0.1, 0.1] (word_language_model's and AWD-LSTM's range).
+TIED_INIT_RANGE = 0.1
+
 
 def adaptive_cutoffs(vocab_size: int, hidden: int, cutoffs: Sequence[int] = ()) -> list[int]:
     """The adaptive softmax's cluster boundaries for V = ``vocab_size`` token ids.
@@ -215,6 +218,10 @@ class TorchLM(RNNEncoder):
         else:
             self.linear = nn.Linear(hidden, vocab_size)
             if tie_weights and self.embedding is not None:
+                # The shared matrix is also the output layer, so it starts small, as in
+                # word_language_model and AWD-LSTM (uniform in +-0.1): nn.Embedding's
+                # N(0, 1) would start the logits with a spread of about sqrt(H).
+                nn.init.uniform_(self.embedding.weight, -TIED_INIT_RANGE, TIED_INIT_RANGE)
                 self.linear.weight = self.embedding.weight
 
     def forward(self, X: torch.Tensor, state):
