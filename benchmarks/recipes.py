@@ -30,6 +30,13 @@ from rnnlab.recipes import RECIPES
 ROWS = Path(__file__).parent / "results" / "recipes.jsonl"
 
 
+def append_row(rows: Path, row: dict) -> None:
+    """Add ``row`` as one JSON line to the file ``rows`` (made, with its folder, if missing)."""
+    rows.parent.mkdir(parents=True, exist_ok=True)
+    with rows.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+
+
 def run(cmd: list[str]) -> subprocess.CompletedProcess:
     print("$", " ".join(cmd), flush=True)
     return subprocess.run(cmd, check=True, capture_output=True, text=True)
@@ -77,10 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(json.dumps(row, indent=2))
     if not args.smoke:
-        rows = Path(args.rows)
-        rows.parent.mkdir(parents=True, exist_ok=True)
-        with rows.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
+        append_row(Path(args.rows), row)
     return 0
 
 

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import torch
+from recipes import append_row  # benchmarks/recipes.py, beside this script
 
 ROWS = Path(__file__).parent / "results" / "timemachine.jsonl"
 
@@ -40,48 +41,29 @@ BOOK = [
     "--clip", "1",
 ]  # fmt: skip
 
+
+def book_model(impl: str, cell: str, hidden: int, lr: int, *extra: str) -> list[str]:
+    """The options of one of the book's models: implementation, cell, hidden size, rate."""
+    return ["--impl", impl, "--cell", cell, "--hidden", str(hidden), "--lr", str(lr), *extra]
+
+
 # name: (the book's section and model, its published training perplexity, the model's options)
 MODELS: dict[str, tuple[str, float, list[str]]] = {
-    "rnn-scratch": (
-        "8.5 RNN from scratch, sequential",
-        1.0,
-        ["--impl", "scratch", "--cell", "rnn", "--hidden", "512", "--lr", "1"],
-    ),
+    "rnn-scratch": ("8.5 RNN from scratch, sequential", 1.0, book_model("scratch", "rnn", 512, 1)),
     "rnn-scratch-random": (
         "8.5 RNN from scratch, random sampling",
         1.5,
-        ["--impl", "scratch", "--cell", "rnn", "--hidden", "512", "--lr", "1"]
-        + ["--sampling", "random"],
+        book_model("scratch", "rnn", 512, 1, "--sampling", "random"),
     ),
-    "rnn-concise": (
-        "8.6 nn.RNN",
-        1.3,
-        ["--impl", "torch", "--cell", "rnn", "--hidden", "256", "--lr", "1"],
-    ),
-    "gru-scratch": (
-        "9.1 GRU from scratch",
-        1.1,
-        ["--impl", "scratch", "--cell", "gru", "--hidden", "256", "--lr", "1"],
-    ),
-    "gru-concise": (
-        "9.1 nn.GRU",
-        1.1,
-        ["--impl", "torch", "--cell", "gru", "--hidden", "256", "--lr", "1"],
-    ),
-    "lstm-scratch": (
-        "9.2 LSTM from scratch",
-        1.3,
-        ["--impl", "scratch", "--cell", "lstm", "--hidden", "256", "--lr", "1"],
-    ),
-    "lstm-concise": (
-        "9.2 nn.LSTM",
-        1.2,
-        ["--impl", "torch", "--cell", "lstm", "--hidden", "256", "--lr", "1"],
-    ),
+    "rnn-concise": ("8.6 nn.RNN", 1.3, book_model("torch", "rnn", 256, 1)),
+    "gru-scratch": ("9.1 GRU from scratch", 1.1, book_model("scratch", "gru", 256, 1)),
+    "gru-concise": ("9.1 nn.GRU", 1.1, book_model("torch", "gru", 256, 1)),
+    "lstm-scratch": ("9.2 LSTM from scratch", 1.3, book_model("scratch", "lstm", 256, 1)),
+    "lstm-concise": ("9.2 nn.LSTM", 1.2, book_model("torch", "lstm", 256, 1)),
     "lstm-deep": (
         "9.3 deep LSTM, 2 layers",
         1.0,
-        ["--impl", "torch", "--cell", "lstm", "--hidden", "256", "--layers", "2", "--lr", "2"],
+        book_model("torch", "lstm", 256, 2, "--layers", "2"),
     ),
 }
 
@@ -121,10 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             "tokens_per_s": last["tokens_per_s"],
         }
         print(json.dumps(row), flush=True)
-        rows = Path(args.rows)
-        rows.parent.mkdir(parents=True, exist_ok=True)
-        with rows.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
+        append_row(Path(args.rows), row)
     return 0
 
 
