@@ -4,6 +4,8 @@
     python tests/faults.py crash-in-save 2 -- train ...
     python tests/faults.py crash-in-best-save 2 -- train ...
     python tests/faults.py nan-at-batch 40 -- train ...
+    torchrun --nproc-per-node 2 tests/faults.py --rank 1 crash-at-batch 9 -- train ...
+    torchrun --nproc-per-node 2 tests/faults.py --float64 -- train ...
 
 The library has no test hooks: this launcher wraps the function to break, then
 calls the command line's ``main`` in the same process.
@@ -15,6 +17,12 @@ calls the command line's ``main`` in the same process.
 * crash-in-best-save N: the same in the Nth best checkpoint (RUN/best/).
 * nan-at-batch N: the update of global batch N turns every parameter and the loss
   into NaN, as a diverging run would.
+* interrupt-launcher-at-batch N: before batch N + 1, send SIGINT to the parent process
+  (torchrun's agent, as Ctrl-C in its terminal would).
+
+Options before the fault: ``--rank R`` injects it only into the process torchrun gives
+rank R; ``--float64`` makes torch's default dtype float64, so that every model trains
+in double precision (the reference precision of the data-parallel tests).
 """
 
 from __future__ import annotations
@@ -28,22 +36,31 @@ import torch
 from rnnlab import cli, files, train
 
 
-def crash_at_batch(n: int) -> None:
+def signal_at_batch(n: int, pid, signum: int) -> None:
+    """Before the update of batch n + 1, send ``signum`` to the process ``pid()``."""
     make_step = train.make_step
     done = [0]
 
     def counting_make_step(model, optimizer, clip, **options):
         step = make_step(model, optimizer, clip, **options)
 
-        def dies_at_n(X, Y, state):
+        def signals_at_n(X, Y, state):
             if done[0] == n:
-                os.kill(os.getpid(), signal.SIGKILL)
+                os.kill(pid(), signum)
             done[0] += 1
             return step(X, Y, state)
 
-        return dies_at_n
+        return signals_at_n
 
     train.make_step = counting_make_step
+
+
+def crash_at_batch(n: int) -> None:
+    signal_at_batch(n, os.getpid, signal.SIGKILL)
+
+
+def interrupt_launcher_at_batch(n: int) -> None:
+    signal_at_batch(n, os.getppid, signal.SIGINT)
 
 
 def crash_in_save(n: int, series: str = "checkpoints") -> None:
@@ -92,10 +109,25 @@ FAULTS = {
     "crash-in-save": crash_in_save,
     "crash-in-best-save": crash_in_best_save,
     "nan-at-batch": nan_at_batch,
+    "interrupt-launcher-at-batch": interrupt_launcher_at_batch,
 }
+USAGE = "usage: faults.py [--float64] [--rank R] [FAULT N] -- ARGS..."
 
 if __name__ == "__main__":
-    fault, count, separator, *argv = sys.argv[1:]
-    assert fault in FAULTS and separator == "--", "usage: faults.py FAULT N -- ARGS..."
-    FAULTS[fault](int(count))
+    words = sys.argv[1:]
+    assert "--" in words, USAGE
+    options, argv = words[: words.index("--")], words[words.index("--") + 1 :]
+    if "--float64" in options:
+        options.remove("--float64")
+        torch.set_default_dtype(torch.float64)
+    rank = None
+    if "--rank" in options:
+        at = options.index("--rank")
+        rank = int(options[at + 1])
+        del options[at : at + 2]
+    if options:
+        fault, count = options
+        assert fault in FAULTS, USAGE
+        if rank is None or rank == int(os.environ.get("RANK", "0")):
+            FAULTS[fault](int(count))
     sys.exit(cli.main(argv))

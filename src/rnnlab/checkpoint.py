@@ -144,6 +144,7 @@ def save_checkpoint(
     schedule: ScheduleState | None = None,
     *,
     best: bool = False,
+    rng_of_ranks: list[dict[str, torch.Tensor]] | None = None,
 ) -> int:
     """Write a new checkpoint and make it the current one; returns its generation number.
 
@@ -151,7 +152,9 @@ def save_checkpoint(
     at an epoch's end pass epoch + 1 and a fresh EpochProgress. ``schedule``: where the
     run stands (default: at its start, at ``cfg.lr``). ``best``: the same checkpoint
     becomes the best one first (:data:`BEST`). Refuses (NonFiniteError) to write
-    weights or optimizer state that are not finite numbers.
+    weights or optimizer state that are not finite numbers. ``rng_of_ranks``: in a
+    data-parallel run, :func:`rng_state` of every rank, in rank order (this process's
+    is also stored as the run's own).
     """
     run = Path(run)
     weights = dict(model.state_dict())
@@ -163,9 +166,9 @@ def save_checkpoint(
             f"--lr or --clip and train again"
         )
     carry_kind, carry = _carry_tensors(progress.state)
-    rng = {"rng.torch": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        rng.update({f"rng.cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    rng = rng_state()
+    for rank, states in enumerate(rng_of_ranks or ()):
+        rng.update({f"rng.rank.{rank}.{k[len('rng.') :]}": v for k, v in states.items()})
     schedule = schedule if schedule is not None else ScheduleState(lr=cfg.lr)
     trainer = {
         "format": TRAINER_FORMAT,
@@ -697,6 +700,25 @@ def check_config_matches(run: Path, cfg: TrainConfig, ckpt: Checkpoint) -> None:
             f"was trained with {then!r}; config.json was edited or damaged: restore "
             f"it (set {name} back to {then!r})"
         )
+
+
+def rng_state() -> dict[str, torch.Tensor]:
+    """This process's random-number states, named as a checkpoint stores them."""
+    rng = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        rng.update({f"rng.cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    return rng
+
+
+def rng_of_rank(rng: dict[str, torch.Tensor], rank: int, size: int) -> dict[str, torch.Tensor]:
+    """The states rank ``rank`` of ``size`` processes resumes from: its own where the
+    checkpoint was written by as many processes, else the run's own (rank 0's; all ranks
+    of a run draw alike, so they hold the same)."""
+    prefix = f"rng.rank.{rank}."
+    written_by = sum(1 for k in rng if k.startswith("rng.rank.") and k.endswith(".torch"))
+    if written_by == size and prefix + "torch" in rng:
+        return {"rng." + k[len(prefix) :]: v for k, v in rng.items() if k.startswith(prefix)}
+    return {k: v for k, v in rng.items() if not k.startswith("rng.rank.")}
 
 
 def restore_rng(rng: dict[str, torch.Tensor]) -> None:

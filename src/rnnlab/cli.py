@@ -5,6 +5,7 @@
     rnnlab generate runs/tm --prefix "time traveller " --length 100
     rnnlab eval runs/tm --json
     rnnlab bench --device cpu
+    torchrun --standalone --nproc-per-node 2 -m rnnlab train --out runs/tm   # data-parallel
 
 Each command's options are the fields of a dataclass in :mod:`rnnlab.config`
 (their defaults, help and choices are written there once, and checked there).
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .errors import RnnlabError
+from .errors import ReportedElsewhere, RnnlabError
 
 # command -> (one-line help, description)
 COMMANDS = {
@@ -245,6 +246,17 @@ def add_command_options(parsers: dict[str, argparse.ArgumentParser]) -> None:
         help="on --resume, go on although the text of SOURCE changed since the run was "
         "trained on it (default: stop with an error)",
     )
+    from .distributed import DEFAULT_TIMEOUT
+
+    p.add_argument(
+        "--peer-timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help="under torchrun: how long a process waits for the others before it stops "
+        "with an error naming the one that did not answer (a process that dies is "
+        "noticed at once)",
+    )
 
     p = parsers["generate"]
     p.add_argument("run", metavar="RUN_DIR", help="the --out folder of a train run")
@@ -316,6 +328,7 @@ def cmd_data(args) -> int:
 
 
 def cmd_train(args) -> int:
+    from . import distributed
     from .config import TrainConfig
     from .corpus import is_builtin
     from .trainer import fit
@@ -323,7 +336,16 @@ def cmd_train(args) -> int:
     given: dict[str, Any] = {
         k: v
         for k, v in vars(args).items()
-        if k not in ("command", "out", "resume", "quiet", "accept_changed_source", "recipe")
+        if k
+        not in (
+            "command",
+            "out",
+            "resume",
+            "quiet",
+            "accept_changed_source",
+            "recipe",
+            "peer_timeout",
+        )
     }
     if args.recipe:
         if args.resume:
@@ -339,14 +361,21 @@ def cmd_train(args) -> int:
         given["source"] = str(Path(given["source"]).expanduser().resolve())
     # On --resume, fit() starts from the run's config.json and checks the allowed changes.
     cfg = None if args.resume else TrainConfig.from_options(given)
-    return fit(
-        cfg,
-        Path(args.out),
-        resume=args.resume,
-        given=given,
-        quiet=args.quiet,
-        accept_changed_source=args.accept_changed_source,
-    )
+    # Under torchrun, this process is one rank of several; without it, the only one.
+    world = distributed.from_environment()
+    distributed.start(world, args.peer_timeout)
+    try:
+        return fit(
+            cfg,
+            Path(args.out),
+            resume=args.resume,
+            given=given,
+            quiet=args.quiet,
+            accept_changed_source=args.accept_changed_source,
+            world=world,
+        )
+    finally:
+        distributed.finish(world)
 
 
 def cmd_generate(args) -> int:
@@ -497,8 +526,10 @@ def main(argv: list[str] | None = None) -> int:
             keep_freed_memory()
         return RUN[args.command](args)
     except RnnlabError as e:
-        message = " ".join(str(e).split())  # one line, whatever a file name holds
-        print(f"rnnlab: error: {message}", file=sys.stderr)
+        # Under torchrun, an error every process meets is reported by one of them.
+        if not isinstance(e, ReportedElsewhere):
+            message = " ".join(str(e).split())  # one line, whatever a file name holds
+            print(f"rnnlab: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("rnnlab: interrupted", file=sys.stderr)

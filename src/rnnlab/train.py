@@ -115,10 +115,33 @@ def sequence_loss(
     return -result.output.sum() if reduction == "sum" else result.loss
 
 
-def train_step(model, optimizer, X, Y, state, clip: float):
-    """One update on batch X, Y (B, T) from ``state``: returns (loss, grad norm, new state)."""
-    outputs, state = model(X, state)
-    loss = sequence_loss(outputs, Y, model)
+class BatchLoss(torch.nn.Module):
+    """A model and its loss as one module: (X, Y (B, T), state) -> (mean loss, new state).
+
+    What DistributedDataParallel wraps in a data-parallel run, so that every parameter,
+    an adaptive softmax's included, is used inside the wrapped forward.
+    """
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, X: torch.Tensor, Y: torch.Tensor, state):
+        outputs, state = self.model(X, state)
+        return sequence_loss(outputs, Y, self.model), state
+
+
+def train_step(model, optimizer, X, Y, state, clip: float, batch_loss=None):
+    """One update on batch X, Y (B, T) from ``state``: returns (loss, grad norm, new state).
+
+    ``batch_loss(X, Y, state) -> (loss, state)`` computes the loss instead of the model
+    and :func:`sequence_loss` (a DDP-wrapped :class:`BatchLoss` averages the gradients).
+    """
+    if batch_loss is None:
+        outputs, state = model(X, state)
+        loss = sequence_loss(outputs, Y, model)
+    else:
+        loss, state = batch_loss(X, Y, state)
     optimizer.zero_grad()  # grads to None: backward then stores them without adding to zeros
     loss.backward()
     params = [p for group in optimizer.param_groups for p in group["params"]]
@@ -139,8 +162,10 @@ def check_cuda_graph(device: torch.device) -> None:
         )
 
 
-def make_step(model, optimizer, clip: float, cuda_graph: bool = False) -> Step:
+def make_step(model, optimizer, clip: float, cuda_graph: bool = False, batch_loss=None) -> Step:
     """The update step ``step(X, Y, state) -> (loss, grad norm, new state)`` for ``model``.
+
+    ``batch_loss``: as :func:`train_step`'s (data-parallel runs; not with ``cuda_graph``).
 
     :func:`train_step`, unless ``cuda_graph`` (``--cuda-graph``, experimental: never yet
     run on a GPU) asks for the step to be captured once as a CUDA graph and replayed
@@ -161,7 +186,7 @@ def make_step(model, optimizer, clip: float, cuda_graph: bool = False) -> Step:
         return GraphedTrainStep(model, optimizer, clip)
 
     def step(X, Y, state):
-        return train_step(model, optimizer, X, Y, state, clip)
+        return train_step(model, optimizer, X, Y, state, clip, batch_loss)
 
     return step
 
@@ -199,10 +224,13 @@ def run_epoch(
     step: Step | None = None,
     check_every: int | None = None,
     on_batch: Callable[[EpochProgress], bool] | None = None,
+    batch_tokens: int | None = None,
 ) -> EpochProgress:
     """Train on batches X_all, Y_all (num_batches, B, T), starting at ``progress.batch``.
 
     ``step(X, Y, state) -> (loss, norm, state)`` defaults to :func:`make_step`'s.
+    ``batch_tokens``: the tokens each batch's mean loss stands for (default B*T; in a
+    data-parallel run, where the step returns the global batch's loss, all of its tokens).
     ``on_batch(progress)`` runs after every checked batch (each batch on the CPU);
     if it returns True the epoch stops early (for interrupts), leaving ``progress``
     ready to resume. Raises NonFiniteError naming the first bad batch.
@@ -210,6 +238,7 @@ def run_epoch(
     progress = progress or EpochProgress()
     device = X_all.device
     B, T = X_all.shape[1], X_all.shape[2]
+    tokens = B * T if batch_tokens is None else batch_tokens
     if step is None:
         step = make_step(model, optimizer, clip)
     if check_every is None:
@@ -227,8 +256,8 @@ def run_epoch(
                     f"batch {i + 1}; the last finite loss was {progress.last_finite_loss:.4f}; "
                     f"lower --lr or --clip and train again (the last checkpoint is kept)"
                 )
-            progress.loss_sum += loss * B * T
-            progress.tokens += B * T
+            progress.loss_sum += loss * tokens
+            progress.tokens += tokens
             progress.last_finite_loss = loss
         pending.clear()
 
@@ -251,8 +280,13 @@ def run_epoch(
 
 
 @torch.no_grad()
-def evaluate(model, X_all: torch.Tensor, Y_all: torch.Tensor) -> float:
-    """Mean loss per token over sequential batches X_all, Y_all (nb, B, T), state carried."""
+def loss_sum(model, X_all: torch.Tensor, Y_all: torch.Tensor) -> float:
+    """Summed loss (nats) over sequential batches X_all, Y_all (nb, B, T), state carried.
+
+    0 for no streams (B = 0: a process with no share of a small validation split).
+    """
+    if X_all.numel() == 0:
+        return 0.0
     model.eval()
     state = model.begin_state(X_all.shape[1], X_all.device)
     total = torch.zeros((), dtype=torch.float64, device=X_all.device)
@@ -260,7 +294,12 @@ def evaluate(model, X_all: torch.Tensor, Y_all: torch.Tensor) -> float:
         outputs, state = model(X, state)
         total += sequence_loss(outputs, Y, model, reduction="sum").double()
     model.train()
-    return total.item() / Y_all.numel()
+    return total.item()
+
+
+def evaluate(model, X_all: torch.Tensor, Y_all: torch.Tensor) -> float:
+    """Mean loss per token over sequential batches X_all, Y_all (nb, B, T), state carried."""
+    return loss_sum(model, X_all, Y_all) / Y_all.numel()
 
 
 def perplexity(mean_loss: float) -> float:

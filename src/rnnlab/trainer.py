@@ -22,6 +22,11 @@ The device is checked before anything is read: ``--impl triton`` and ``--cuda-gr
 (both experimental) need CUDA. One training step is made per run
 (``train.make_step``), so a CUDA-graphed step captures once.
 
+Under torchrun (``world``, :mod:`rnnlab.distributed`), each process trains its share of
+every batch's streams; rank 0 alone reads and writes the run directory, tells the others
+what to train, and gathers what a checkpoint needs from them. Decisions to stop are
+exchanged every checked batch, so every rank stops after the same batch.
+
 SIGINT/SIGTERM: the current batch finishes, a checkpoint is written, and fit
 returns 130 or 143. A second signal acts at once (atomic writes keep the last
 checkpoint). ``time_limit``: once that many minutes of training have passed (counted
@@ -31,6 +36,7 @@ train.NonFiniteError before anything is saved.
 
 from __future__ import annotations
 
+import gc
 import math
 import signal
 import sys
@@ -47,11 +53,27 @@ from . import files, rundir, train
 from .batches import epoch_batches, eval_batches, num_batches
 from .config import RESUMABLE_CHANGES, TrainConfig, conflicts, flag, machine_cpus
 from .data import Dataset, prepare
-from .errors import RnnlabError
+from .distributed import (
+    LostRank,
+    World,
+    is_lost_connection,
+    lost_rank_error,
+    split_range,
+    stream_range,
+)
+from .errors import ReportedElsewhere, RnnlabError
 from .generate import continue_text, default_prompt
 from .models import build_model, check_device, check_fits, usable_impl
 from .schedule import Schedule, ScheduleState, after_epoch, improves
-from .train import EpochProgress, bits_per_token, evaluate, make_optimizer, perplexity, run_epoch
+from .train import (
+    BatchLoss,
+    EpochProgress,
+    bits_per_token,
+    loss_sum,
+    make_optimizer,
+    perplexity,
+    run_epoch,
+)
 
 MAX_OPTIMIZER_SETTING = 1e9  # no rate, decay, momentum or epsilon of an optimizer comes near
 SAMPLE_LENGTH = 50  # tokens of each sample printed during training (d2l's predict_ch8 uses 50)
@@ -83,16 +105,6 @@ class StopSignals:
         for s, handler in self._previous.items():
             signal.signal(s, handler)
         return False
-
-    @property
-    def exit_status(self) -> int:
-        """128 + the signal's number, as a shell reports a process the signal ended."""
-        return 128 + int(self.signum or 0)
-
-    @property
-    def name(self) -> str:
-        """The signal's name, such as SIGINT ("" if none came)."""
-        return signal.Signals(self.signum).name if self.signum else ""
 
 
 def _same_kind(saved: Any, fresh: Any) -> bool:
@@ -163,6 +175,24 @@ def _to_device(state, device):
     return state.to(device)
 
 
+def _streams_of(state, streams: slice):
+    """Rows ``streams`` of a carried state (L, B, H) or a pair of them."""
+    if state is None:
+        return None
+    if isinstance(state, tuple):
+        return tuple(s[:, streams].contiguous() for s in state)
+    return state[:, streams].contiguous()
+
+
+def _join_streams(states: list):
+    """The ranks' carried states (L, B/N, H) (or pairs), in rank order -> (L, B, H)."""
+    if states[0] is None:
+        return None
+    if isinstance(states[0], tuple):
+        return tuple(torch.cat(parts, dim=1) for parts in zip(*states))
+    return torch.cat(states, dim=1)
+
+
 class Trainer:
     """One run directory being trained: the model, its optimizer and where training stands."""
 
@@ -175,9 +205,19 @@ class Trainer:
         out: TextIO,
         err: TextIO,
         quiet: bool,
+        world: World | None = None,
     ):
         self.cfg, self.run, self.data, self.device = cfg, Path(run), data, device
-        self.out, self.err, self.quiet = out, err, quiet
+        # In a data-parallel run (world.parallel) only rank 0 prints and writes.
+        self.world = world or World()
+        self.out, self.err, self.quiet = out, err, quiet or not self.world.is_main
+        self.streams = stream_range(cfg.batch_size, self.world)  # this rank's share of a batch
+        if self.world.parallel and cfg.cuda_graph:
+            raise RnnlabError(
+                "--cuda-graph does not yet work with torchrun (several processes); leave "
+                "--cuda-graph out"
+            )
+        # Every rank seeds alike: the same initial weights, and the same dropout draws.
         torch.manual_seed(cfg.seed)
         self.impl, why = usable_impl(cfg.model.impl)
         if why:
@@ -185,6 +225,8 @@ class Trainer:
                 f"{why}; training with --impl {self.impl}, the same model computed more slowly"
             )
         self.model = build_model(cfg.model, len(data.vocab)).to(device)
+        if self.world.parallel and hasattr(self.model, "share_masks"):
+            cast(Any, self.model).share_masks(self.streams, cfg.batch_size)
         self.optimizer = make_optimizer(
             cfg.optimizer, self.model.parameters(), cfg.lr, weight_decay=cfg.weight_decay
         )
@@ -208,6 +250,10 @@ class Trainer:
         self.clock = ScheduleState(lr=cfg.lr)
         self.started: float | None = None  # time.monotonic() when this process began training
         self.seconds_before = 0.0  # the run's seconds of training before that
+        # In a data-parallel run, the seconds rank 0 had trained at the last agreement
+        # (World.agree): every rank's schedule and time limit follow that one clock.
+        self.agreed_seconds: float | None = None
+        self.signal: int | None = None  # the stop signal, as the ranks agreed on it
 
     def batches_before(self, epoch: int) -> int:
         """The batches of the run's epochs before ``epoch`` (0-based)."""
@@ -221,19 +267,38 @@ class Trainer:
         """One update (``train.make_step``'s) at the rate the schedule gives; counts the batch."""
         if self.schedule.per_batch:
             self.set_lr(self.schedule.rate(replace(self.clock, seconds=self.elapsed())))
-        result = self.update(X, Y, state)
+        loss, norm, state = self.update(X, Y, state)
         self.clock = replace(self.clock, batches=self.clock.batches + 1)
-        return result
+        return self.world.mean(loss), norm, state  # the global batch's loss
 
     def set_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
     def elapsed(self) -> float:
-        """Seconds of training in the whole run, across resumes, up to now."""
+        """Seconds of training in the whole run, across resumes, up to now (in a
+        data-parallel run, up to the last agreement, by rank 0's clock)."""
+        if self.world.parallel:
+            return self.clock.seconds if self.agreed_seconds is None else self.agreed_seconds
+        return self.own_elapsed()
+
+    def own_elapsed(self) -> float:
+        """Seconds of training in the whole run up to now, by this process' clock."""
         if self.started is None:
             return self.clock.seconds
         return self.seconds_before + (time.monotonic() - self.started)
+
+    def agree_on_signal(self, stop: StopSignals) -> None:
+        """Set ``self.signal`` to the stop signal received so far (None: none), and the clock.
+
+        In a data-parallel run every rank must decide alike, so they exchange what they
+        know (World.agree): a rank told of another's signal stops as if it had its own,
+        and one that receives a signal after the exchange acts on it at the next. The
+        training loop reads ``self.signal``, never the live ``stop.signum``.
+        """
+        self.signal, seconds = self.world.agree(stop.signum, self.own_elapsed())
+        if self.world.parallel:
+            self.agreed_seconds = seconds
 
     def time_is_up(self, seconds: float | None = None) -> bool:
         """Whether the run has trained its time limit: up to now, or ``seconds`` of it."""
@@ -269,7 +334,8 @@ class Trainer:
         return None
 
     def warn(self, message: str) -> None:
-        print(f"rnnlab: warning: {message}", file=self.err)
+        if self.world.is_main:
+            print(f"rnnlab: warning: {message}", file=self.err)
 
     def log(self, message: str, always: bool = False) -> None:
         """Print a line of the log; if the reader went away (``| head``), go on silently.
@@ -299,7 +365,7 @@ class Trainer:
                 f"the optimizer state does not fit the model ({reason}); {damaged}"
             ) from None
         try:
-            ckpt_io.restore_rng(ckpt.rng)
+            ckpt_io.restore_rng(ckpt_io.rng_of_rank(ckpt.rng, self.world.rank, self.world.size))
         except (RuntimeError, TypeError, ValueError):
             raise RnnlabError(
                 f"the random-number state in the checkpoint is invalid; {damaged}"
@@ -309,8 +375,10 @@ class Trainer:
         if state is not None and not _same_layout(state, expected):
             raise RnnlabError(f"the carried hidden state does not fit the model; {damaged}")
         self.epoch, self.history = ckpt.epoch, ckpt.history
-        self.progress = ckpt.progress
-        self.progress.state = _to_device(self.progress.state, self.device)
+        # The checkpoint holds all B streams' state; this rank carries its own.
+        self.progress = replace(
+            ckpt.progress, state=_to_device(_streams_of(state, self.streams), self.device)
+        )
         self.clock = ckpt.schedule or self.clock_of_format_1(ckpt)
         if self.cfg.schedule == "plateau":
             self.set_lr(self.clock.lr)
@@ -333,18 +401,36 @@ class Trainer:
         return clock
 
     def save(self, epoch: int, progress: EpochProgress, best: bool = False) -> None:
+        """Checkpoint where training stands. In a data-parallel run every rank takes part:
+        rank 0 gathers all B streams' carried state and every rank's RNG, and writes."""
         self.clock = replace(self.clock, seconds=self.elapsed())
-        ckpt_io.save_checkpoint(
-            self.run,
-            self.model,
-            self.optimizer,
-            epoch,
-            progress,
-            self.history,
-            self.cfg,
-            self.clock,
-            best=best,
-        )
+        rng_of_ranks = None
+        if self.world.parallel:
+            parts = self.world.gather((_to_device(progress.state, "cpu"), ckpt_io.rng_state()))
+            progress = replace(progress, state=_join_streams([state for state, _ in parts]))
+            rng_of_ranks = [rng for _, rng in parts]
+        problem = None
+        if self.world.is_main:
+            try:
+                ckpt_io.save_checkpoint(
+                    self.run,
+                    self.model,
+                    self.optimizer,
+                    epoch,
+                    progress,
+                    self.history,
+                    self.cfg,
+                    self.clock,
+                    best=best,
+                    rng_of_ranks=rng_of_ranks,
+                )
+            except RnnlabError as e:
+                problem = str(e)
+                if not self.world.parallel:
+                    raise
+        problem = self.world.share(problem)  # a rank 0 that cannot save stops every rank
+        if problem is not None:
+            raise (RnnlabError if self.world.is_main else ReportedElsewhere)(problem)
 
     def sample(self) -> str:
         """A greedy continuation of the run's prompt, as training prints it."""
@@ -372,7 +458,8 @@ class Trainer:
         X, Y = epoch_batches(
             self.data.train_ids, cfg.batch_size, cfg.num_steps, cfg.sampling, cfg.seed, epoch
         )
-        X, Y = X.to(self.device), Y.to(self.device)
+        # (nb, B, T) -> this rank's streams (nb, B/N, T): all of them in one process
+        X, Y = X[:, self.streams].to(self.device), Y[:, self.streams].to(self.device)
         nb = len(X)
         bar = None
         if use_bar:
@@ -390,7 +477,8 @@ class Trainer:
         def on_batch(p: EpochProgress) -> bool:
             if bar is not None:
                 bar.update(p.batch - bar.n)
-            if stop.signum is not None or self.time_is_up():
+            self.agree_on_signal(stop)
+            if self.signal is not None or self.time_is_up():
                 return True
             if cfg.checkpoint_every and p.batch % cfg.checkpoint_every == 0 and p.batch < nb:
                 self.save(epoch, p)
@@ -408,6 +496,7 @@ class Trainer:
                 epoch=epoch,
                 step=self.step,
                 on_batch=on_batch,
+                batch_tokens=cfg.batch_size * cfg.num_steps,
             )
         finally:
             if bar is not None:
@@ -415,45 +504,77 @@ class Trainer:
         return nb
 
     def fit(self) -> int:
+        """Train to the end of the run (or until stopped); returns the exit status.
+
+        In a data-parallel run, a rank that stops answering ends every other rank's
+        training with an error naming it (:func:`rnnlab.distributed.lost_rank_error`);
+        the last checkpoint is left as it was.
+        """
+        # The signal handling stays for the roll call after a lost rank: torchrun sends the
+        # survivors SIGTERM then, and they should stop with the message, not by the signal.
+        with StopSignals() as stop:
+            try:
+                return self._fit(stop)
+            except (RuntimeError, LostRank) as e:
+                if not (self.world.parallel and is_lost_connection(e)):
+                    raise
+                lost = lost_rank_error(
+                    self.world,
+                    e,
+                    f"the last checkpoint in {self.run} is intact: resume with the same "
+                    f"command and --resume",
+                )
+            finally:
+                if self.world.parallel:
+                    # DistributedDataParallel must be gone before the process group: left
+                    # to the interpreter's exit, its end can abort the process (torch 2.13,
+                    # gloo; about 1 run in 6 here).
+                    self.update = train.make_step(self.model, self.optimizer, self.cfg.clip)
+                    gc.collect()
+        raise lost  # here, not in the except clause: its traceback held the DDP module
+
+    def _fit(self, stop: StopSignals) -> int:
         cfg, device = self.cfg, self.device
-        VX, VY = (
-            t.to(device)
-            for t in eval_batches(
-                self.data.val_ids, cfg.eval_batch_size or cfg.batch_size, cfg.num_steps
-            )
+        VX, VY = eval_batches(
+            self.data.val_ids, cfg.eval_batch_size or cfg.batch_size, cfg.num_steps
         )
+        # Each rank scores its share of the validation streams (all of them in one process).
+        own = split_range(VX.shape[1], self.world)
+        VX, VY = VX[:, own].to(device), VY[:, own].to(device)
         for p in self.model.parameters():
             # Start from zeroed gradients, as a resumed run's later steps do (0 + g and a fresh
             # g can differ in the sign of a zero): resumed and uninterrupted runs agree bitwise.
             p.grad = torch.zeros_like(p)
+        if self.world.parallel:
+            self.update = self.parallel_step()
         use_bar = not self.quiet and hasattr(self.err, "isatty") and self.err.isatty()
         self.started, self.seconds_before = time.monotonic(), self.clock.seconds
-        with StopSignals() as stop:
-            for epoch in range(self.epoch, cfg.epochs):
-                nb = self.train_epoch(epoch, stop, use_bar)
-                if self.progress.batch < nb:  # stopped by a signal or by the time limit
-                    self.save(epoch, self.progress)
-                    if stop.signum is not None:
-                        return self.interrupted(stop, epoch, self.progress.batch, nb)
-                    return self.out_of_time(epoch, self.progress.batch, nb)
-                self.end_epoch(epoch, VX, VY)
-                if stop.signum is not None:
-                    return self.interrupted(stop, epoch + 1, 0, nb)
-                # The time the checkpoint records, so that a resume sees the same as this test.
-                if self.epoch < cfg.epochs and self.time_is_up(self.clock.seconds):
-                    return self.out_of_time(epoch + 1, 0, nb)
-                if self.epoch < cfg.epochs and self.patience_ran_out():
-                    self.log(
-                        f"no lower validation loss for {cfg.patience} epoch(s): stopped early "
-                        f"after epoch {self.epoch}/{cfg.epochs}; the best, epoch "
-                        f"{self.clock.best_epoch} (val ppl "
-                        f"{perplexity(self.clock.best_loss or 0.0):.2f}), is in "
-                        f"{self.run / rundir.BEST_FOLDER}",
-                        always=True,
-                    )
-                    break
+        for epoch in range(self.epoch, cfg.epochs):
+            nb = self.train_epoch(epoch, stop, use_bar)
+            if self.progress.batch < nb:  # stopped by a signal or by the time limit
+                self.save(epoch, self.progress)
+                if self.signal is not None:
+                    return self.interrupted(epoch, self.progress.batch, nb)
+                return self.out_of_time(epoch, self.progress.batch, nb)
+            self.end_epoch(epoch, VX, VY)
+            self.agree_on_signal(stop)  # one that came while it validated and saved
+            if self.signal is not None:
+                return self.interrupted(epoch + 1, 0, nb)
+            # The time the checkpoint records, so that a resume sees the same as this test.
+            if self.epoch < cfg.epochs and self.time_is_up(self.clock.seconds):
+                return self.out_of_time(epoch + 1, 0, nb)
+            if self.epoch < cfg.epochs and self.patience_ran_out():
+                self.log(
+                    f"no lower validation loss for {cfg.patience} epoch(s): stopped early "
+                    f"after epoch {self.epoch}/{cfg.epochs}; the best, epoch "
+                    f"{self.clock.best_epoch} (val ppl "
+                    f"{perplexity(self.clock.best_loss or 0.0):.2f}), is in "
+                    f"{self.run / rundir.BEST_FOLDER}",
+                    always=True,
+                )
+                break
         last = self.history[-1] if self.history else None
-        if last is not None:
+        if last is not None and not self.quiet:
             self.log(
                 f"perplexity {last['train_ppl']:.1f}, {last['tokens_per_s']:,.0f} tokens/s "
                 f"on {device}"
@@ -463,10 +584,29 @@ class Trainer:
                 self.log(sample)
         return 0
 
+    def parallel_step(self) -> train.Step:
+        """The update step of a data-parallel run: the model and its loss wrapped in
+        DistributedDataParallel, which averages the gradients over the ranks."""
+        from torch.nn.parallel import DistributedDataParallel
+
+        ddp = DistributedDataParallel(
+            BatchLoss(self.model),
+            device_ids=[self.device.index] if self.device.type == "cuda" else None,
+            # an adaptive softmax scores a tail cluster only for batches that need it
+            find_unused_parameters=self.cfg.model.adaptive_softmax,
+        )
+        return train.make_step(self.model, self.optimizer, self.cfg.clip, batch_loss=ddp)
+
+    def validation_loss(self, VX, VY) -> float:
+        """Mean loss per token on the validation batches VX, VY (nb, B', T'): in a
+        data-parallel run, this rank's streams of them, the sums added over the ranks."""
+        total, count = self.world.sum([loss_sum(self.model, VX, VY), float(VY.numel())])
+        return total / count
+
     def end_epoch(self, epoch: int, VX, VY) -> None:
         cfg, p = self.cfg, self.progress
         lr = self.optimizer.param_groups[0]["lr"]  # the rate of the epoch's last batch
-        val_loss = evaluate(self.model, VX, VY)
+        val_loss = self.validation_loss(VX, VY)
         if not math.isfinite(val_loss):
             raise train.NonFiniteError(
                 f"the validation loss is {val_loss} after epoch {epoch + 1}; the last checkpoint "
@@ -493,14 +633,20 @@ class Trainer:
         self.history.append(record)
         self.epoch, self.progress = epoch + 1, EpochProgress()
         self.save(self.epoch, self.progress, best=best)
-        rundir.write_metrics(self.run, self.history, self.plot_title())
+        if self.world.is_main:
+            rundir.write_metrics(self.run, self.history, self.plot_title())
         self.log(
             f"epoch {epoch + 1}/{cfg.epochs}  train ppl {record['train_ppl']:.2f}  "
             f"val ppl {record['val_ppl']:.2f}  val bpt {record['val_bpt']:.3f}  "
             f"{record['tokens_per_s']:,.0f} tokens/s  {record['seconds']:.1f} s"
             + (f"  lr {lr:.4g}" if cfg.schedule != "constant" else "")
         )
-        if cfg.sample_every and (epoch + 1) % cfg.sample_every == 0 and epoch + 1 < cfg.epochs:
+        if (
+            cfg.sample_every
+            and (epoch + 1) % cfg.sample_every == 0
+            and epoch + 1 < cfg.epochs
+            and not self.quiet
+        ):
             sample = self.sample()
             if sample:
                 self.log(f"  {sample}")
@@ -509,21 +655,31 @@ class Trainer:
         cfg = self.cfg
         return f"{cfg.model.cell} ({self.impl}), H={cfg.model.hidden}, {Path(cfg.source).name}"
 
-    def interrupted(self, stop: StopSignals, epoch: int, batch: int, nb: int) -> int:
-        print(
-            f"rnnlab: {stop.name} received: stopped at {_where(epoch, batch, nb)}; checkpoint "
-            f"saved in {self.run}; resume with: rnnlab train --out {self.run} --resume",
-            file=self.err,
-            flush=True,
-        )
-        return stop.exit_status
+    def launcher(self) -> str:
+        """What comes before ``rnnlab train`` in the command that resumes this run."""
+        return "torchrun ... -m " if self.world.parallel else ""
+
+    def interrupted(self, epoch: int, batch: int, nb: int) -> int:
+        """Report a run stopped by ``self.signal`` (its checkpoint saved); 128 + its number,
+        as a shell reports a process the signal ended."""
+        signum = int(self.signal or 0)
+        if self.world.is_main:
+            print(
+                f"rnnlab: {signal.Signals(signum).name} received: stopped at "
+                f"{_where(epoch, batch, nb)}; checkpoint saved in {self.run}; resume with: "
+                f"{self.launcher()}rnnlab train --out {self.run} --resume",
+                file=self.err,
+                flush=True,
+            )
+        return 128 + signum
 
     def out_of_time(self, epoch: int, batch: int, nb: int) -> int:
         """Report a run stopped by its time limit (its checkpoint saved); exit status 0."""
         self.log(
             f"time limit of {self.cfg.time_limit:g} minutes reached ({self.clock.seconds / 60:.3g} "
             f"trained): stopped at {_where(epoch, batch, nb)}; "
-            f"checkpoint saved in {self.run}; to train longer: rnnlab train --out {self.run} "
+            f"checkpoint saved in {self.run}; to train longer: {self.launcher()}rnnlab train "
+            f"--out {self.run} "
             f"--resume --time-limit MINUTES (more than {self.cfg.time_limit:g})",
             always=True,
         )
@@ -552,6 +708,7 @@ def fit(
     out: TextIO | None = None,
     err: TextIO | None = None,
     accept_changed_source: bool = False,
+    world: World | None = None,
 ) -> int:
     """Train the run directory ``run``; returns the exit status (0, or 130/143 if interrupted).
 
@@ -563,17 +720,103 @@ def fit(
 
     The run directory is locked for the whole call (a second train of it is refused),
     and a new run that stops before its first checkpoint leaves no folder behind.
+
+    ``world``: the processes of a data-parallel run (:mod:`rnnlab.distributed`; default
+    one). Rank 0 does all of the above, reading and writing the run directory, and
+    sends the others what to train (:class:`_Followers`); they never touch the folder.
     """
     out = out or sys.stdout
     err = err or sys.stderr
     run = Path(run)
+    world = world or World()
+    if not world.is_main:
+        return _follow(run, world, out, err)
+    followers = _Followers(world)
+    try:
+        status = _lead(cfg, run, resume, given, quiet, out, err, accept_changed_source, followers)
+    except RnnlabError as e:
+        followers.stop(str(e))
+        raise
+    except BaseException:
+        followers.stop("rank 0 stopped with an unexpected error (see its traceback)")
+        raise
+    followers.stop(None, status)  # when rank 0 found nothing to train
+    return status
+
+
+class _Followers:
+    """What rank 0 tells the other ranks of a data-parallel run before training: once,
+    either to go (the config and the checkpoint to start from) or to stop (an error's
+    message, or an exit status). Nothing to tell in a one-process run."""
+
+    def __init__(self, world: World):
+        self.world, self.told = world, False
+
+    def go(self, cfg: TrainConfig, checkpoint: ckpt_io.Checkpoint | None, text_sha: str) -> None:
+        if self.world.parallel and not self.told:
+            self.told = True
+            self.world.share(("go", cfg, checkpoint, text_sha))
+
+    def stop(self, message: str | None, status: int = 2) -> None:
+        if self.world.parallel and not self.told:
+            self.told = True
+            self.world.share(("stop", message, status))
+
+
+def _ready(world: World, problem: str | None) -> None:
+    """Check that every rank could set up its part (rank 0's own is known to be fine)."""
+    problems = world.gather(problem)
+    for rank, text in enumerate(problems):
+        if text is not None:
+            raise (RnnlabError if world.is_main else ReportedElsewhere)(f"rank {rank}: {text}")
+
+
+def _follow(run: Path, world: World, out: TextIO, err: TextIO) -> int:
+    """A rank other than 0: wait for rank 0's word, set up the same run, train its streams."""
+    message = world.share()
+    if message[0] == "stop":
+        _, text, status = message
+        if text is not None:
+            raise ReportedElsewhere(text)
+        return status
+    _, cfg, checkpoint, text_sha = message
+    problem = None
+    try:
+        device = _device(cfg, world)
+        data = _prepare(cfg)
+        if data.text_sha256 != text_sha:
+            raise RnnlabError(
+                f"{cfg.source} here is not the text rank 0 reads (its sha256 differs); give "
+                f"every machine the same copy"
+            )
+        trainer = Trainer(cfg, run, data, device, out, err, True, world)
+        if checkpoint is not None:
+            trainer.restore(checkpoint)
+    except RnnlabError as e:
+        problem = " ".join(str(e).split())
+    _ready(world, problem)
+    return trainer.fit()
+
+
+def _lead(
+    cfg: TrainConfig | None,
+    run: Path,
+    resume: bool,
+    given: dict[str, Any] | None,
+    quiet: bool,
+    out: TextIO,
+    err: TextIO,
+    accept_changed_source: bool,
+    followers: _Followers,
+) -> int:
+    """What :func:`fit` does in rank 0 (the only process of a one-process run)."""
     if resume:
         if not rundir.has_run(run):
             raise RnnlabError(
                 f"nothing to resume in {run} (no config.json there); start the run without --resume"
             )
         with rundir.RunLock(run):
-            return _resume(run, given or {}, quiet, out, err, accept_changed_source)
+            return _resume(run, given or {}, quiet, out, err, accept_changed_source, followers)
     if cfg is None:
         raise RnnlabError("no configuration given for a new run")
     if rundir.has_run(run) or (run / rundir.POINTER).exists():
@@ -588,7 +831,7 @@ def fit(
         raise rundir.write_error(run, e) from None
     try:
         with rundir.RunLock(run):
-            return _start(cfg, run, quiet, out, err)
+            return _start(cfg, run, quiet, out, err, followers)
     finally:
         if not any(
             ckpt_io.has_checkpoint(run, slot) or ckpt_io.generations(run, slot)
@@ -624,25 +867,37 @@ def _remove_unstarted(run: Path, made: bool) -> None:
             pass
 
 
-def _device(cfg: TrainConfig) -> torch.device:
-    """The device ``cfg`` trains on, once its implementation and --cuda-graph can run there."""
+def _device(cfg: TrainConfig, world: World) -> torch.device:
+    """The device ``cfg`` trains on, once its implementation and --cuda-graph can run there.
+
+    Checks too that the batch can be shared out among ``world``'s ranks; each rank of a
+    data-parallel run on GPUs takes its own (the one torchrun's LOCAL_RANK names).
+    """
+    stream_range(cfg.batch_size, world)
     device = train.resolve_device(cfg.device)
     check_device(cfg.model, device.type)
     if cfg.cuda_graph:
         train.check_cuda_graph(device)
+    if device.type == "cuda" and world.parallel:
+        device = torch.device("cuda", torch.cuda.current_device())
     return device
 
 
-def _start(cfg: TrainConfig, run: Path, quiet: bool, out: TextIO, err: TextIO) -> int:
+def _start(
+    cfg: TrainConfig, run: Path, quiet: bool, out: TextIO, err: TextIO, followers: _Followers
+) -> int:
     """A new run in the (locked, empty) folder ``run``."""
-    device = _device(cfg)
+    world = followers.world
+    device = _device(cfg, world)
     data = _prepare(cfg)
     if cfg.prefix is None:  # the run's own text, not another corpus' phrase
         start = data.vocab.to_tokens(data.train_ids[:400].tolist())
         cfg = replace(cfg, prefix=default_prompt(start, cfg.mode))
     rundir.create(run, cfg, data.vocab)
     rundir.write_source(run, cfg, data.text_sha256)
-    trainer = Trainer(cfg, run, data, device, out, err, quiet)
+    trainer = Trainer(cfg, run, data, device, out, err, quiet, world)
+    followers.go(cfg, None, data.text_sha256)
+    _ready(world, None)
     return trainer.fit()
 
 
@@ -663,9 +918,16 @@ def _prepare(cfg: TrainConfig) -> Dataset:
 
 
 def _resume(
-    run: Path, given: dict[str, Any], quiet: bool, out: TextIO, err: TextIO, accept_changed: bool
+    run: Path,
+    given: dict[str, Any],
+    quiet: bool,
+    out: TextIO,
+    err: TextIO,
+    accept_changed: bool,
+    followers: _Followers,
 ) -> int:
     """Continue the (locked) run in ``run`` from its checkpoint."""
+    world = followers.world
     saved = rundir.read_config(run)
     diff = conflicts(saved, given)
     if diff:
@@ -685,7 +947,7 @@ def _resume(
     if "cuda_graph" not in given and train.resolve_device(cfg.device).type != "cuda":
         # --cuda-graph only sets the speed on the GPU the run was trained on: off elsewhere.
         cfg = replace(cfg, cuda_graph=False)
-    device = _device(cfg)
+    device = _device(cfg, world)
     data = _prepare(cfg)
     same_text = rundir.check_source(run, cfg, data.text_sha256, accept_changed)
     if data.vocab.idx_to_token != saved_vocab.idx_to_token:
@@ -696,7 +958,7 @@ def _resume(
         )
     if not same_text or not (run / rundir.SOURCE).exists():
         rundir.write_source(run, cfg, data.text_sha256)
-    trainer = Trainer(cfg, run, data, device, out, err, quiet)
+    trainer = Trainer(cfg, run, data, device, out, err, quiet, world)
     if checkpoint is not None:
         trainer.restore(checkpoint)
         if recovered:
@@ -715,4 +977,6 @@ def _resume(
         return 0
     if cfg != saved:  # only what will really happen goes into config.json
         rundir.write_config(run, cfg)
+    followers.go(cfg, checkpoint, data.text_sha256)
+    _ready(world, None)
     return trainer.fit()

@@ -81,21 +81,36 @@ def adaptive_cutoffs(vocab_size: int, hidden: int, cutoffs: Sequence[int] = ()) 
     return chosen
 
 
-class LockedDropout(nn.Module):
-    """Dropout with one mask per stream, the same at every time step (Gal & Ghahramani 2016).
+class Dropout(nn.Module):
+    """Dropout on x (T, B, F): each entry kept with probability 1-p and scaled by 1/(1-p).
 
-    x (T, B, F) -> x * m, m (1, B, F) with entries 0 (probability p) or 1/(1-p), so
-    E[x * m] = x. Identity in eval mode and for p = 0.
+    Draws what F.dropout(x, p) draws, from torch's global generator. After
+    :meth:`share_masks`, the mask is drawn for all the streams of a larger batch and
+    only this batch's rows of it are used: a process that trains some streams of a
+    data-parallel run then drops out exactly what one process training them all would.
+    Identity in eval mode and for p = 0.
     """
+
+    locked = False
 
     def __init__(self, p: float):
         super().__init__()
         self.p = p
+        self.streams: slice | None = None  # this batch's rows of the batch masks are drawn for
+        self.total_streams = 0
+
+    def share_masks(self, streams: slice, total: int) -> None:
+        """Draw masks for ``total`` streams and keep rows ``streams`` (see the class)."""
+        self.streams, self.total_streams = streams, total
 
     def mask(self, x: torch.Tensor) -> torch.Tensor:
-        """A fresh mask (1, B, F) for x (T, B, F), drawn from torch's global generator."""
+        """A fresh mask for x (T, B, F): (T, B, F), or (1, B, F) when ``locked``."""
         keep = 1.0 - self.p
-        return x.new_empty((1, *x.shape[1:])).bernoulli_(keep).div_(keep)
+        shape = [1 if self.locked else x.shape[0], *x.shape[1:]]
+        if self.streams is not None:
+            shape[1] = self.total_streams
+        mask = x.new_empty(shape).bernoulli_(keep).div_(keep)
+        return mask if self.streams is None else mask[:, self.streams]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:
@@ -104,6 +119,16 @@ class LockedDropout(nn.Module):
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
+
+
+class LockedDropout(Dropout):
+    """Dropout with one mask per stream, the same at every time step (Gal & Ghahramani 2016).
+
+    x (T, B, F) -> x * m, m (1, B, F) with entries 0 (probability p) or 1/(1-p), so
+    E[x * m] = x. Identity in eval mode and for p = 0.
+    """
+
+    locked = True
 
 
 class RNNEncoder(nn.Module):
@@ -202,9 +227,9 @@ class TorchLM(RNNEncoder):
             vocab_size, hidden, layers, cell, 0.0 if locked_dropout else dropout, embedding
         )
         self.dropout, self.locked_dropout = dropout, locked_dropout
-        Drop = LockedDropout if locked_dropout else nn.Dropout
-        self.drop: nn.Module = Drop(dropout)
-        self.drop_input: nn.Module | None = Drop(dropout_input) if dropout_input else None
+        Drop = LockedDropout if locked_dropout else Dropout
+        self.drop = Drop(dropout)
+        self.drop_input = Drop(dropout_input) if dropout_input else None
         self.linear: nn.Linear | None = None
         self.adaptive: nn.AdaptiveLogSoftmaxWithLoss | None = None
         if adaptive_softmax:
@@ -229,8 +254,9 @@ class TorchLM(RNNEncoder):
         inputs = self.embed(X)  # (T, B, E) or one-hot (T, B, V)
         if self.drop_input is not None:
             inputs = self.drop_input(inputs)
-        if self.locked_dropout and self.training and self.dropout > 0 and self.rnn.num_layers > 1:
-            outputs, state = self._layers_with_locked_dropout(inputs, state)
+        own_masks = self.locked_dropout or self.drop.streams is not None
+        if own_masks and self.training and self.dropout > 0 and self.rnn.num_layers > 1:
+            outputs, state = self._layers_one_at_a_time(inputs, state)
         else:
             outputs, state = self.rnn(inputs, state)  # (T, B, H)
         features = self.drop(outputs).reshape(-1, self.hidden)  # (T*B, H)
@@ -238,10 +264,18 @@ class TorchLM(RNNEncoder):
             return features, state
         return self.linear(features), state
 
-    def _layers_with_locked_dropout(self, inputs: torch.Tensor, state):
+    def share_masks(self, streams: slice, total: int) -> None:
+        """Train on rows ``streams`` of batches of ``total`` streams, dropping out exactly
+        what the whole batch would (:meth:`Dropout.share_masks`): for data-parallel
+        training. Stacked layers then run one at a time, the masks between them drawn here."""
+        for drop in (self.drop, self.drop_input):
+            if drop is not None:
+                drop.share_masks(streams, total)
+
+    def _layers_one_at_a_time(self, inputs: torch.Tensor, state):
         """inputs (T, B, D), state (L, B, H) or a pair -> outputs (T, B, H), new state.
 
-        What ``self.rnn`` computes, one layer at a time with a locked mask on the
+        What ``self.rnn`` computes, one layer at a time with ``self.drop``'s mask on the
         input of every layer above the first (the last layer's output is forward's).
         """
         kernel = LAYER_KERNELS[self.cell]
