@@ -32,10 +32,14 @@ from rnnlab.models.torchnn import Dropout, LockedDropout
 SMALL = ["timemachine", "--max-tokens", "6000", "--batch-size", "32", "--num-steps", "10",
          "--hidden", "16", "--device", "cpu", "--quiet"]  # fmt: skip
 SCRATCH_RNN = ["--impl", "scratch", "--cell", "rnn"]
+FUSED_GRU = ["--impl", "fused", "--cell", "gru", "--layers", "2"]
 LSTM_DROPOUT = ["--impl", "torch", "--cell", "lstm", "--layers", "2", "--embedding", "8",
                 "--dropout", "0.3", "--dropout-input", "0.1"]  # fmt: skip
 LOCKED_RANDOM = [*LSTM_DROPOUT, "--locked-dropout", "--sampling", "random", "--optimizer", "adam",
                  "--lr", "0.01"]  # fmt: skip
+# Some batches have no target in a tail cluster: its weights get no gradient on some ranks.
+ADAPTIVE = ["--impl", "torch", "--cell", "lstm", "--embedding", "8", "--adaptive-softmax",
+            "--cutoffs", "4,20"]  # fmt: skip
 FLOAT64_TOLERANCE = 1e-6
 FLOAT32_TOLERANCE = 1e-5
 LAUNCH_TIMEOUT = 240  # seconds for one launch on a busy 2-core machine
@@ -168,7 +172,9 @@ def test_each_rank_resumes_its_own_random_state_or_else_rank_0s():
 
 
 @pytest.mark.parametrize(
-    "model", [SCRATCH_RNN, LSTM_DROPOUT, LOCKED_RANDOM], ids=["scratch-rnn", "lstm", "locked"]
+    "model",
+    [SCRATCH_RNN, FUSED_GRU, LSTM_DROPOUT, LOCKED_RANDOM, ADAPTIVE],
+    ids=["scratch-rnn", "fused-gru", "lstm", "locked", "adaptive-softmax"],
 )
 def test_two_processes_train_what_one_process_trains(model, tmp_path):
     args = [*SMALL, *model, "--epochs", "2"]
@@ -242,6 +248,15 @@ def test_ctrl_c_on_the_launcher_stops_every_rank_with_a_checkpoint(tmp_path):
     assert checkpoint.epoch == 0 and 10 <= checkpoint.progress.batch < 16
     ok(torchrun("--out", tmp_path / "cut", "--resume", "--quiet"))
     assert_same_run(tmp_path / "whole", tmp_path / "cut", FLOAT64_TOLERANCE)
+
+
+def test_a_time_limit_stops_every_rank_after_the_same_batch(tmp_path):
+    """The ranks follow rank 0's clock: the run stops once, says so once, exit status 0."""
+    args = [*SMALL[:-1], *LSTM_DROPOUT, "--epochs", "200", "--time-limit", "0.05"]
+    result = ok(torchrun(*args, "--out", tmp_path / "run", float64=False))
+    assert result.stdout.count("time limit of 0.05 minutes reached") == 1, result.stdout
+    checkpoint = ckpt_io.read_checkpoint(tmp_path / "run")
+    assert 3 <= checkpoint.schedule.seconds < 30 and checkpoint.epoch < 200
 
 
 def test_a_one_process_checkpoint_resumes_on_two(tmp_path):

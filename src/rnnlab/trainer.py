@@ -340,9 +340,9 @@ class Trainer:
     def log(self, message: str, always: bool = False) -> None:
         """Print a line of the log; if the reader went away (``| head``), go on silently.
 
-        ``always``: also with --quiet (why the run stopped).
+        ``always``: also with --quiet (why the run stopped). Only rank 0 ever prints.
         """
-        if self.quiet and not always:
+        if (self.quiet and not always) or not self.world.is_main:
             return
         try:
             print(message, file=self.out, flush=True)
