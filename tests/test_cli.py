@@ -91,6 +91,34 @@ def test_generate_echoes_the_prefix_and_generates_length_tokens(run):
     assert rnnlab("generate", run, *sampled).stdout == result.stdout  # seeded sampling repeats
 
 
+def test_generate_streams_several_samples_each_from_the_prompt(run):
+    """--stream prints the same text as a whole print does; --num-samples N prints N of them
+    (seeds SEED, SEED+1, ...), separated by a line of dashes."""
+    sampled = ["--prefix", "time ", "--length", "30", "--temperature", "1", "--seed", "4"]
+    streamed = rnnlab("generate", run, *sampled, "--num-samples", "3", "--stream").stdout
+    whole = rnnlab("generate", run, *sampled, "--num-samples", "3", "--no-stream").stdout
+    assert streamed == whole
+    samples = whole.rstrip("\n").split("\n" + "-" * 40 + "\n")
+    assert len(samples) == 3 and len(set(samples)) == 3
+    assert all(s.startswith("time ") and len(s) == len("time ") + 30 for s in samples)
+    second = rnnlab("generate", run, *sampled[:-1], "5").stdout  # seed 5 is the second sample
+    assert second.rstrip("\n") == samples[1]
+
+
+def test_inspect_writes_one_page_and_export_a_step_model(run, tmp_path):
+    page = tmp_path / "page.html"
+    assert f"wrote {page}" in rnnlab("inspect", run, "--html", page).stdout
+    assert page.read_text(encoding="utf-8").lstrip().lower().startswith("<!doctype html>")
+    model = tmp_path / "step.pt"
+    rnnlab("export", run, "--format", "torchscript", "--out", model)
+    assert model.is_file() and (tmp_path / "step.pt.vocab.json").is_file()
+    missing = rnnlab("inspect", run, check=2)
+    assert (
+        missing.stderr.strip()
+        == "rnnlab: error: give --html OUT.html, the file to write the page to"
+    )
+
+
 def test_generate_warns_about_prefix_characters_outside_the_vocabulary(tmp_path, capsys):
     from rnnlab import checkpoint, rundir
     from rnnlab.config import ModelConfig, TrainConfig
@@ -170,7 +198,9 @@ def option_strings(parser):
 def test_every_help_mentions_every_option_and_its_default():
     parser = cli.build_parser()
     sub = next(a for a in parser._actions if hasattr(a, "choices") and isinstance(a.choices, dict))
-    assert set(sub.choices) == {"data", "train", "generate", "eval", "bench", "recipes"}
+    assert set(sub.choices) == {
+        "data", "train", "generate", "eval", "bench", "recipes", "serve", "inspect", "export"
+    }  # fmt: skip
     train_help = rnnlab("train", "--help").stdout
     for name, subparser in sub.choices.items():
         text = train_help if name == "train" else subparser.format_help()

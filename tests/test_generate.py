@@ -7,7 +7,7 @@ import torch
 from rnnlab import generate
 from rnnlab.errors import RnnlabError
 from rnnlab.models import CELLS, ScratchLM
-from rnnlab.tokenize import tokenize
+from rnnlab.tokenize import detokenize, tokenize
 from rnnlab.vocab import Vocab
 
 VOCAB = Vocab(list("the time traveller, by h g wells"))
@@ -141,6 +141,36 @@ def test_words_are_continued_with_one_space_between_them(prompt):
         generate.continue_text(model, WORDS, "words", prompt, 3)
         == "the time machine machine machine"
     )
+
+
+@pytest.mark.parametrize(
+    "vocab, mode, prompt",
+    [(VOCAB, "chars", "the "), (WORDS, "words", "the time "), (WORDS, "words", "wells\n")],
+)
+def test_streamed_pieces_are_the_prompt_then_one_piece_per_token(vocab, mode, prompt):
+    """Each piece is the text one generated token adds (words: with the space before it,
+    none next to a line break); together they are the prompt and detokenized ids."""
+    torch.manual_seed(0)
+    model = ScratchLM(len(vocab), 12, 1, "rnn")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 1.0)
+    pieces = list(generate.stream_text(model, vocab, mode, prompt, 12, temperature=1.0, seed=3))
+    assert len(pieces) == 1 + 12
+    assert pieces[0] == (prompt.rstrip(" ") if mode == "words" else prompt)
+    ids, _ = generate.prompt_ids(prompt, mode, vocab)
+    new = generate.generate_ids(model, ids, 12, temperature=1.0, seed=3)[len(ids) :]
+    tokens = vocab.to_tokens(new)
+    generated = detokenize(tokens, mode)
+    if mode == "words" and not prompt.endswith("\n") and tokens[0] != "<eos>":
+        generated = " " + generated
+    assert "".join(pieces[1:]) == generated
+
+
+def test_streaming_starts_before_anything_is_generated():
+    """The prompt comes out before the model runs: a page shows it at once."""
+    pieces = generate.stream_text(None, VOCAB, "chars", "the ", 5)
+    assert next(pieces) == "the "  # a model of None would fail on its first use
 
 
 def test_continue_text_samples_repeatably_with_a_seed():

@@ -24,6 +24,7 @@ from .batches import SAMPLINGS
 from .corpus import CORPORA
 from .data import HELD_OUT_SPLITS
 from .errors import RnnlabError
+from .export import FORMATS as EXPORT_FORMATS
 from .generate import MAX_LENGTH
 from .models import CELLS, EXPERIMENTAL_IMPLS, IMPLS, ONE_HOT_IMPLS
 from .schedule import SCHEDULES
@@ -38,6 +39,7 @@ SOURCE_HELP = (
 # The largest value of each number an option or a config.json may give; each is far
 # beyond any sensible run and only stops a typo or a hostile file before it costs
 # memory or time (models.check_fits then measures a model against this machine).
+MAX_SAMPLES = 1000  # continuations one generate command prints
 MAX_SEED = 2**64 - 1  # torch.manual_seed and numpy's SeedSequence take any seed below 2**64
 MAX_WIDTH = 1_000_000  # hidden and embedding: one (H, H) float32 matrix would be 4 TB
 MAX_LAYERS = 1_000  # over a hundred times the deepest recurrent LMs in use (GNMT stacks 8)
@@ -598,9 +600,81 @@ class GenerateConfig:
         "none yet); latest: the last checkpoint saved",
         choices=CHECKPOINT_CHOICES,
     )
+    stream: bool | None = option(
+        None,
+        "print each token as it is generated (default: when the output is a terminal)",
+    )
+    num_samples: int = option(
+        1,
+        "how many continuations of the prompt to print, one after another (with --seed, "
+        "seeds SEED, SEED+1, ...)",
+        check="positive",
+        at_most=MAX_SAMPLES,
+    )
 
     def __post_init__(self) -> None:
         check_fields(self)
+
+
+CHECKPOINT_HELP = (
+    "best: the weights of the lowest validation loss (the latest where there is none yet); "
+    "latest: the last checkpoint saved"
+)
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Where ``serve`` puts the page that looks inside a run."""
+
+    host: str = option(
+        "127.0.0.1",
+        "the address to listen on; anything but this machine's own (127.0.0.1, localhost, "
+        "::1) lets other machines open the page",
+        check="path",
+        metavar="ADDRESS",
+    )
+    port: int = option(8000, "the port to listen on (0: any free one)", check="count",
+                       at_most=65535)  # fmt: skip
+    checkpoint: str = option("best", CHECKPOINT_HELP, choices=CHECKPOINT_CHOICES)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+@dataclass(frozen=True)
+class InspectConfig:
+    """What ``inspect`` writes: one self-contained HTML page of a run reading a text."""
+
+    html: str | None = option(None, "the HTML file to write (required)", check="path",
+                              metavar="OUT.html")  # fmt: skip
+    text: str | None = option(
+        None,
+        "a UTF-8 text file to read (default: the start of the run's validation split)",
+        check="path",
+        metavar="FILE",
+    )
+    checkpoint: str = option("best", CHECKPOINT_HELP, choices=CHECKPOINT_CHOICES)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if self.html is None:
+            raise RnnlabError("give --html OUT.html, the file to write the page to")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """What ``export`` writes: the model's step function as a file other programs run."""
+
+    format: str = option("onnx", "the file format: " + "; ".join(
+        f"{k}: {v}" for k, v in EXPORT_FORMATS.items()), choices=tuple(EXPORT_FORMATS))  # fmt: skip
+    out: str | None = option(None, "the model file to write, the vocabulary beside it "
+                             "(required)", check="path", metavar="FILE")  # fmt: skip
+    checkpoint: str = option("best", CHECKPOINT_HELP, choices=CHECKPOINT_CHOICES)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if self.out is None:
+            raise RnnlabError("give --out FILE, the model file to write")
 
 
 @dataclass(frozen=True)

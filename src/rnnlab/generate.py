@@ -15,6 +15,7 @@ the command line's ``generate`` and the samples printed during training use it.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 
 import torch
 
@@ -42,7 +43,6 @@ def next_token(
     return int(torch.multinomial(probs.cpu(), 1, generator=generator))
 
 
-@torch.no_grad()
 def generate_ids(
     model,
     prefix_ids: list[int],
@@ -53,6 +53,21 @@ def generate_ids(
     device=None,
 ) -> list[int]:
     """prefix ids followed by ``num_preds`` generated ids."""
+    return list(prefix_ids) + list(
+        iter_ids(model, prefix_ids, num_preds, temperature, top_k, seed, device)
+    )
+
+
+def iter_ids(
+    model,
+    prefix_ids: list[int],
+    num_preds: int,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    seed: int | None = None,
+    device=None,
+) -> Iterator[int]:
+    """The ``num_preds`` ids generated after ``prefix_ids``, each as soon as it is chosen."""
     if not prefix_ids:
         raise RnnlabError("the prefix is empty; give at least one token with --prefix")
     if not 0 <= num_preds <= MAX_LENGTH:
@@ -61,19 +76,22 @@ def generate_ids(
     model.eval()
     device = device if device is not None else next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
-    state = model.begin_state(1, device)
-    if len(prefix_ids) > 1:  # warm-up: one call over prefix[:-1] is the same as one per token
-        warm = torch.tensor([prefix_ids[:-1]], device=device)  # (1, T)
-        _, state = model(warm, state)
     head = getattr(model, "adaptive", None)
-    outputs = list(prefix_ids)
-    for _ in range(num_preds):
-        scores, state = model(torch.tensor([[outputs[-1]]], device=device), state)  # (1, V)
-        if head is not None:  # scores are the features (1, H): log-probabilities (1, V)
-            scores = head.log_prob(scores)
-        outputs.append(next_token(scores[0], temperature, top_k, generator))
-    model.train(was_training)
-    return outputs
+    try:
+        with torch.no_grad():
+            state = model.begin_state(1, device)
+            if len(prefix_ids) > 1:  # warm-up: one call over prefix[:-1] = one per token
+                warm = torch.tensor([prefix_ids[:-1]], device=device)  # (1, T)
+                _, state = model(warm, state)
+            last = prefix_ids[-1]
+            for _ in range(num_preds):
+                scores, state = model(torch.tensor([[last]], device=device), state)  # (1, V)
+                if head is not None:  # scores are the features (1, H): log-probs (1, V)
+                    scores = head.log_prob(scores)
+                last = next_token(scores[0], temperature, top_k, generator)
+                yield last
+    finally:
+        model.train(was_training)
 
 
 def prompt_ids(prompt: str, mode: str, vocab: Vocab) -> tuple[list[int], list[str]]:
@@ -101,16 +119,39 @@ def continue_text(
     device=None,
 ) -> str:
     """The prompt followed by ``length`` generated tokens, as text."""
-    ids, _ = prompt_ids(prompt, mode, vocab)
-    out = generate_ids(
-        model, ids, length, temperature=temperature, top_k=top_k, seed=seed, device=device
+    return "".join(
+        stream_text(model, vocab, mode, prompt, length, temperature, top_k, seed, device)
     )
-    generated = detokenize(vocab.to_tokens(out[len(ids) :]), mode)
-    if mode == "words":  # one space between words; none next to a line break
+
+
+def stream_text(
+    model,
+    vocab: Vocab,
+    mode: str,
+    prompt: str,
+    length: int,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    seed: int | None = None,
+    device=None,
+) -> Iterator[str]:
+    """:func:`continue_text` in pieces, as they are generated: the prompt, then one piece
+    per token (words mode: with the space before it, none next to a line break)."""
+    ids, _ = prompt_ids(prompt, mode, vocab)
+    if mode == "words":
         prompt = prompt.rstrip(" \t")
-        joined = prompt.endswith("\n") or generated.startswith("\n") or not generated
-        return prompt + ("" if joined else " ") + generated
-    return prompt + generated
+    yield prompt
+    previous = EOS if prompt.endswith("\n") or not prompt else None  # what came before
+    for token in map(
+        vocab.to_tokens, iter_ids(model, ids, length, temperature, top_k, seed, device)
+    ):
+        if mode != "words":
+            yield token
+        elif token == EOS:
+            yield "\n"
+        else:
+            yield token if previous == EOS else " " + token
+        previous = token
 
 
 DEFAULT_PROMPT_CHARS = 24  # at most this much of the run's text becomes its default prompt
