@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import load_run
+from .checkpoint import latest, load_run
 from .config import GenerateConfig, TrainConfig
 from .data import prepare
 from .errors import RnnlabError
@@ -300,9 +300,15 @@ class Lens:
     @classmethod
     def from_run(cls, run: Path, which: str = "best") -> Lens:
         """The model of run directory ``run``: its "best" checkpoint (the lowest validation
-        loss, where it has one) or its "latest"."""
+        loss, where it has one) or its "latest". The history is the whole run's (the latest
+        checkpoint's: the best one's stops at its epoch)."""
         cfg, vocab, model, ckpt = load_run(Path(run), "cpu", which)
-        return cls(cfg, vocab, model, ckpt.history)
+        history = ckpt.history
+        if which == "best":
+            last, _ = latest(Path(run), cfg, len(vocab))
+            if last is not None and len(last.history) > len(history):
+                history = last.history
+        return cls(cfg, vocab, model, history)
 
     def read(self, text: str) -> Reading:
         """Feed ``text`` to the model token by token (tokenized as the training text was)."""
