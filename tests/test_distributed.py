@@ -201,7 +201,9 @@ def test_a_batch_that_cannot_be_split_is_an_error_before_anything_starts(tmp_pat
     errors = [line for line in result.stderr.splitlines() if line.startswith("rnnlab: ")]
     assert len(errors) == 1, result.stderr  # said once, by rank 0
     assert "--batch-size 5 cannot be split evenly over 2 processes" in errors[0]
-    assert "Traceback (most recent call last):\n  File" not in result.stderr.split("rnnlab")[0]
+    # torchrun prints a traceback of its own launcher; none may come from rnnlab's code
+    frames = [line for line in result.stderr.splitlines() if line.lstrip().startswith('File "')]
+    assert not [frame for frame in frames if "/rnnlab/" in frame], result.stderr
     assert not (tmp_path / "run").exists()
 
 
