@@ -144,12 +144,16 @@ def test_patience_stops_early_and_a_resume_needs_more_of_it(tmp_path, main):
     result = run_cli("train", *BOUNCING, "--epochs", "8", "--patience", "2", "--out", run,
                      check=0)  # fmt: skip
     records = metrics(run)
-    assert best_epoch(records) == 2 and len(records) == 4, records  # epochs 3 and 4: no better
-    assert "stopped early after epoch 4/8" in result.stdout and "epoch 2" in result.stdout
+    # Which epoch is best depends on the processor's arithmetic (a rate of 5 bounces);
+    # that the run stops 2 epochs after it, before its 8, does not.
+    best, last = best_epoch(records), len(records)
+    assert last == best + 2 and last < 8, records  # the two epochs after the best: no better
+    assert f"stopped early after epoch {last}/8" in result.stdout, result.stdout
+    assert f"epoch {best}" in result.stdout
     status, out, _ = main("train", "--out", run, "--resume")
-    assert status == 0 and "--patience larger than 2" in out and len(metrics(run)) == 4
+    assert status == 0 and "--patience larger than 2" in out and len(metrics(run)) == last
     assert main("train", "--out", run, "--resume", "--patience", "3")[0] == 0
-    assert len(metrics(run)) >= 5
+    assert len(metrics(run)) >= last + 1
 
 
 def test_a_time_limit_stops_with_a_checkpoint_and_resume_continues(tmp_path, main):

@@ -5,6 +5,7 @@ or folders where a file belongs; limited sizes; cache writes that fail in one li
 import dataclasses
 import errno
 import hashlib
+import importlib.util
 import io
 import itertools
 import json
@@ -20,9 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DATA_DIR
 from rnnlab import corpus
 from rnnlab.errors import RnnlabError
+from rnnlab.tokenize import tokenize
+from rnnlab.vocab import Vocab
 
 # The checksums listed in the README of the shared data folder.
 DATA_SHA1 = {
@@ -32,10 +34,6 @@ DATA_SHA1 = {
     "ptb/valid.txt": "d9f5fed6afa5e1b82cd1e3e5f5040f6852940228",
     "ptb/test.txt": "5c15c548b42d80bce9332b788514e6635fb0226e",
 }
-needs_data = pytest.mark.skipif(
-    not all((DATA_DIR / file).is_file() for file in DATA_SHA1),
-    reason=f"verified corpora not found in {DATA_DIR}; set RNNLAB_DATA_DIR",
-)
 
 
 def sha1_file(path):
@@ -164,7 +162,6 @@ def test_a_shipped_copy_is_checked_once_per_process(tmp_path, monkeypatch):
 # Built-in names in the data folder
 
 
-@needs_data
 @pytest.mark.parametrize(
     "name,split,file",
     [
@@ -176,23 +173,146 @@ def test_a_shipped_copy_is_checked_once_per_process(tmp_path, monkeypatch):
     ],
 )
 def test_builtin_names_resolve_through_rnnlab_data_dir(
-    name, split, file, monkeypatch, tmp_path, data_dir, not_packaged
+    name, split, file, monkeypatch, tmp_path, not_packaged
 ):
-    monkeypatch.setenv("RNNLAB_DATA_DIR", str(data_dir))
+    data = data_folder(tmp_path / "data", {f: f" the data folder's {f} \n" for f in DATA_SHA1})
+    monkeypatch.setenv("RNNLAB_DATA_DIR", str(data))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     path = corpus.builtin_path(name, split, fetch=no_network, packaged=not_packaged)
-    assert path == data_dir / file
-    assert sha1_file(path) == DATA_SHA1[file]
+    assert path == data / file
+    assert path.read_text() == f" the data folder's {file} \n"
     assert not (tmp_path / "cache").exists()
 
 
-@needs_data
-def test_data_readme_lists_the_checksums_the_tests_use(data_dir):
-    readme = data_dir / "README.md"
-    if not readme.is_file():
-        pytest.skip("no README beside the corpora")
-    rows = re.findall(r"^\| (\S+) \|.*\| ([0-9a-f]{40}) \|", readme.read_text(), re.MULTILINE)
+@pytest.mark.parametrize("split", ["train", "valid", "test"])
+def test_the_tests_read_ptb_from_the_stand_in_not_the_network(split, data_dir):
+    """What the suite trains on as `ptb` (see conftest.DATA_DIR), in every fresh clone."""
+    path = corpus.builtin_path("ptb", split, fetch=no_network)
+    assert path == data_dir / "ptb" / f"{split}.txt"
+    assert corpus.read_text("ptb", split) == path.read_text(encoding="utf-8")
+
+
+# ---------------------------------------------------------------------------
+# The stand-in Penn Treebank (tests/data/make_ptb.py) and the real one's format
+
+NUMBER = re.compile(r"[\d.,]+")
+
+
+def ptb_format_problems(texts):
+    """What in ``texts`` (split -> text of ptb/<split>.txt) departs from the Penn Treebank's
+    format, at most a few lines of it; [] if nothing does.
+
+    The format: one sentence a line, a space before and after every word, no empty line;
+    lower-case words, numbers written N, rare words <unk> (and no other word in angle
+    brackets); the held-out splits use only words of the training split.
+    """
+    problems = []
+    train_words = set(texts["train"].split())
+    for split, text in texts.items():
+        if not text.endswith(" \n"):
+            problems.append(f"{split}: the last line does not end in ' \\n'")
+        lines = text.split("\n")[:-1]
+        bad = [n for n, line in enumerate(lines, 1) if not re.fullmatch(r"( [^ ]+)+ ", line)]
+        if bad:
+            problems.append(f"{split}: lines {bad[:5]} are not ' word word ... '")
+        words = set(text.split())
+        odd = sorted(
+            w
+            for w in words - {"N", "<unk>"}
+            if w != w.lower() or "<" in w or ">" in w or NUMBER.fullmatch(w)
+        )
+        if odd:
+            problems.append(f"{split}: words not in PTB's form: {odd[:5]}")
+        if not {"N", "<unk>"} <= words:
+            problems.append(f"{split}: no N or no <unk>")
+        if words - train_words:
+            problems.append(
+                f"{split}: words not in the training split: {sorted(words - train_words)[:5]}"
+            )
+    return problems
+
+
+def ptb_texts(folder):
+    return {
+        split: (folder / "ptb" / f"{split}.txt").read_text(encoding="utf-8")
+        for split in ("train", "valid", "test")
+    }
+
+
+def load_ptb_maker():
+    """tests/data/make_ptb.py as a module: the test runs the code that wrote the stand-in."""
+    path = Path(__file__).parent / "data" / "make_ptb.py"
+    spec = importlib.util.spec_from_file_location("make_ptb", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_stand_in_penn_treebank_is_what_its_script_writes(data_dir):
+    assert ptb_texts(data_dir) == load_ptb_maker().corpus_files()
+
+
+def test_the_stand_in_penn_treebank_has_the_real_ones_format(data_dir):
+    texts = ptb_texts(data_dir)
+    assert ptb_format_problems(texts) == []
+    # big enough to fill a batch of the ptb recipes (20 x 35) in every split but small
+    tokens = {split: tokenize(text, "words") for split, text in texts.items()}
+    assert all(20 * 35 < len(t) < 20_000 for t in tokens.values()), {
+        split: len(t) for split, t in tokens.items()
+    }
+
+
+def test_the_format_check_finds_what_departs_from_it():
+    texts = {"train": " a N <unk> \n b \n", "valid": " a N <unk> \n", "test": " a N <unk> \n"}
+    assert ptb_format_problems(texts) == []
+    for split, text, words in [
+        ("train", "a N <unk>\n", ["not ' word word"]),
+        ("train", " a N <unk> \n\n", ["lines [2]"]),
+        ("valid", " A N <unk> \n", ["'A'", "not in the training split"]),
+        ("test", " a 1990 N <unk> \n", ["'1990'"]),
+        ("test", " a N <eos> <unk> \n", ["'<eos>'"]),
+        ("valid", " a N \n", ["no N or no <unk>"]),
+        ("test", " a N <unk> ", ["does not end"]),
+    ]:
+        problems = "; ".join(ptb_format_problems({**texts, split: text}))
+        for word in words:
+            assert word in problems, (text, word, problems)
+
+
+# ---------------------------------------------------------------------------
+# The verified copies of the real corpora (skipped where there are none: see conftest)
+
+
+@pytest.mark.real_data
+@pytest.mark.parametrize("file", list(DATA_SHA1))
+def test_the_verified_corpora_have_the_readme_checksums(file, verified_data_dir):
+    assert sha1_file(verified_data_dir / file) == DATA_SHA1[file]
+
+
+@pytest.mark.real_data
+def test_data_readme_lists_the_checksums_the_tests_use(verified_data_dir):
+    readme = (verified_data_dir / "README.md").read_text()
+    rows = re.findall(r"^\| (\S+) \|.*\| ([0-9a-f]{40}) \|", readme, re.MULTILINE)
     assert dict(rows) == DATA_SHA1
+
+
+@pytest.mark.real_data
+def test_the_real_penn_treebank_has_mikolovs_sizes(verified_data_dir):
+    """The sizes the ptb recipes were measured on: words with <eos> per line, 10k words."""
+    tokens = {
+        split: tokenize(text, "words") for split, text in ptb_texts(verified_data_dir).items()
+    }
+    assert {split: len(t) for split, t in tokens.items()} == {
+        "train": 929_589,
+        "valid": 73_760,
+        "test": 82_430,
+    }
+    assert len(Vocab(tokens["train"])) == 10_000
+
+
+@pytest.mark.real_data
+def test_the_real_penn_treebank_has_the_format_the_stand_in_copies(verified_data_dir):
+    assert ptb_format_problems(ptb_texts(verified_data_dir)) == []
 
 
 def test_single_file_specs_carry_the_readme_checksums():

@@ -300,8 +300,8 @@ def test_a_missing_or_unusable_out_folder_is_refused(run_of, tmp_path):
 
 def test_the_runs_own_files_are_not_replaced(run_of, tmp_path):
     run = run_of("scratch-rnn-1")
-    refused(run, run, "torchscript", run / "vocab.json", "vocab.json", "another name")
-    refused(run, run, "onnx", run / "model.safetensors", "model.safetensors", "another name")
+    refused(run, run, "torchscript", run / "vocab.json", "vocab.json", "outside the run")
+    refused(run, run, "onnx", run / "model.safetensors", "model.safetensors", "outside the run")
 
 
 def test_an_unwritable_out_folder_is_refused(run_of, tmp_path, monkeypatch):
@@ -318,14 +318,14 @@ def test_an_unwritable_out_folder_is_refused(run_of, tmp_path, monkeypatch):
 
 
 def test_a_failed_write_leaves_no_file(run_of, tmp_path, monkeypatch):
-    real_write = files.atomic_write
+    real_write = files._write_temporary
 
     def disk_full_at_the_vocab(path, data):
         if path.name.endswith(".vocab.json"):
             raise OSError(28, "No space left on device")
-        real_write(path, data)
+        return real_write(path, data)
 
-    monkeypatch.setattr(files, "atomic_write", disk_full_at_the_vocab)
+    monkeypatch.setattr(files, "_write_temporary", disk_full_at_the_vocab)
     out = tmp_path / "m.pt"
     refused(
         tmp_path, run_of("scratch-rnn-1"), "torchscript", out, "No space left", "m.pt.vocab.json"

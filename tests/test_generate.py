@@ -3,8 +3,12 @@ text prompts and the default prompt a run takes from its own text."""
 
 import pytest
 import torch
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
 
+from conftest import TINY_RUN, run_cli
 from rnnlab import generate
+from rnnlab.config import MAX_TEMPERATURE
 from rnnlab.errors import RnnlabError
 from rnnlab.models import CELLS, ScratchLM
 from rnnlab.tokenize import detokenize, tokenize
@@ -78,6 +82,67 @@ def test_top_k_only_draws_from_the_k_most_likely():
     g = torch.Generator().manual_seed(0)
     draws = {generate.next_token(logits, 5.0, top_k=2, generator=g) for _ in range(200)}
     assert draws == {0, 1}
+
+
+# Every temperature a user may give (0 to MAX_TEMPERATURE), the subnormal ones and the
+# smallest float above 0 included, and logits from the tiny to the largest float32.
+TEMPERATURES = st.one_of(
+    st.floats(0, MAX_TEMPERATURE, allow_subnormal=True),
+    st.sampled_from([5e-324, 1e-320, 1e-310, 2.2e-308, 1e-300, 1e-45, MAX_TEMPERATURE]),
+)
+LOGIT = st.one_of(
+    st.floats(-20, 20, width=32),
+    st.floats(width=32, allow_nan=False, allow_infinity=False),
+    st.sampled_from([0.0, -0.0, 1e-40, 3.4028235e38, -3.4028235e38]),
+)
+LOGITS = st.lists(LOGIT, min_size=1, max_size=12)
+
+
+@settings(max_examples=400, deadline=None)
+@given(LOGITS, TEMPERATURES, st.integers(-1, 20), st.integers(0, 2**32))
+def test_the_sampler_gives_a_token_for_any_temperature_and_top_k(values, temperature, k, seed):
+    """Always a token id of the vocabulary, among the top_k likeliest; one of the likeliest
+    where every other token's probability underflows to 0 (the temperature is too small to
+    tell them apart)."""
+    logits = torch.tensor(values, dtype=torch.float32)
+    token = generate.next_token(logits, temperature, k, torch.Generator().manual_seed(seed))
+    assert isinstance(token, int) and 0 <= token < len(values)
+    top = logits.double().max()
+    others = logits.double()[logits.double() < top]
+    degenerate = temperature == 0 or bool(((others - top) / temperature < -800).all())
+    event("degenerate" if degenerate else "sampled")
+    if 0 < k < len(values):
+        assert logits[token] >= logits.topk(k).values[-1]  # one of the k likeliest
+    if degenerate:
+        assert logits[token] == top
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.sampled_from([float("inf"), float("-inf"), float("nan"), 1.0]), min_size=1,
+                max_size=6), TEMPERATURES, st.integers(0, 8))  # fmt: skip
+def test_logits_that_are_not_finite_still_give_a_token(values, temperature, k):
+    token = generate.next_token(torch.tensor(values), temperature, k)
+    assert 0 <= token < len(values)
+
+
+@pytest.mark.parametrize("temperature", [5e-324, 1e-320, 1e-310])
+def test_a_subnormal_temperature_is_greedy(temperature):
+    logits = torch.tensor([3e38, -3e38, 2.0, 3.1e38], dtype=torch.float32)
+    assert generate.next_token(logits, temperature) == 3
+    assert generate.next_token(logits, temperature, top_k=2) == 3
+    assert generate.next_token(logits, temperature, top_k=10) == 3
+    model = random_model()
+    ids = [VOCAB["t"], VOCAB["h"]]
+    assert generate.generate_ids(model, ids, 20, temperature=temperature, seed=0) == (
+        generate.generate_ids(model, ids, 20)
+    )
+
+
+def test_generate_with_a_subnormal_temperature_runs(tmp_path):
+    run = tmp_path / "run"
+    run_cli("train", "timemachine", *TINY_RUN, "--epochs", "1", "--quiet", "--out", run, check=0)
+    result = run_cli("generate", run, "--temperature", "1e-310", "--length", "20", check=0)
+    assert "Traceback" not in result.stderr and len(result.stdout) > 20
 
 
 def test_unknown_prefix_tokens_warn_and_map_to_unk():

@@ -508,6 +508,51 @@ def test_resume_from_trainer_state_of_other_types_is_a_clean_error(
     )  # fmt: skip
 
 
+# Numbers of trainer.json that have the right type and sign but do not fit the run: the
+# pristine run has trained 1 epoch of fewer than TINY_TOKENS tokens, so no epoch of it has
+# TINY_TOKENS batches. path in trainer.json -> the out-of-range values for it.
+TINY_TOKENS = int(TINY_RUN[TINY_RUN.index("--max-tokens") + 1])
+BEYOND = 2**62
+OUT_OF_RANGE = {
+    "progress.batch": st.integers(TINY_TOKENS, BEYOND),  # more batches than the epoch has
+    "progress.tokens": st.integers(1, BEYOND),  # tokens in no batch (the epoch is at batch 0)
+    "epoch": st.integers(2, BEYOND),  # epochs the history does not list
+    "schedule.batches": st.integers(TINY_TOKENS, BEYOND),  # more batches than were trained
+    "history.0.epoch": st.integers(2, BEYOND),  # the first epoch numbered otherwise
+}
+
+
+def _set_path(obj: Any, path: str, value: Any) -> Any:
+    """A copy of ``obj`` with the value at the dotted ``path`` set to ``value``."""
+    obj = copy.deepcopy(obj)
+    inner, keys = obj, path.split(".")
+    for key in keys[:-1]:
+        inner = inner[int(key)] if isinstance(inner, list) else inner[key]
+    inner[int(keys[-1]) if isinstance(inner, list) else keys[-1]] = value
+    return obj
+
+
+@pytest.mark.parametrize("path", OUT_OF_RANGE)
+@FUZZ
+@given(data=st.data())
+def test_a_position_out_of_range_for_the_run_is_a_damaged_checkpoint(
+    pristine, case, capfd, request, path, data
+):
+    """Re-signed, so only the ranges are tested: a resume must not train from a position
+    the run never had (a batch past the epoch's end once trained an 'epoch' of 0 tokens)."""
+    value = data.draw(OUT_OF_RANGE[path], label=path)
+    mutated = _set_path(json.loads(pristine.original("trainer.json")), path, value)
+    c = case("trainer.json+resigned")
+    c.write(encode(mutated))
+    CASES[(c.target, "out-of-range")] += 1
+    COMMANDS_RUN["train"] += 1
+    status = run_command("train", c.run, capfd)
+    assert status == 2, f"a resume from {path} = {value} went through"
+    c.undo()
+    assert changed(c.pristine.snapshot, snapshot(c.run)) == [], "a failed resume changed the run"
+    c.close()
+
+
 @pytest.mark.parametrize("target", TARGETS)
 @FUZZ
 @given(data=st.data())

@@ -7,24 +7,34 @@ import io
 import json
 import math
 import os
+import random
 import signal
 import socket
 import subprocess
 import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
+import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from html.parser import HTMLParser
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 import torch
 
 from conftest import COMMAND_ENV
 from rnnlab import cli
+from rnnlab.config import ServeConfig
 from rnnlab.errors import RnnlabError
-from rnnlab.lens import MAX_TEXT_CHARS
+from rnnlab.lens import MAX_TEXT_CHARS, Lens
 from rnnlab.report import write_report
-from rnnlab.serve import BODY_LIMIT, serve
+from rnnlab.serve import (
+    BODY_LIMIT,
+    MAX_CONNECTIONS,
+    READINGS_KEPT,
+    READINGS_WAITING,
+    serve,
+)
 
 
 def tiny_run(folder: Path) -> Path:
@@ -39,8 +49,11 @@ def tiny_run(folder: Path) -> Path:
     return run
 
 
-def start_server(run: Path) -> tuple[str, io.StringIO]:
-    """Serve ``run`` from a daemon thread on a free port: (its address, its log)."""
+def start_server(run: Path, **options) -> tuple[str, io.StringIO]:
+    """Serve ``run`` from a daemon thread on a free port: (its address, its log).
+
+    ``options``: more arguments of serve (host, allow_hosts); the address is the one to
+    connect to (127.0.0.1 for a server listening on 0.0.0.0)."""
     bound: list[tuple[str, int]] = []
     ready = threading.Event()
     log = io.StringIO()
@@ -52,13 +65,13 @@ def start_server(run: Path) -> tuple[str, io.StringIO]:
     thread = threading.Thread(
         target=serve,
         args=(run,),
-        kwargs={"port": 0, "out": io.StringIO(), "err": log, "ready": on_ready},
+        kwargs={"port": 0, "out": io.StringIO(), "err": log, "ready": on_ready, **options},
         daemon=True,  # ends with the tests: serve() runs until Ctrl-C
     )
     thread.start()
     assert ready.wait(60), "the server did not start"
     host, port = bound[0]
-    return f"{host}:{port}", log
+    return f"{'127.0.0.1' if host == '0.0.0.0' else host}:{port}", log
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -148,6 +161,49 @@ def test_only_loopback_names_are_answered(server):
     assert request(server, "GET", "/api/info", headers={"Host": "localhost:1"})[0] == 200
 
 
+def host_status(server, host: str) -> int:
+    return request(server, "GET", "/api/info", headers={"Host": host})[0]
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "127.0.0.2"])
+def test_every_listening_address_keeps_the_rebinding_check(run, host):
+    """A page at rebind.example.com whose name now points here cannot read the API, what
+    ever address the server listens on; this machine's names and addresses still can."""
+    server = start_server(run, host=host)
+    port = server[0].rsplit(":", 1)[1]
+    for name in (
+        "rebind.example.com",
+        "localhost.example.com",
+        "evil.localhost",
+        "127.0.0.1.nip.io",
+    ):
+        assert host_status(server, f"{name}:{port}") == 403, name
+    for name in ("localhost", "LocalHost.", "127.0.0.1", "127.0.0.2", "[::1]", host,
+                 socket.gethostname()):  # fmt: skip
+        assert host_status(server, f"{name}:{port}") == 200, name
+    _, log = server
+    assert ("other machines" in log.getvalue()) == (host == "0.0.0.0")  # 127/8 is loopback
+
+
+def test_allow_host_adds_a_name_such_as_a_proxys(run):
+    server = start_server(run, allow_hosts=("Proxy.Example.com",))
+    assert host_status(server, "proxy.example.com") == 200
+    assert host_status(server, "PROXY.example.com.:443") == 200
+    assert host_status(server, "other.example.com") == 403
+
+
+def test_allow_host_is_repeatable_and_checked():
+    args = cli.build_parser().parse_args(
+        ["serve", "run", "--allow-host", "a.example", "--allow-host", "b.example"]
+    )
+    assert args.allow_host == ["a.example", "b.example"]
+    assert ServeConfig(allow_host=tuple(args.allow_host)).allow_host == ("a.example", "b.example")
+    for bad in ("http://a.example", "a.example:8080", "", "a b", "a/b"):
+        with pytest.raises(RnnlabError, match="--allow-host") as caught:
+            ServeConfig(allow_host=(bad,))
+        assert "\n" not in str(caught.value)
+
+
 # ---------------------------------------------------------------- bad parameters
 
 LONG_TEXT = "a" * (MAX_TEXT_CHARS + 1)
@@ -159,7 +215,7 @@ BAD = [
     ("/api/generate", {"temperature": "hot"}, "temperature"),
     ("/api/generate", {"temperature": "nan"}, "temperature"),
     ("/api/generate", {"temperature": -1}, "temperature"),
-    ("/api/generate", {"top_k": -2}, "top-k"),
+    ("/api/generate", {"top_k": -2}, "top_k"),
     ("/api/generate", {"top_k": True}, "top_k"),
     ("/api/generate", {"seed": "lucky"}, "seed"),
     ("/api/generate", {"prefix": 7}, "prefix"),
@@ -189,6 +245,51 @@ def test_each_bad_parameter_is_a_400_with_a_message(server, path, params, words)
     status, answer = api(server, path, params)
     assert status == 400, answer
     assert words in answer["error"] and "\n" not in answer["error"]
+    assert "--" not in answer["error"]  # the API's parameter names, not the command line's
+    no_traceback(server)
+
+
+def raw_request(server, target: bytes) -> tuple[int, bytes]:
+    """(status, body) of a GET whose request target is sent as these bytes, unescaped."""
+    address, _ = server
+    host, port = address.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=60) as sock:
+        sock.sendall(b"GET " + target + b" HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        response = http.client.HTTPResponse(sock, method="GET")
+        response.begin()
+        return response.status, response.read()
+
+
+def test_a_url_is_read_as_utf8_and_bytes_that_are_not_are_a_400(server):
+    for prefix in ("café", "voilà", "Å", "“quoted”", "时间"):  # à: C3 A0, Å: C3 85
+        for target in (f"/api/generate?prefix={prefix}&length=1", f"/api/read?text={prefix}"):
+            escaped = target.replace(prefix, quote(prefix))
+            # as curl sends it, unescaped, it means what it means escaped
+            raw, plain = raw_request(server, target.encode()), raw_request(server, escaped.encode())
+            assert raw == plain and raw[0] in (200, 400), (target, raw, plain)
+            if target.startswith("/api/generate"):
+                assert raw[0] == 200 and raw[1].decode().startswith(prefix), (target, raw)
+    for target in (b"/api/generate?prefix=caf\xe9", b"/api/generate?prefix=caf%E9"):
+        status, body = raw_request(server, target)
+        error = json.loads(body)["error"]
+        assert status == 400 and "UTF-8" in error, (target, error)
+    status, body = raw_request(server, b"/\xff")
+    assert status == 404 and "no such page" in json.loads(body)["error"]
+    no_traceback(server)
+
+
+def test_a_malformed_request_line_is_answered_in_json(server):
+    for target in (b"/api/info extra", b"/api/info\x00"):
+        status, body = raw_request(server, target)
+        assert 400 <= status < 500 and json.loads(body)["error"], (target, body)
+    no_traceback(server)
+
+
+def test_a_temperature_whose_logits_overflow_is_greedy_not_a_broken_stream(server):
+    status, _, tiny = request(server, "GET", "/api/generate?temperature=1e-320&length=30&seed=1")
+    assert status == 200
+    status, _, greedy = request(server, "GET", "/api/generate?length=30")
+    assert status == 200 and tiny == greedy
     no_traceback(server)
 
 
@@ -294,6 +395,157 @@ def test_concurrent_requests_all_succeed(server):
     with ThreadPoolExecutor(8) as pool:
         assert list(pool.map(one, range(16))) == [200] * 16
     no_traceback(server)
+
+
+# ---------------------------------------------------------------- bounds
+
+
+@pytest.fixture
+def gate(monkeypatch):
+    """Readings wait at a gate, holding the reading model's lock as a long reading does:
+    (set when one has started, open to let them through). Opened when the test ends."""
+    started, opened = threading.Event(), threading.Event()
+    step_through = Lens._step_through
+
+    def gated(lens, ids):
+        with lens._lock:
+            started.set()
+            opened.wait(60)
+        return step_through(lens, ids)
+
+    monkeypatch.setattr(Lens, "_step_through", gated)
+    yield started, opened
+    opened.set()
+
+
+def test_readings_beyond_the_line_are_refused_503_with_retry_after(server, gate):
+    started, opened = gate
+    sent = 12
+    refused_at_once = sent - 1 - READINGS_WAITING  # one is read, READINGS_WAITING wait
+    texts = [f"the time machine, text {i} of the burst" for i in range(sent)]
+    with ThreadPoolExecutor(sent) as pool:
+        futures = [pool.submit(request, server, "POST", "/api/unit", {"text": t}) for t in texts]
+        done: set = set()
+        deadline = time.monotonic() + 30
+        while len(done) < refused_at_once and time.monotonic() < deadline:
+            done |= wait(futures, timeout=1, return_when=FIRST_COMPLETED).done
+        answered_while_busy = sorted(f.result()[0] for f in done)
+        opened.set()
+        answers = [f.result() for f in futures]
+    assert started.is_set()
+    assert answered_while_busy == [503] * refused_at_once
+    assert (
+        sorted(status for status, _, _ in answers)
+        == [200] * (sent - refused_at_once) + [503] * refused_at_once
+    )
+    for status, headers, body in answers:
+        if status == 503:
+            assert headers["Retry-After"].isdigit() and "busy" in json.loads(body)["error"]
+    no_traceback(server)
+
+
+def test_generation_goes_on_while_a_long_reading_holds_its_model(server, gate):
+    started, opened = gate
+    with ThreadPoolExecutor(1) as pool:
+        reading = pool.submit(api, server, "/api/read", {"text": "a text read for a long time"})
+        assert started.wait(30)
+        address, _ = server
+        connection = http.client.HTTPConnection(address, timeout=10)
+        connection.request("POST", "/api/generate", body=json.dumps({"length": 20}))
+        response = connection.getresponse()
+        assert response.status == 200 and len(response.read()) > 20
+        connection.close()
+        assert not reading.done()  # the reading is still at the gate
+        opened.set()
+        assert reading.result()[0] == 200
+
+
+def test_connections_beyond_the_cap_are_refused_and_threads_stay_bounded(server):
+    address, _ = server
+    host, port = address.rsplit(":", 1)
+    threads = threading.active_count()
+    idle = [socket.create_connection((host, int(port)), timeout=10) for _ in range(MAX_CONNECTIONS)]
+    try:
+        deadline = time.monotonic() + 30
+        while threading.active_count() < threads + MAX_CONNECTIONS and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for _ in range(8):
+            with socket.create_connection((host, int(port)), timeout=10) as extra:
+                answer = b""
+                while chunk := extra.recv(4096):  # the answer, then the server closes
+                    answer += chunk
+            head, _, body = answer.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 503 ") and b"Retry-After: " in head, answer
+            assert "connections" in json.loads(body)["error"]
+        assert threading.active_count() <= threads + MAX_CONNECTIONS
+    finally:
+        for connection in idle:
+            connection.close()
+    deadline = time.monotonic() + 30
+    while request(server, "GET", "/api/info")[0] != 200:  # the idle ones' threads end
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+
+def memory_mib(pid: int, key: str) -> float:
+    """A figure of /proc/PID/status in MiB: VmRSS (resident now), VmHWM (its peak)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no {key} in /proc/{pid}/status")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc (Linux)")
+def test_a_burst_of_readings_holds_at_most_the_kept_readings(tmp_path):
+    """12 concurrent /api/unit on 12 different texts: the server's peak resident memory
+    grows by at most READINGS_KEPT readings over what it held before (one reading). The
+    bound comes from the design, not a measurement: a reading of T tokens holds the
+    states, 2 kinds (LSTM) x L x T x H float32, and about 2 KiB of Python objects per
+    token (its tokens, probabilities and top 5, and its answer as it is made); 8 MiB more
+    for the allocator and the requests' threads. Without the bound the readings are made
+    at once, each with its memory (about 12 of them: 130 MiB against 30 here)."""
+    hidden, layers, T = 256, 2, 1200
+    run = tmp_path / "run"
+    # fmt: off
+    assert cli.main(["train", "--out", str(run), "--max-tokens", "3000", "--hidden", str(hidden),
+                     "--layers", str(layers), "--batch-size", "8", "--num-steps", "10",
+                     "--epochs", "1", "--quiet", "--impl", "torch", "--cell", "lstm"]) in (0, None)
+    # fmt: on
+    reading = 2 * layers * T * hidden * 4 / 2**20 + T * 2 / 1024  # MiB
+    bound = READINGS_KEPT * reading + 8
+    process = subprocess.Popen(
+        [sys.executable, "-m", "rnnlab", "serve", str(run), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=COMMAND_ENV,
+    )
+    try:
+        line = process.stdout.readline()
+        assert "http://127.0.0.1:" in line, line
+        server = (line.split("http://", 1)[1].split("/", 1)[0], io.StringIO())
+
+        def unit(seed: int) -> int:
+            rng = random.Random(seed)
+            text = "".join(rng.choice("the time machine ") for _ in range(T))
+            return request(server, "POST", "/api/unit", {"text": text, "unit": 3})[0]
+
+        assert unit(-1) == 200  # one reading made and kept: memory as the page leaves it
+        try:  # "5": start the peak afresh from now (Linux 4.0)
+            Path(f"/proc/{process.pid}/clear_refs").write_text("5")
+        except OSError:
+            pass  # then it is the peak since the start, no lower
+        before = memory_mib(process.pid, "VmRSS")
+        with ThreadPoolExecutor(12) as pool:
+            statuses = list(pool.map(unit, range(12)))
+        peak = memory_mib(process.pid, "VmHWM")
+    finally:
+        process.kill()
+        process.communicate()
+    # one read and READINGS_WAITING in line at least (more if one ends before all are sent)
+    assert set(statuses) <= {200, 503} and statuses.count(200) >= 1 + READINGS_WAITING
+    print(f"peak {peak:.0f} MiB, {peak - before:.1f} MiB over {before:.0f}; bound {bound:.1f}")
+    assert peak - before <= bound, (peak, before, bound)
 
 
 def test_a_client_that_leaves_mid_stream_frees_the_server(server):

@@ -54,7 +54,7 @@ from pathlib import Path
 import torch
 
 from . import batches as batches_mod
-from . import corpus, files, heap, tokenize, train, vocab
+from . import corpus, files, heap, rundir, tokenize, train, vocab
 from .config import BenchConfig, ModelConfig
 from .errors import RnnlabError
 from .models import ScratchLM, TorchLM, build_model
@@ -184,7 +184,11 @@ def run_bench(cfg: BenchConfig, corpus_ids: torch.Tensor | None = None) -> list[
     """Train each implementation for ``cfg.batches`` timed batches; one row per (cell, H, impl).
 
     corpus_ids: token ids (N,) to train on instead of The Time Machine (for tests).
+    An ``out`` that can't be written is refused first, not after the minutes of timing.
     """
+    if cfg.out:
+        files.check_writable(Path(cfg.out), "--out")
+        rundir.refuse_run_file(Path(cfg.out), "--out")
     threads_before = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -333,7 +337,7 @@ def save_rows(cfg: BenchConfig, rows: list[dict]) -> None:
     )
     data = json.dumps(dict(meta=meta, rows=rows), indent=2, default=list).encode("utf-8")
     try:
-        files.atomic_write(Path(cfg.out), data)
+        files.atomic_write(Path(cfg.out), data, follow_links=True)
     except OSError as e:
         raise RnnlabError(
             f"cannot write --out {cfg.out} ({e.strerror or e}); choose another file"

@@ -32,6 +32,7 @@ import json
 import math
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -477,6 +478,39 @@ def _check_trainer_json(trainer: Any) -> None:
     )
     if not ok:
         raise ValueError("trainer.json")
+
+
+def position_problem(
+    ckpt: Checkpoint, batches_in: Callable[[int], int], tokens_per_batch: int
+) -> str | None:
+    """What in ``ckpt``'s position does not fit the run it belongs to; None if all does.
+
+    ``batches_in(e)``: the batches epoch ``e`` (0-based) of the run has;
+    ``tokens_per_batch``: B * T. The types and signs were checked on reading; these are
+    the ranges only the run knows: a history of epochs 1..epoch, an epoch within the
+    run's epochs, a batch within its epoch, no more tokens than its batches hold, and a
+    schedule that has not counted more batches than were trained.
+    """
+    epoch, batch, tokens = ckpt.epoch, ckpt.progress.batch, ckpt.progress.tokens
+    epochs = ckpt.config.get("epochs")
+    if isinstance(epochs, int) and not isinstance(epochs, bool) and epoch > epochs:
+        return f"is at epoch {epoch} of a run of {epochs} epochs"
+    if [record["epoch"] for record in ckpt.history] != list(range(1, epoch + 1)):
+        return f"is at epoch {epoch} but its history does not list epochs 1 to {epoch}"
+    if batch > 0:
+        in_epoch = batches_in(epoch)
+        if batch >= in_epoch:
+            return f"is at batch {batch} of epoch {epoch + 1}, which has {in_epoch} batches"
+    if tokens > batch * tokens_per_batch:
+        return f"counts {tokens} tokens in {batch} batches of {tokens_per_batch} tokens"
+    if ckpt.schedule is not None:
+        trained = sum(batches_in(e) for e in range(epoch)) + batch
+        if ckpt.schedule.batches > trained:
+            return (
+                f"has a schedule that counted {ckpt.schedule.batches} batches where "
+                f"{trained} were trained"
+            )
+    return None
 
 
 def tensors_limit(cfg: TrainConfig, vocab_size: int) -> int:

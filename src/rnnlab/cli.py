@@ -312,6 +312,13 @@ def add_command_options(parsers: dict[str, argparse.ArgumentParser]) -> None:
     for name, cls in (("serve", ServeConfig), ("inspect", InspectConfig), ("export", ExportConfig)):
         parsers[name].add_argument("run", metavar="RUN_DIR", help="the --out folder of a train run")
         add_config_options(parsers[name], cls)
+    parsers["serve"].add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help=ServeConfig.__dataclass_fields__["allow_host"].metadata["help"],
+    )
 
 
 def _config(cls, args: argparse.Namespace):
@@ -468,7 +475,7 @@ def cmd_serve(args) -> int:
 
     cfg = _config(ServeConfig, args)
     _one_thread()
-    return serve(Path(args.run), cfg.host, cfg.port, cfg.checkpoint)
+    return serve(Path(args.run), cfg.host, cfg.port, cfg.checkpoint, allow_hosts=cfg.allow_host)
 
 
 def cmd_inspect(args) -> int:

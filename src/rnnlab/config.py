@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import reprlib
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -341,6 +342,7 @@ RESUMABLE_CHANGES = (
     "sample_every",
     "checkpoint_every",
     "threads",
+    "tensorboard",
 )
 # Which checkpoint of a run generate and eval read (checkpoint.load_run): the one of the
 # lowest validation loss (the latest where there is none yet), or the latest.
@@ -477,10 +479,17 @@ class TrainConfig:
     )
     threads: int = option(
         0,
-        "CPU threads for torch, at most this machine's CPUs (0: torch's default, one per "
-        "core); 1 is often faster on a machine whose cores are busy with other work",
+        "CPU threads for torch, at most this machine's CPUs (0: the cores other programs "
+        "leave free, looked at again every 2 s, or OMP_NUM_THREADS where it is set); give a "
+        "number for runs that repeat bit for bit",
         check="count",
         at_most=MAX_THREADS,
+    )
+    tensorboard: bool = option(
+        False,
+        "also write the curves (loss, perplexity, bits per token, rate, gradient norm, "
+        "tokens/s) to RUN/tensorboard/ for TensorBoard; needs pip install "
+        "'rnnlab[tensorboard]' (may be added on --resume)",
     )
 
     def __post_init__(self) -> None:
@@ -616,6 +625,12 @@ class GenerateConfig:
         check_fields(self)
 
 
+# A host name or address as --allow-host takes it: letters, digits and . - _ (and : for an
+# IPv6 address); no scheme, no port, no path.
+HOST_NAME = re.compile(
+    r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_.])?|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*"
+)
+
 CHECKPOINT_HELP = (
     "best: the weights of the lowest validation loss (the latest where there is none yet); "
     "latest: the last checkpoint saved"
@@ -636,9 +651,28 @@ class ServeConfig:
     port: int = option(8000, "the port to listen on (0: any free one)", check="count",
                        at_most=65535)  # fmt: skip
     checkpoint: str = option("best", CHECKPOINT_HELP, choices=CHECKPOINT_CHOICES)
+    # Repeatable (--allow-host a --allow-host b): the command line adds it to serve itself.
+    allow_host: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "one more name the page answers to, such as a reverse proxy's (it "
+            "always answers to localhost, this machine's name and addresses, and --host); "
+            "repeat it for several. Any other name in a request's Host is refused, so that "
+            "no web site can reach the page through a name of its own (DNS rebinding)",
+            "flag": False,
+        },
+    )
 
     def __post_init__(self) -> None:
         check_fields(self)
+        if not isinstance(self.allow_host, (tuple, list)):
+            raise RnnlabError(f"--allow-host must be a list of names, got {shown(self.allow_host)}")
+        for name in self.allow_host:
+            if not (isinstance(name, str) and HOST_NAME.fullmatch(name.strip("[]"))):
+                raise RnnlabError(
+                    f"--allow-host {shown(name)} is not a host name; give a name such as "
+                    f"proxy.example.com (no scheme, no port)"
+                )
 
 
 @dataclass(frozen=True)

@@ -235,8 +235,50 @@ def builtin_path(
     return cache_dir() / spec.files[split]
 
 
+# Byte-order marks of the encodings that are not UTF-8 but often hold text (UTF-32's first:
+# its little-endian mark begins with UTF-16's), with the name iconv knows each by.
+OTHER_BOMS = (
+    (codecs.BOM_UTF32_LE, "UTF-32", "little-endian"),
+    (codecs.BOM_UTF32_BE, "UTF-32", "big-endian"),
+    (codecs.BOM_UTF16_LE, "UTF-16", "little-endian"),
+    (codecs.BOM_UTF16_BE, "UTF-16", "big-endian"),
+)
+
+
+def _other_encoding(data: bytes) -> tuple[str, str, str] | None:
+    """(encoding, its iconv name, what gave it away) of text that is UTF-16 or UTF-32, not
+    UTF-8; else None.
+
+    A byte-order mark says so; without one, UTF-16 of mostly Latin text has a NUL in every
+    other byte (all at even offsets: big-endian; odd: little-endian).
+    """
+    for bom, name, order in OTHER_BOMS:
+        if data.startswith(bom):
+            return name, name, f"{order}, with a byte-order mark"
+    head = data[: min(len(data), 8192) // 2 * 2]
+    if len(head) >= 8:
+        even, odd = head[0::2], head[1::2]
+        for nuls, others, order in ((odd, even, "LE"), (even, odd, "BE")):
+            if nuls.count(0) >= 0.9 * len(nuls) and others.count(0) == 0:
+                endian = "little-endian" if order == "LE" else "big-endian"
+                return "UTF-16", f"UTF-16{order}", f"{endian}, no byte-order mark"
+    return None
+
+
 def decode_utf8(data: bytes, where: str) -> str:
-    """Decode UTF-8 (dropping a BOM, turning CRLF and CR line ends into LF)."""
+    """Decode UTF-8 (dropping a BOM, turning CRLF and CR line ends into LF).
+
+    UTF-16 and UTF-32 text (with a byte-order mark, or UTF-16 with a NUL every other
+    byte) and other bytes with NULs are an RnnlabError that says what the file is.
+    """
+    other = _other_encoding(data)
+    if other is not None:
+        name, iconv_name, how = other
+        source = "FILE" if where.startswith("<") else where
+        raise RnnlabError(
+            f"{where} is {name} text ({how}), not UTF-8; convert it: "
+            f"iconv -f {iconv_name} -t UTF-8 {source} > converted.txt"
+        )
     if b"\x00" in data[:8192]:
         raise RnnlabError(
             f"{where} looks like a binary file (it contains NUL bytes at offset "

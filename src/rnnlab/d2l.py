@@ -25,10 +25,12 @@ Kept from the book on purpose, because results and printed text depend on them:
   ``RNNModelScratch.begin_state(batch_size, device)`` the batch size first;
   the book's code calls both with keywords.
 * ``tokenize`` with an unknown token type prints an error and returns None.
-* ``train_ch8`` prints a 50-character prediction every 10 epochs (a notebook
-  hides these behind its live plot; a script shows them), then the final
-  perplexity line and two predictions. Its plot goes to a PNG file: see
-  :mod:`rnnlab.d2l_plot` (``$RNNLAB_D2L_PLOTS``, default the current folder).
+* ``train_ch8`` prints a 50-character prediction every 10 epochs, then the
+  final perplexity line and two predictions. Its plot is live: in a notebook,
+  one picture in the cell's output, replaced at every point (the book's clears
+  the cell, hiding those predictions; here they stay, around the picture); in a
+  script, a PNG file rewritten at every point. See :mod:`rnnlab.d2l_plot`
+  (``$RNNLAB_D2L_PLOTS``, default the current folder).
 
 Guide: docs/d2l.md
 """
@@ -411,7 +413,8 @@ def train_ch8(net, train_iter, vocab, lr, num_epochs, device, use_random_iter=Fa
     """Train a character model with SGD at rate ``lr``, printing as the book does.
 
     Every 10 epochs: print a 50-character continuation of 'time traveller' and add
-    the perplexity to the plot (a PNG file, see :mod:`rnnlab.d2l_plot`). At the end:
+    the perplexity to the plot (live in a notebook's cell output, else a PNG file:
+    see :mod:`rnnlab.d2l_plot`). At the end:
     ``perplexity P, S tokens/sec on DEVICE`` (for the last epoch), then
     continuations of 'time traveller' and 'traveller'.
     """

@@ -1,7 +1,13 @@
-"""Plots for :mod:`rnnlab.d2l`: the book's ``plot`` and ``Animator``, written to PNG files.
+"""Plots for :mod:`rnnlab.d2l`: the book's ``plot`` and ``Animator``, in a notebook or in PNGs.
 
-The book draws into a notebook. A script has no notebook, so every figure made
-here is saved as a PNG instead, numbered in the order the figures are made:
+In a Jupyter notebook (code running in an IPython kernel) the figures appear in the
+cell's output, as the book's do: ``plot`` shows its figure once, and an ``Animator``
+shows its figure at its first ``add`` and replaces that picture in place at every
+later one (an IPython display handle), so a training cell ends with one up-to-date
+curve and keeps whatever else it printed. Nothing is written to disk there.
+
+A script has no notebook, so every figure made there is saved as a PNG instead,
+numbered in the order the figures are made:
 
     $RNNLAB_D2L_PLOTS/d2l-figure-1.png, d2l-figure-2.png, ...
 
@@ -13,19 +19,25 @@ the notebook's live plot does; its ``path`` attribute says where it is.
 
 Figures are built with matplotlib's object API on their own Agg canvas, not
 through ``pyplot`` (as :mod:`rnnlab.plot` does): nothing here needs a display,
-changes the user's pyplot state or switches the user's matplotlib backend.
+changes the user's pyplot state or switches the user's matplotlib backend. In a
+notebook they are shown as PNG images, whatever inline backend the kernel has.
 
 Guide: docs/d2l.md ("Where the plots go")
 """
 
 from __future__ import annotations
 
+import io
 import itertools
 import os
+import sys
 from pathlib import Path
+from typing import Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from . import files
 
 PLOTS_ENV = "RNNLAB_D2L_PLOTS"
 FMTS = ("-", "m--", "g-.", "r:")
@@ -40,9 +52,47 @@ def next_figure_path() -> Path:
     return folder / f"d2l-figure-{next(_figure_numbers)}.png"
 
 
+def notebook_display() -> Any:
+    """IPython's ``display`` module when this code runs in a Jupyter kernel, else None.
+
+    A kernel has imported IPython before it runs any cell, so when IPython is not
+    imported there is no notebook, and IPython is not imported here to find that out
+    (nor needed at all). A terminal IPython has a shell but no kernel: no notebook.
+    """
+    ipython = sys.modules.get("IPython")
+    if ipython is None:
+        return None
+    shell = ipython.get_ipython()
+    if getattr(shell, "kernel", None) is None:
+        return None
+    from IPython import display
+
+    return display
+
+
 def save_figure(fig: Figure, path: Path) -> None:
+    """Write ``fig`` to ``path`` as PNG, whole or not at all; only a regular file is replaced
+    (anything else raises files.NotRegularFile, an OSError)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    files.atomic_write(path, buffer.getvalue(), follow_links=True)
+
+
+def figure_image(fig: Figure, display: Any) -> Any:
+    """The figure as an IPython PNG image (what a notebook cell shows), drawn as save_figure's."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    return display.Image(data=buffer.getvalue(), format="png")
+
+
+def show(fig: Figure) -> None:
+    """Show a finished figure: in the notebook's cell output, else in the next numbered PNG."""
+    display = notebook_display()
+    if display is not None:
+        display.display(figure_image(fig, display))
+    else:
+        save_figure(fig, next_figure_path())
 
 
 def new_figure(figsize=None, nrows: int = 1, ncols: int = 1):
@@ -54,7 +104,7 @@ def new_figure(figsize=None, nrows: int = 1, ncols: int = 1):
 
 
 def use_svg_display() -> None:
-    """Kept for the book's code; PNG files need no display format."""
+    """Kept for the book's code; figures are shown, or saved, as PNG images."""
 
 
 def set_figsize(figsize=(3.5, 2.5)) -> None:
@@ -100,8 +150,9 @@ def plot(
 
     ``plot(Y)`` draws Y against its index; ``plot(X, Y)`` draws Y against X;
     lists of curves draw several, one format of ``fmts`` each. Without ``axes``
-    a new figure is made and saved as a PNG (see the module docstring); with
-    ``axes`` it draws there and saves nothing. Returns None, as the book's does.
+    a new figure is made and shown in the notebook, or saved as a PNG in a script
+    (see the module docstring); with ``axes`` it draws there and shows nothing.
+    Returns None, as the book's does.
     """
     if legend is None:
         legend = []
@@ -125,15 +176,18 @@ def plot(
             axes.plot(y, fmt)
     set_axes(axes, xlabel, ylabel, xlim, ylim, xscale, yscale, legend)
     if own_figure:
-        save_figure(fig, next_figure_path())
+        show(fig)
 
 
 class Animator:
-    """Curves that grow point by point (the book's ``Animator``), kept in a PNG file.
+    """Curves that grow point by point (the book's ``Animator``), live in a notebook or a PNG.
 
     ``add(x, y)`` appends a point to each curve (y may be a list, one value per
-    curve; None skips a curve) and rewrites the PNG at ``self.path``. ``path``
-    (not in the book) picks the file; by default it is the next numbered figure.
+    curve; None skips a curve) and redraws the figure: in a notebook it replaces
+    the picture this Animator showed in the cell's output (the first ``add``
+    shows it); in a script it rewrites the PNG at ``self.path``. ``path`` (not in
+    the book) picks the file, and in a notebook also saves the figure there; by
+    default a script's is the next numbered figure and a notebook's is None.
     """
 
     def __init__(
@@ -159,7 +213,12 @@ class Animator:
         self.X: list[list] = []  # one list of x values per line, made at the first add
         self.Y: list[list] = []
         self.fmts = fmts
-        self.path = Path(path) if path is not None else next_figure_path()
+        self._display = notebook_display()
+        self._shown: Any = None  # the display handle of the picture in the cell's output
+        if path is not None:
+            self.path: Path | None = Path(path)
+        else:
+            self.path = None if self._display is not None else next_figure_path()
 
     def config_axes(self) -> None:
         set_axes(self.axes[0], *self._axes_settings)
@@ -182,4 +241,11 @@ class Animator:
         for xs, ys, fmt in zip(self.X, self.Y, self.fmts):
             self.axes[0].plot(xs, ys, fmt)
         self.config_axes()
-        save_figure(self.fig, self.path)
+        if self.path is not None:
+            save_figure(self.fig, self.path)
+        if self._display is not None:
+            image = figure_image(self.fig, self._display)
+            if self._shown is None:
+                self._shown = self._display.display(image, display_id=True)
+            else:
+                self._shown.update(image)

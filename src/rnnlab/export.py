@@ -88,7 +88,10 @@ def vocab_path(out: Path) -> Path:
 
 
 def _check_out(out: Path) -> None:
-    """Refuse, before any work, an ``out`` that cannot be written as a file."""
+    """Refuse, before any work, an ``out`` that cannot be written as a file, or whose
+    writing would replace something other than a regular file or a file of a run."""
+    from .rundir import refuse_run_file  # config imports FORMATS from this module
+
     folder = out.parent
     if not folder.exists():
         raise RnnlabError(
@@ -103,19 +106,8 @@ def _check_out(out: Path) -> None:
                 f"{path} is a folder; give --out the name of a file to write, e.g. "
                 f"{out / 'model.onnx'}"
             )
-
-
-def _check_not_run_file(out: Path, run: Path) -> None:
-    """Refuse to write over a file of the run directory (its config, vocabulary, weights...)."""
-    from .rundir import BEST_POINTER, CONFIG, LOCK, METRICS, MODEL, PLOT, POINTER, SOURCE, VOCAB
-
-    own = {CONFIG, VOCAB, POINTER, BEST_POINTER, METRICS, PLOT, MODEL, SOURCE, LOCK}
-    # (the vocabulary file's name ends in .vocab.json, as none of these does)
-    if out.name in own and out.parent.resolve() == run.resolve():
-        raise RnnlabError(
-            f"{out} is a file of the run directory {run}, and exporting would replace it; "
-            f"give --out another name, e.g. {run / 'model.onnx'}"
-        )
+        files.check_writable(path, "--out")
+        refuse_run_file(path, "--out")
 
 
 def _plain_model(model: nn.Module, config: ModelConfig, vocab_size: int) -> nn.Module:
@@ -234,19 +226,15 @@ def _description(
 
 
 def _write(blobs: list[tuple[Path, bytes]]) -> None:
-    """Write each file atomically; if one fails, delete those written before it."""
-    written: list[Path] = []
-    for path, data in blobs:
-        try:
-            files.atomic_write(path, data)
-        except OSError as e:
-            for done in written:
-                done.unlink(missing_ok=True)
-            raise RnnlabError(
-                f"could not write {path} ({e.strerror or e}); free disk space or fix the "
-                f"folder's permissions, or give another --out"
-            ) from None
-        written.append(path)
+    """Write the model file and its vocabulary as one unit: both new, or both as they were."""
+    try:
+        files.atomic_write_all(blobs, follow_links=True)
+    except OSError as e:
+        names = " and ".join(str(path) for path, _ in blobs)
+        raise RnnlabError(
+            f"could not write {names} ({e.strerror or e}); nothing was changed; free disk "
+            f"space or fix the folder's permissions, or give another --out"
+        ) from None
 
 
 def export_run(run: Path, fmt: str, out: Path, which: str = "best") -> tuple[Path, Path]:
@@ -255,7 +243,9 @@ def export_run(run: Path, fmt: str, out: Path, which: str = "best") -> tuple[Pat
 
     ``fmt``: a key of :data:`FORMATS`; ``which``: the checkpoint, "best" or "latest"
     (as ``checkpoint.load_run``). The vocabulary file is :func:`vocab_path` of ``out``.
-    Both files are written whole or not at all; an existing file is replaced.
+    Both files are written whole or not at all, as one unit; an existing regular file
+    (or the regular file a link leads to) is replaced, anything else refused, and so is
+    a file of any run directory.
     """
     # Imported here: config imports FORMATS from this module, and checkpoint imports config.
     from .checkpoint import json_bytes, load_run
@@ -264,7 +254,6 @@ def export_run(run: Path, fmt: str, out: Path, which: str = "best") -> tuple[Pat
         raise RnnlabError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     out = Path(out)
     _check_out(out)
-    _check_not_run_file(out, Path(run))
     if not os.access(out.parent, os.W_OK):  # before the load and the trace, which take a while
         raise RnnlabError(
             f"the folder {out.parent} is not writable; fix its permissions, or give --out "

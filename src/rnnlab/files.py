@@ -1,8 +1,16 @@
 """Files that are either wholly old or wholly new: write to a temporary file, flush, rename.
 
 A reader (or a run killed at any moment) sees the previous contents or the new ones,
-never a mix; used for downloaded corpora and for everything in a run directory.
+never a mix; used for downloaded corpora, for everything in a run directory and for the
+files a user names (``export --out``, ``inspect --html``, ``bench --out``). Several files
+that belong together (a model and its vocabulary) are renamed only once all are whole.
 New files get the mode ``0o666 & ~umask``, as ``open(path, "wb")`` would give them.
+
+Only a regular file is ever replaced: a device (``/dev/null``), a named pipe, a socket or
+a folder where a file is to go is refused (NotRegularFile, an OSError that each writer
+reports in its own words) before anything is written. A symbolic link is replaced as an
+entry of its folder, except where the caller follows links (the files a user names): then
+the regular file it leads to is written.
 
 And files that are read with bounds: ``read_regular`` and ``read_json`` refuse a
 folder, a named pipe or a device, read no more than a limit, and (JSON) refuse
@@ -11,6 +19,7 @@ nesting deeper than rnnlab ever writes, each with a one-line RnnlabError.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
@@ -58,23 +67,151 @@ def _create_temporary(path: Path):
     raise FileExistsError(f"could not create a temporary file beside {path}")
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a reader sees the old file or the new one, never a mix."""
+class NotRegularFile(OSError):
+    """A write would replace something that is not a regular file (``strerror`` says what
+    is there; ``filename`` where): an OSError, so that each writer's own message for a
+    failed write (what is kept, what to do) reports it."""
+
+
+def write_target(path: Path, follow_links: bool = False) -> Path:
+    """The file a write to ``path`` replaces: ``path`` itself or, with ``follow_links``, the
+    regular file its symbolic link leads to.
+
+    An existing ``path`` (or link target) that is not a regular file is NotRegularFile:
+    replacing a device, a named pipe, a socket or a folder would destroy something that
+    is not rnnlab's to write.
+    """
     path = Path(path)
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return path  # nothing there (or no way to look): the write itself will say
+    if stat.S_ISLNK(info.st_mode):
+        if not follow_links:
+            return path  # the link, an entry of rnnlab's own folder, is replaced
+        try:
+            info = os.stat(path)
+        except OSError:
+            raise NotRegularFile(
+                errno.ENOENT, "a symbolic link that leads to no file is there", str(path)
+            ) from None
+        if stat.S_ISREG(info.st_mode):
+            return Path(os.path.realpath(path))
+    if not stat.S_ISREG(info.st_mode):
+        raise NotRegularFile(
+            errno.EEXIST, f"a {_kind(info.st_mode)} is there, not a regular file", str(path)
+        )
+    return path
+
+
+def check_writable(path: Path, option: str) -> None:
+    """Refuse, before any work, a ``path`` given as ``option`` that a write would not
+    replace (see :func:`write_target`; links are followed): an RnnlabError."""
+    try:
+        write_target(path, follow_links=True)
+    except NotRegularFile as e:
+        raise RnnlabError(
+            f"{option} {path}: {e.strerror}, and rnnlab replaces only regular files; give "
+            f"the path of a new or regular file"
+        ) from None
+
+
+def _write_temporary(path: Path, data: bytes) -> Path:
+    """A new temporary file beside ``path`` holding ``data``, flushed to disk."""
     fd, tmp = _create_temporary(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        _unlink_quietly(tmp)
         raise
-    fsync_dir(path.parent)
+    return tmp
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def atomic_write(path: Path, data: bytes, follow_links: bool = False) -> None:
+    """Write ``data`` to ``path`` so that a reader sees the old file or the new one, never a mix.
+
+    ``follow_links``: see :func:`write_target`; an existing non-regular file is refused.
+    """
+    atomic_write_all([(Path(path), data)], follow_links)
+
+
+def atomic_write_all(blobs: list[tuple[Path, bytes]], follow_links: bool = False) -> None:
+    """Write each ``(path, data)`` of ``blobs`` as :func:`atomic_write` does, as one unit:
+    every file is written whole to a temporary file first, and the files are renamed into
+    place only then; if a rename fails, the files already renamed get their previous
+    contents back (or are removed, where there were none), so the set stays as it was.
+    """
+    targets = [write_target(path, follow_links) for path, _ in blobs]
+    temporaries: list[Path] = []
+    try:
+        for target, (_, data) in zip(targets, blobs):
+            temporaries.append(_write_temporary(target, data))
+        _rename_all(temporaries, targets)
+    finally:
+        for tmp in temporaries:
+            _unlink_quietly(tmp)  # only those that were not renamed are still there
+    for folder in dict.fromkeys(target.parent for target in targets):
+        fsync_dir(folder)
+
+
+def _rename_all(temporaries: list[Path], targets: list[Path]) -> None:
+    """Rename each temporary file over its target, all or none.
+
+    The previous file of each target is kept under a second name (a hard link) until
+    every rename is done. Where the system won't link it (a file system without hard
+    links, an immutable file), that one file cannot be put back; an immutable file also
+    refuses the rename, which then undoes the renames before it.
+    """
+    backups: list[Path | None] = []
+    try:
+        for target in targets:
+            backups.append(_hard_link_beside(target))
+        done = 0
+        try:
+            for tmp, target in zip(temporaries, targets):
+                os.replace(tmp, target)
+                done += 1
+        except BaseException:
+            for target, backup in list(zip(targets, backups))[:done]:
+                try:
+                    if backup is None:
+                        os.unlink(target)
+                    else:
+                        os.replace(backup, target)
+                except OSError:
+                    pass
+            raise
+    finally:
+        for backup in backups:
+            if backup is not None:
+                _unlink_quietly(backup)
+
+
+def _hard_link_beside(target: Path) -> Path | None:
+    """A second name beside ``target`` for the file it is now (None: there is no file, or
+    the system would not link it)."""
+    if not os.path.lexists(target):
+        return None
+    for _ in range(_TMP_ATTEMPTS):
+        backup = target.parent / f".{target.name}.{secrets.token_hex(6)}.old"
+        try:
+            os.link(target, backup, follow_symlinks=False)
+            return backup
+        except FileExistsError:
+            continue
+        except OSError:
+            return None
+    raise FileExistsError(f"could not create a temporary name beside {target}")
 
 
 def silence(stream: Any) -> None:

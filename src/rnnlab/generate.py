@@ -14,6 +14,7 @@ the command line's ``generate`` and the samples printed during training use it.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Iterator
 
@@ -32,14 +33,27 @@ def next_token(
     top_k: int = 0,
     generator: torch.Generator | None = None,
 ) -> int:
-    """Choose the next token id from logits (V,): greedy if temperature is 0."""
+    """Choose the next token id from logits (V,): greedy if temperature is 0.
+
+    A positive temperature samples from softmax(logits / temperature), computed as
+    softmax((logits - max) / temperature), the same distribution: the shifted logits are
+    at most 0, so even a subnormal temperature gives 0 or -inf, never inf - inf. Where
+    exp underflows for every token but the likeliest, the sample is greedy (among ties,
+    a uniform choice). Logits holding inf or nan are answered greedily.
+    """
+    if not math.isfinite(temperature):
+        raise RnnlabError(f"temperature must be a finite number, not {temperature}")
     if temperature <= 0:
         return int(logits.argmax())
-    logits = logits.double() / temperature
-    if 0 < top_k < logits.numel():
-        kth = torch.topk(logits, top_k).values[-1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = torch.softmax(logits, dim=0)
+    logits = logits.double()
+    largest = logits.max()
+    if not bool(torch.isfinite(largest)):  # inf, or nan (max propagates it)
+        return int(logits.argmax())
+    scaled = (logits - largest) / temperature  # (V,): <= 0, the largest exactly 0
+    if 0 < top_k < scaled.numel():
+        kth = torch.topk(scaled, top_k).values[-1]
+        scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+    probs = torch.softmax(scaled, dim=0)  # exp(0) = 1 is in the sum: never 0 / 0
     return int(torch.multinomial(probs.cpu(), 1, generator=generator))
 
 

@@ -20,8 +20,9 @@ from typing import Any
 from . import web
 from .corpus import decode_utf8
 from .errors import RnnlabError
-from .files import atomic_write, read_regular
+from .files import atomic_write, check_writable, read_regular
 from .lens import FEATURES, MAX_TEXT_CHARS, Lens
+from .rundir import refuse_run_file
 
 # The features ranked ahead of time: all but "regex", whose pattern the reader would type.
 RANKED = tuple(name for name in FEATURES if name != "regex")
@@ -91,12 +92,14 @@ def write_report(run: Path, html: Path, text_path: Path | None = None, which: st
     ``which`` is the checkpoint, "best" or "latest". A file that can't be read or is
     too long, or an ``html`` that can't be written, is an RnnlabError.
     """
+    html = Path(html)
+    check_writable(html, "--html")  # refused before the reading, which takes a while
+    refuse_run_file(html, "--html")
     lens = Lens.from_run(Path(run), which)
     text = lens.default_text() if text_path is None else read_text(Path(text_path))
     page = inline_page(page_data(lens, text, Path(run), which))
-    html = Path(html)
     try:
-        atomic_write(html, page.encode("utf-8"))
+        atomic_write(html, page.encode("utf-8"), follow_links=True)
     except OSError as e:
         raise RnnlabError(
             f"cannot write {html}: {e.strerror or e}; choose another --html path"

@@ -13,6 +13,7 @@
       perplexity.png     training and validation perplexity against epoch
       source.json        a fingerprint of the text trained on: a changed corpus is noticed
       train.lock         held (flock) by the one training process of the run
+      tensorboard/       the curves of --tensorboard, for TensorBoard (rnnlab.board)
 
 Every file is written whole or not at all (:func:`rnnlab.files.atomic_write`).
 Run directories written by rnnlm 0.1 have the same layout (without best/) and load as
@@ -44,6 +45,10 @@ CONFIG, VOCAB, POINTER, METRICS, PLOT, MODEL, SOURCE, LOCK = (
 )
 CHECKPOINTS = "checkpoints"
 BEST_POINTER, BEST_FOLDER = "best.json", "best"
+# Everything rnnlab keeps in a run directory: its files, and its folders with all inside.
+RUN_FILES = (CONFIG, VOCAB, POINTER, BEST_POINTER, METRICS, PLOT, MODEL, SOURCE, LOCK)
+TENSORBOARD = "tensorboard"  # the curves of --tensorboard (rnnlab.board)
+RUN_FOLDERS = (CHECKPOINTS, BEST_FOLDER, TENSORBOARD)
 CONFIG_LIMIT = 1 * files.MIB  # config.json is well under 1 KiB
 VOCAB_LIMIT = 256 * files.MIB  # a word vocabulary of millions of entries is a few tens of MiB
 
@@ -65,6 +70,35 @@ def write_error(run: Path, e: OSError) -> RnnlabError:
 def has_run(run: Path) -> bool:
     """Whether ``run`` holds a run (its config.json)."""
     return (Path(run) / CONFIG).exists()
+
+
+def run_holding(path: Path) -> Path | None:
+    """The run directory of which ``path`` is a file (one of RUN_FILES, or anything in
+    one of RUN_FOLDERS), however it is spelled (``..``, symbolic links); else None.
+
+    A run directory is a folder with config.json and checkpoint.json or checkpoints/.
+    """
+    real = Path(os.path.realpath(path))
+    for folder in real.parents:
+        inside = real.relative_to(folder).parts
+        own = inside[0] in RUN_FOLDERS or (len(inside) == 1 and inside[0] in RUN_FILES)
+        if (
+            own
+            and has_run(folder)
+            and ((folder / POINTER).exists() or (folder / CHECKPOINTS).is_dir())
+        ):
+            return folder
+    return None
+
+
+def refuse_run_file(path: Path, option: str) -> None:
+    """Refuse to write ``path`` (given as ``option``) where it is a run directory's own file."""
+    run = run_holding(path)
+    if run is not None:
+        raise RnnlabError(
+            f"{option} {path} is a file of the run directory {run}, and writing it would "
+            f"damage the run; give {option} a path outside the run's own files and folders"
+        )
 
 
 def create(run: Path, cfg: TrainConfig, vocab: Vocab) -> None:

@@ -6,8 +6,15 @@
 The page (see :mod:`rnnlab.web`) streams generated text as it comes, shades a passage by
 how much each token surprised the model and shows what it expected instead, shades the
 passage by any hidden unit, ranks the units that follow a feature, and plots the training
-curve. It runs on the standard library's ThreadingHTTPServer; every request shares one
-Lens, which guards the model with a lock.
+curve. It runs on the standard library's ThreadingHTTPServer, a thread per connection.
+
+Bounds. At most MAX_CONNECTIONS connections are open at once: one more is answered 503
+and closed. A reading (/api/read, /api/unit, /api/rank) is made by one thread, one at a
+time, its answer included; READINGS_WAITING more requests wait their turn, and one more
+is answered 503 with Retry-After. A reading's size grows with the text (T * L * H
+floats per kind of state, 20,000 characters at most), and at most READINGS_KEPT of them
+are held, the one being made included. Generation runs on its own copy of the model, so
+a long reading never holds it up; streams take turns on that copy, token by token.
 
 Routes. An API route takes its parameters from the query string (GET) or from a JSON
 object in the body (POST); ``text`` defaults to the start of the validation split.
@@ -21,21 +28,30 @@ object in the body (POST); ``text`` defaults to the start of the validation spli
     /api/generate  prefix length temperature top_k seed   text/plain, sent as it is generated
 
 A bad parameter is answered 400 with a JSON ``{"error": message}``, any other path 404.
-Nothing is read from disk while serving: the page's three files are read once, by name.
+The URL is read as UTF-8 (percent-escaped or not). Nothing is read from disk while
+serving: the page's three files are read once, by name.
+
+DNS rebinding: a web page the user visits could point a name of its own at this server
+and read the API. Every request's Host must be an IP address, localhost, this machine's
+name, the name the server was started with, or a name given with ``--allow-host``.
 """
 
 from __future__ import annotations
 
+import copy
 import errno
+import ipaddress
 import json
 import math
+import queue
+import re
 import socket
 import socketserver
 import sys
 import threading
 import traceback
 from collections import OrderedDict
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TextIO
@@ -46,14 +62,20 @@ from .errors import RnnlabError
 from .files import KIB, MIB
 from .lens import Lens, Reading
 
-# Hosts that only this machine can reach; any other gets a warning.
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 # A request body holds at most one text (MAX_TEXT_CHARS characters, 20,000): even with
 # every character escaped in JSON it fits with room to spare.
 BODY_LIMIT = 256 * KIB
 DRAIN_LIMIT = 4 * MIB  # a larger body than this is not even read: the connection is closed
-READINGS_KEPT = 2  # texts whose readings are kept, so unit after unit reads the text once
 IDLE_SECONDS = 120  # an idle keep-alive connection frees its thread after this
+MAX_CONNECTIONS = 32  # open at once (a thread each); a browser opens about 6 per server
+# Readings are made by one thread, one at a time (the model reads one text at a time
+# anyway, so a second at once would only double the memory), with their answers (a
+# reading's JSON is large).
+READINGS_WAITING = 8  # requests that wait for their turn; one more is answered 503
+READINGS_KEPT = 2  # readings held, the one being made included: unit after unit reads once
+RETRY_SECONDS = 5  # the Retry-After of a 503
+# The routes that need a reading of their text, each computed in a turn.
+READING_ROUTES = ("/api/read", "/api/unit", "/api/rank")
 
 # The page's URLs and the file each one sends (the only files the server ever reads).
 STATIC = {"/": "page.html", "/page.css": "page.css", "/page.js": "page.js"}
@@ -62,6 +84,7 @@ PAGE_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
     "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
+JSON_MEDIA = "application/json; charset=utf-8"
 
 
 def _shown(value: Any) -> str:
@@ -122,13 +145,68 @@ class _Params:
         return number
 
 
+class _Busy(Exception):
+    """The reader is busy and its line is full: the request is answered 503."""
+
+
+class _Reader:
+    """One thread that does the heavy work (readings and their answers), one job at a time,
+    for up to ``waiting`` more jobs in line; a job that finds the line full is refused
+    (:class:`_Busy`), so the requests in the server, and the memory they hold, stay bounded.
+
+    One thread, not the thread of each request: the C allocator keeps memory a thread
+    freed in that thread's arena, so readings made by a dozen threads would hold a dozen
+    readings' worth of memory long after they were let go.
+    """
+
+    def __init__(self, waiting: int):
+        self._jobs: queue.Queue[_Job] = queue.Queue(maxsize=waiting)
+        threading.Thread(target=self._work, name="rnnlab-reader", daemon=True).start()
+
+    def run(self, work: Callable[[], bytes]) -> bytes:
+        """What ``work`` returns (or raises), done on the reader's thread in its turn."""
+        job = _Job(work)
+        try:
+            self._jobs.put_nowait(job)
+        except queue.Full:
+            raise _Busy from None
+        job.done.wait()
+        if job.error is not None:
+            raise job.error
+        return job.result
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            try:
+                job.result = job.work()
+            except Exception as e:  # raised again in the request's own thread
+                job.error = e
+            finally:
+                job.done.set()
+
+
+class _Job:
+    """A piece of work for the reader, and what came of it."""
+
+    def __init__(self, work: Callable[[], bytes]):
+        self.work, self.result = work, b""
+        self.error: Exception | None = None
+        self.done = threading.Event()
+
+
 class _App:
-    """What the routes share: the Lens, the run's facts, and the readings of recent texts."""
+    """What the routes share: the Lens that reads texts, a second Lens (its own copy of the
+    model) that generates, the run's facts, and the readings of recent texts."""
 
     def __init__(self, lens: Lens, run: Path, which: str):
         self.lens = lens
+        # Its own model and lock: a 20,000-character reading (minutes on a busy machine)
+        # never holds up the text streaming to another page.
+        self.writer = Lens(lens.cfg, lens.vocab, copy.deepcopy(lens.model), lens.history)
         self.info = web.info(lens, run, which)
         self.default_text = lens.default_text()
+        self.reader = _Reader(READINGS_WAITING)
         self._recent: OrderedDict[str, Reading] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -137,11 +215,17 @@ class _App:
         return self.default_text if text is None else text
 
     def reading(self, text: str) -> Reading:
-        """The Lens's reading of ``text``, from the recent ones when it was just read."""
+        """The Lens's reading of ``text``, from the recent ones when it was just read.
+
+        Called by the reader (:attr:`reader`), one at a time. The oldest reading is let go
+        before a new one is made, so that at most READINGS_KEPT are ever held.
+        """
         with self._lock:
             if text in self._recent:
                 self._recent.move_to_end(text)
                 return self._recent[text]
+            while len(self._recent) >= READINGS_KEPT:
+                self._recent.popitem(last=False)
         reading = self.lens.read(text)
         with self._lock:
             self._recent[text] = reading
@@ -182,7 +266,7 @@ def _generation(app: _App, params: _Params) -> Generator[str, None, None]:
     """The prompt, then a piece per generated token. Nothing runs until the first piece is
     asked for, and closing this closes the Lens's stream (``yield from`` passes it on)."""
     prefix = params.text("prefix")
-    yield from app.lens.stream(
+    yield from app.writer.stream(
         app.info["prefix"] if prefix is None else prefix,
         params.integer("length", 100),
         params.number("temperature", 0.0),
@@ -202,6 +286,72 @@ ROUTES: dict[str, tuple[Callable[[_App, _Params], Any], tuple[str, ...]]] = {
 }
 
 
+def _encoded(value: Any) -> bytes:
+    """A JSON answer's bytes."""
+    return json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8")
+
+
+def _api_terms(message: str, takes: tuple[str, ...]) -> str:
+    """A message in the API's words: the checks shared with the command line name its
+    flags (--top-k), which the API calls by its parameters' names (top_k)."""
+
+    def parameter(flag: re.Match[str]) -> str:
+        name = flag.group(1).replace("-", "_")
+        return name if name in takes else flag.group(0)
+
+    return re.sub(r"--([a-z][a-z0-9]*(?:-[a-z0-9]+)*)", parameter, message)
+
+
+def _host_name(host: str) -> str:
+    """The name in a Host header, without its port, brackets or final dot, in lower case:
+    "[::1]:8000" -> "::1", "LocalHost.:80" -> "localhost"."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        name = host[1:].split("]", 1)[0]
+    elif host.count(":") == 1:
+        name = host.split(":", 1)[0]
+    else:
+        name = host
+    return name[:-1] if name.endswith(".") else name
+
+
+def _is_address(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def _allowed_host(name: str, names: frozenset[str]) -> bool:
+    """Whether a request naming Host ``name`` (as :func:`_host_name` gives it) is answered.
+
+    Any IP address is: DNS rebinding needs a name, and a browser sends an address only to
+    that address. A name must be one of ``names``.
+    """
+    return name in names or _is_address(name)
+
+
+def _is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address to listen on) is reachable from this machine
+    only: localhost, 127.0.0.0/8, ::1."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1
+    return address.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
+def _own_names(host: str, allow_hosts: Sequence[str]) -> frozenset[str]:
+    """The names a Host header may give (addresses are always answered): localhost, this
+    machine's name, the name the server listens on and the names the user allowed."""
+    names = {"localhost", socket.gethostname(), host, *allow_hosts}
+    return frozenset(_host_name(n) for n in names if n and not _is_address(_host_name(n)))
+
+
 class _Handler(BaseHTTPRequestHandler):
     """One connection: static files by name, the API, a JSON error for anything wrong."""
 
@@ -210,6 +360,35 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "rnnlab"
     sys_version = ""
     server: _Server
+    raw_requestline: bytes
+
+    def parse_request(self) -> bool:
+        # http.server reads the request line as Latin-1 and splits it at any whitespace,
+        # "\xa0" and "\x85" included: raw UTF-8 in a URL (curl sends "voilà" unescaped, its
+        # "à" is C3 A0) would split it. Percent-escaped, every byte reads as it was sent.
+        self.raw_requestline = re.sub(
+            rb"[\x80-\xff]", lambda byte: b"%%%02X" % byte[0][0], self.raw_requestline
+        )
+        return super().parse_request()
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """http.server's own refusals (a malformed request line, headers too long, a method
+        other than GET and POST) as the API's are: a JSON message, on one line."""
+        reason = self.responses.get(code, ("Error", ""))[0]
+        self.log_error("code %d, message %s", code, message or reason)
+        self.close_connection = True
+        self.send_response(code, reason)
+        if code < 200 or code in (204, 304):  # no body allowed
+            self.send_header("Connection", "close")
+            self.end_headers()
+            return
+        body = _encoded({"error": (message or reason).replace("\n", " ")})
+        self.send_header("Content-Type", JSON_MEDIA)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
 
     def do_GET(self) -> None:
         self._respond()
@@ -219,11 +398,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _respond(self) -> None:
         self._sent = False
+        takes: tuple[str, ...] = ()
         try:
+            body = self._body()  # first: bytes left unread would be taken for a request
             url = urlsplit(self.path)
-            body = self._body()
             if not self._host_allowed():
-                self._json(403, {"error": "this page answers only to 127.0.0.1 or localhost"})
+                self._json(403, {"error": self._host_refusal()})
             elif url.path in STATIC and self.command != "GET":
                 self._json(405, {"error": f"{url.path} is read with GET"}, {"Allow": "GET"})
             elif url.path in STATIC:
@@ -239,17 +419,27 @@ class _Handler(BaseHTTPRequestHandler):
                     raise RnnlabError(
                         f"unknown parameter {unknown[0]!r}; {url.path} takes {expected}"
                     )
+                app = self.server.app
                 if url.path == "/api/generate":
-                    self._stream(route(self.server.app, params))
+                    self._stream(route(app, params))
+                elif url.path in READING_ROUTES:  # the reading and its answer, by the reader
+                    answer = app.reader.run(lambda: _encoded(route(app, params)))
+                    self._send(200, answer, JSON_MEDIA)
                 else:
-                    self._json(200, route(self.server.app, params))
+                    self._json(200, route(app, params))
             else:
                 self._json(404, {"error": f"no such page: {url.path[:100]}"})
         except RnnlabError as e:
             if self._sent:  # mid-stream: all a client can still be told is that the text broke off
                 self.close_connection = True
             else:
-                self._json(400, {"error": str(e)})
+                self._json(400, {"error": _api_terms(str(e), takes)})
+        except _Busy:
+            self._json(
+                503,
+                {"error": f"busy reading other texts; try again in {RETRY_SECONDS} s"},
+                {"Retry-After": str(RETRY_SECONDS)},
+            )
         except (ConnectionError, TimeoutError):
             self.close_connection = True  # the client went away
         except Exception:
@@ -285,7 +475,7 @@ class _Handler(BaseHTTPRequestHandler):
                 fields = parse_qs(query, keep_blank_values=True, errors="strict", max_num_fields=20)
             except ValueError:
                 raise RnnlabError(
-                    "the query string is not valid (or has too many fields)"
+                    "the query string is not valid: not UTF-8, or over 20 fields"
                 ) from None
             for name, values in fields.items():
                 if len(values) > 1:
@@ -302,13 +492,18 @@ class _Handler(BaseHTTPRequestHandler):
         return values
 
     def _host_allowed(self) -> bool:
-        """A page bound to this machine answers only to its loopback names, so that no web
-        site can reach it by pointing a name of its own at 127.0.0.1 (DNS rebinding)."""
+        """Whether the Host the request names is one of this server's (see the module's
+        docstring). A request without one (HTTP/1.0) comes from no browser."""
         host = self.headers.get("Host")
-        if not self.server.loopback or host is None:
-            return True
-        name = host.rsplit("]", 1)[0] + "]" if host.startswith("[") else host.split(":")[0]
-        return name.lower() in ("127.0.0.1", "localhost", "[::1]")
+        return host is None or _allowed_host(_host_name(host), self.server.names)
+
+    def _host_refusal(self) -> str:
+        name = _host_name(self.headers.get("Host", ""))
+        return (
+            f"this server answers only to localhost, this machine's names and addresses and "
+            f"--allow-host names, not to {_shown(name)}; start it with --allow-host NAME "
+            f"if the name is yours"
+        )
 
     def _send(
         self, status: int, body: bytes, media: str, headers: dict[str, str] | None = None
@@ -331,8 +526,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
 
     def _json(self, status: int, value: Any, headers: dict[str, str] | None = None) -> None:
-        body = json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8")
-        self._send(status, body, "application/json; charset=utf-8", headers)
+        self._send(status, _encoded(value), JSON_MEDIA, headers)
 
     def _stream(self, pieces: Generator[str, None, None]) -> None:
         """Send text in HTTP/1.1 chunks as it comes, one chunk per piece."""
@@ -360,18 +554,63 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class _Server(ThreadingHTTPServer):
-    """The HTTP server of one run's page: a thread per connection, one shared _App."""
+    """The HTTP server of one run's page: a thread per connection, at most MAX_CONNECTIONS
+    of them, and one shared _App. ``names``: the Host names it answers to."""
 
     daemon_threads = True  # a connection still open never holds up Ctrl-C ...
     block_on_close = False  # ... nor the server's close
     allow_reuse_port = False  # a port in use is an error, never shared
 
-    def __init__(self, address: tuple[str, int], app: _App, err: TextIO):
+    def __init__(self, address: tuple[str, int], app: _App, err: TextIO, names: frozenset[str]):
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-        self.app, self._err, self._log_lock = app, err, threading.Lock()
-        self.loopback = address[0] in LOOPBACK
+        self.app, self.names, self._err, self._log_lock = app, names, err, threading.Lock()
         self.assets = {name: web.asset(name) for name in web.ASSETS}
+        self._open, self._open_lock = 0, threading.Lock()
         super().__init__(address, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Start the connection's thread, or refuse it when MAX_CONNECTIONS are open."""
+        with self._open_lock:
+            full = self._open >= MAX_CONNECTIONS
+            if not full:
+                self._open += 1
+        if full:
+            self._refuse(request, client_address)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # no thread started: the connection is not open
+            self._closed()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._closed()
+
+    def _closed(self) -> None:
+        with self._open_lock:
+            self._open -= 1
+
+    def _refuse(self, request: socket.socket, client_address: Any) -> None:
+        """Answer 503 and close, from the accepting thread: the answer is sent without
+        waiting (a new connection's buffer has room for it) and the request is not read."""
+        body = _encoded(
+            {"error": f"{MAX_CONNECTIONS} connections are open; try again in {RETRY_SECONDS} s"}
+        )
+        head = (
+            f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: {JSON_MEDIA}\r\n"
+            f"Content-Length: {len(body)}\r\nRetry-After: {RETRY_SECONDS}\r\n"
+            f"Cache-Control: no-store\r\nConnection: close\r\n\r\n"
+        )
+        try:
+            request.setblocking(False)
+            request.sendall(head.encode("ascii") + body)
+        except OSError:
+            pass  # the client is gone or not reading: closing is all there is to do
+        self.shutdown_request(request)
+        self.log(f"{client_address[0]} refused: {MAX_CONNECTIONS} connections are open")
 
     def server_bind(self) -> None:
         # TCPServer's bind without HTTPServer's getfqdn, a DNS lookup that can stall offline.
@@ -425,13 +664,16 @@ def serve(
     out: TextIO | None = None,
     err: TextIO | None = None,
     ready: Callable[[tuple[str, int]], None] | None = None,
+    allow_hosts: Sequence[str] = (),
 ) -> int:
     """Serve the inspection page of the run directory ``run`` until Ctrl-C; returns 0.
 
-    ``which`` is the checkpoint ("best" or "latest"). The URL goes to ``out`` (default
-    stdout); a warning if ``host`` is reachable from other machines, and one line per
-    request, go to ``err`` (default stderr). ``ready`` is called with the bound (host,
-    port) once the server listens (with ``port`` 0, the port the system chose).
+    ``which`` is the checkpoint ("best" or "latest"). ``allow_hosts``: more names the page
+    answers to (a reverse proxy's), besides localhost, this machine's name, ``host`` and
+    any IP address. The URL goes to ``out`` (default stdout); a warning if ``host`` is
+    reachable from other machines, and one line per request, go to ``err`` (default
+    stderr). ``ready`` is called with the bound (host, port) once the server listens (with
+    ``port`` 0, the port the system chose).
     A port in use, or a host that isn't this machine's, is an RnnlabError.
     """
     out = sys.stdout if out is None else out
@@ -442,13 +684,13 @@ def serve(
         lens = Lens.from_run(Path(run), which)
         app = _App(lens, Path(run), which)
         try:
-            server = _Server((host, port), app, err)
+            server = _Server((host, port), app, err, _own_names(host, allow_hosts))
         except OSError as e:
             raise _bind_error(host, port, e) from None
         with server:
             bound = (str(server.server_address[0]), int(server.server_address[1]))
             print(f"serving {run} at {_url(*bound)}  (Ctrl-C stops)", file=out, flush=True)
-            if host not in LOOPBACK:
+            if not _is_loopback(host):
                 print(
                     f"rnnlab serve: warning: listening on {host}: other machines can reach "
                     f"this page and the model; use --host 127.0.0.1 to keep it local",

@@ -36,6 +36,7 @@ train.NonFiniteError before anything is saved.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import math
 import signal
@@ -48,8 +49,8 @@ from typing import Any, TextIO, cast
 
 import torch
 
+from . import board, files, rundir, train
 from . import checkpoint as ckpt_io
-from . import files, rundir, train
 from .batches import epoch_batches, eval_batches, num_batches
 from .config import RESUMABLE_CHANGES, TrainConfig, conflicts, flag, machine_cpus
 from .data import Dataset, prepare
@@ -65,6 +66,7 @@ from .errors import ReportedElsewhere, RnnlabError
 from .generate import continue_text, default_prompt
 from .models import build_model, check_device, check_fits, usable_impl
 from .schedule import Schedule, ScheduleState, after_epoch, improves
+from .threads import governor_for
 from .train import (
     BatchLoss,
     EpochProgress,
@@ -254,6 +256,10 @@ class Trainer:
         # (World.agree): every rank's schedule and time limit follow that one clock.
         self.agreed_seconds: float | None = None
         self.signal: int | None = None  # the stop signal, as the ranks agreed on it
+        # Without --threads: torch's threads follow the cores other programs leave free.
+        self.threads = governor_for(cfg.threads)
+        # --tensorboard: the curves, written by rank 0 (checked here, before any training)
+        self.board = board.Board(self.run, cfg.tensorboard and self.world.is_main)
 
     def batches_before(self, epoch: int) -> int:
         """The batches of the run's epochs before ``epoch`` (0-based)."""
@@ -269,7 +275,9 @@ class Trainer:
             self.set_lr(self.schedule.rate(replace(self.clock, seconds=self.elapsed())))
         loss, norm, state = self.update(X, Y, state)
         self.clock = replace(self.clock, batches=self.clock.batches + 1)
-        return self.world.mean(loss), norm, state  # the global batch's loss
+        loss = self.world.mean(loss)  # the global batch's loss
+        self.board.batch(self.clock.batches, loss, norm, self.optimizer.param_groups[0]["lr"])
+        return loss, norm, state
 
     def set_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:
@@ -353,6 +361,14 @@ class Trainer:
     def restore(self, ckpt: ckpt_io.Checkpoint) -> None:
         """Put the model, optimizer, RNG and epoch position back as ``ckpt`` holds them."""
         damaged = f"the run directory {self.run} is damaged: restore it or train again"
+        cfg, n = self.cfg, len(self.data.train_ids)
+        problem = ckpt_io.position_problem(
+            ckpt,
+            lambda e: num_batches(n, cfg.batch_size, cfg.num_steps, cfg.sampling, cfg.seed, e),
+            cfg.batch_size * cfg.num_steps,
+        )
+        if problem:
+            raise RnnlabError(f"the checkpoint {problem}; {damaged}")
         ckpt_io.load_weights(self.model, ckpt.weights, self.run)
         problem = _optimizer_state_problem(ckpt.optimizer, self.optimizer)
         if problem:
@@ -475,6 +491,9 @@ class Trainer:
             )
 
         def on_batch(p: EpochProgress) -> bool:
+            if self.threads is not None:
+                self.threads.update()
+            self.board.settle()
             if bar is not None:
                 bar.update(p.batch - bar.n)
             self.agree_on_signal(stop)
@@ -512,7 +531,7 @@ class Trainer:
         """
         # The signal handling stays for the roll call after a lost rank: torchrun sends the
         # survivors SIGTERM then, and they should stop with the message, not by the signal.
-        with StopSignals() as stop:
+        with StopSignals() as stop, self.threads or contextlib.nullcontext():
             try:
                 return self._fit(stop)
             except (RuntimeError, LostRank) as e:
@@ -525,6 +544,7 @@ class Trainer:
                     f"command and --resume",
                 )
             finally:
+                self.board.close()
                 if self.world.parallel:
                     # DistributedDataParallel must be gone before the process group: left
                     # to the interpreter's exit, its end can abort the process (torch 2.13,
@@ -631,6 +651,9 @@ class Trainer:
             if hasattr(self.update, "recapture"):  # a CUDA graph froze the old rate
                 self.update.recapture()
         self.history.append(record)
+        # Before the checkpoint: a crash between the two leaves values that a resume from the
+        # checkpoint before purges, not a checkpoint whose epoch the curves lack.
+        self.board.epoch(self.clock.batches, record)
         self.epoch, self.progress = epoch + 1, EpochProgress()
         self.save(self.epoch, self.progress, best=best)
         if self.world.is_main:
@@ -842,6 +865,7 @@ def _lead(
 
 def _remove_unstarted(run: Path, made: bool) -> None:
     """Remove what a new run wrote before its first checkpoint (and its folder, if made here)."""
+    board.remove(run)
     for name in (
         rundir.CONFIG,
         rundir.VOCAB,
