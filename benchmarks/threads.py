@@ -17,11 +17,14 @@ default before it):
     side-by-side  two runs with the same setting, started together
     four-busy     four busy processes beside it at normal priority
 
-A run's figure is epoch 2's tokens_per_s from metrics.jsonl (of 3 epochs: epoch 1 pays for
-start-up and the governor's first look, and in side-by-side runs both are still training in
-epoch 2). No run gets OMP_NUM_THREADS, which would switch the governor off. Each figure is
-printed and appended as a row (date, CPUs, torch, command, scenario, tokens/s) to
-benchmarks/results/threads.jsonl. Run it on a quiet machine: it makes its own load.
+A run trains 3 epochs; its figure is the mean tokens_per_s of epochs 2 and 3 from
+metrics.jsonl (epoch 1 pays for start-up), or of epoch 2 alone for side-by-side runs (in
+epoch 3 one may be training alone). The machine's speed drifts (a shared host), so within a
+scenario the settings run one after the other, in the reverse order on every other repeat,
+and the summary gives each setting's ratio to ``2`` per repeat. No run gets
+OMP_NUM_THREADS, which would switch the governor off. Each figure is printed and appended
+as a row (date, CPUs, torch, command, scenario, tokens/s) to benchmarks/results/threads.jsonl.
+Run it on a quiet machine: it makes its own load.
 """
 
 from __future__ import annotations
@@ -69,9 +72,10 @@ def command(workload: str, setting: str, out: Path, max_tokens: int) -> list[str
     ]  # fmt: skip
 
 
-def epoch_two(out: Path) -> float:
+def speed(out: Path, epochs: slice) -> float:
+    """The mean tokens_per_s of ``epochs`` of the run in ``out``."""
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return float(records[1]["tokens_per_s"])
+    return statistics.mean(float(r["tokens_per_s"]) for r in records[epochs])
 
 
 def measure(workload: str, setting: str, scenario: str, max_tokens: int) -> list[float]:
@@ -101,7 +105,8 @@ def measure(workload: str, setting: str, scenario: str, max_tokens: int) -> list
             _, err = proc.communicate()
             if proc.returncode != 0:
                 raise SystemExit(f"a run failed ({proc.returncode}): {err.strip()}")
-        return [epoch_two(out) for out in outs]
+        epochs = slice(1, 2) if runs == 2 else slice(1, 3)
+        return [speed(out, epochs) for out in outs]
     finally:
         for p in busy:
             p.kill()
@@ -129,7 +134,8 @@ def main() -> None:
     for repeat in range(args.repeats):
         for workload in args.workloads.split(","):
             for scenario in args.scenarios.split(","):
-                for setting in args.settings.split(","):
+                settings = args.settings.split(",")
+                for setting in settings if repeat % 2 == 0 else settings[::-1]:
                     speeds = measure(workload, setting, scenario, args.max_tokens)
                     results.setdefault((workload, scenario, setting), []).extend(speeds)
                     append_row(
@@ -149,9 +155,11 @@ def main() -> None:
                     )
                     shown = ", ".join(f"{s:,.0f}" for s in speeds)
                     print(f"{workload:18} {scenario:13} threads {setting:8} {shown}", flush=True)
-    print("\nmean tokens/s per run (each run of side-by-side counted)")
+    print("\nmean tokens/s per run (each run of side-by-side counted); ratio to --threads 2")
     for (workload, scenario, setting), speeds in results.items():
-        print(f"{workload:18} {scenario:13} {setting:8} {statistics.mean(speeds):10,.0f}")
+        base = results.get((workload, scenario, "2"))
+        ratio = f"{statistics.mean(speeds) / statistics.mean(base):5.2f}" if base else ""
+        print(f"{workload:18} {scenario:13} {setting:8} {statistics.mean(speeds):10,.0f} {ratio}")
 
 
 if __name__ == "__main__":

@@ -179,9 +179,19 @@ def test_validation_split_is_the_tail():
 
 
 @pytest.mark.parametrize(
-    "n,frac,n_val", [(100, 0.0, 0), (100, 0.25, 25), (7, 0.3, 2), (10, 1.0, 10)]
+    "n,frac,n_val",
+    [(100, 0.0, 0), (100, 0.25, 25), (7, 0.3, 3), (10, 1.0, 10), (1115394, 0.1, 111540)],
 )
-def test_validation_split_takes_the_rounded_fraction_and_loses_nothing(n, frac, n_val):
+def test_validation_split_is_nanogpts_and_loses_nothing(n, frac, n_val):
+    """Training keeps int((1 - frac) n) tokens, as nanoGPT's prepare.py does (Tiny
+    Shakespeare's characters: train 1,003,854, val 111,540)."""
     train, val = batches.split_tail(torch.arange(n), frac)
     assert len(val) == n_val
     assert torch.equal(torch.cat([train, val]), torch.arange(n))
+
+
+def test_tiny_shakespeare_is_split_where_nanogpt_splits_it():
+    from rnnlab.data import prepare
+
+    data = prepare("tinyshakespeare", "chars", None, 0.1, 16, 64)
+    assert (len(data.train_ids), len(data.val_ids)) == (1_003_854, 111_540)

@@ -508,12 +508,11 @@ def cmd_export(args) -> int:
 
 def cmd_eval(args) -> int:
     from . import rundir
-    from .batches import eval_batches
     from .checkpoint import load_run
     from .config import EvalConfig
     from .corpus import is_builtin
     from .data import has_split, held_out_ids, prepare
-    from .train import bits_per_token, evaluate, perplexity, resolve_device
+    from .train import bits_per_token, perplexity, resolve_device, score_text
 
     cfg = _config(EvalConfig, args)
     device = resolve_device(cfg.device)
@@ -547,24 +546,25 @@ def cmd_eval(args) -> int:
             file=sys.stderr,
         )
     streams = cfg.batch_size or run.eval_batch_size or run.batch_size
-    X, Y = eval_batches(ids, streams, run.num_steps)
-    loss = evaluate(model, X.to(device), Y.to(device))
+    loss, tokens, streams = score_text(model, ids, streams, run.num_steps, cfg.block_size, device)
     result = {
         "ppl": perplexity(loss),
         "bpt": bits_per_token(loss),
-        "tokens": int(Y.numel()),
+        "tokens": tokens,
         "loss": loss,
         "source": what,
         "checkpoint": ckpt.which,  # best, or latest (asked for, or where there is no best)
         "epoch": ckpt.epoch,  # epochs trained when it was saved
-        "batch_size": int(X.shape[1]),  # the streams scored at once
+        "batch_size": int(streams),  # the streams scored at once
+        "block_size": cfg.block_size,  # 0: the state carried through the text
     }
     if cfg.json:
         print(json.dumps(result, ensure_ascii=False))
     else:
+        protocol = f" in blocks of {cfg.block_size} from a zero state" if cfg.block_size else ""
         print(
             f"{what}: perplexity {result['ppl']:.3f}, {result['bpt']:.4f} bits per token "
-            f"over {result['tokens']:,} tokens"
+            f"over {result['tokens']:,} tokens{protocol}"
         )
     return 0
 

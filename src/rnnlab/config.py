@@ -739,6 +739,13 @@ class EvalConfig:
         check="count",
         at_most=MAX_BATCH,
     )
+    block_size: int = option(
+        0,
+        "score the text as nanoGPT does: non-overlapping blocks of N tokens, each from a "
+        "zero state (0: the state carried through the whole text)",
+        check="count",
+        at_most=MAX_BATCH,
+    )
     json: bool = option(
         False, "print one JSON object (ppl, bpt, loss, tokens, ...) instead of a line"
     )

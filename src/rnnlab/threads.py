@@ -145,11 +145,18 @@ def _niceness() -> int:
 
 def _load_elsewhere(cores: int) -> float:
     """A first guess of the cores others keep busy, before any counters were compared: the
-    one-minute load average (this process has hardly run yet), at most all cores."""
+    threads running on the machine at this moment (/proc/loadavg's fourth field) less this
+    process's own running threads, at most all cores; 0 where the system does not say."""
     try:
-        return min(float(cores), os.getloadavg()[0])
-    except (AttributeError, OSError):
+        running = int(Path("/proc/loadavg").read_text().split()[3].split("/")[0])
+        own = sum(
+            1
+            for task in Path("/proc/self/task").iterdir()
+            if (task / "stat").read_text().rpartition(")")[2].split()[0] == "R"
+        )
+    except (OSError, ValueError, IndexError):
         return 0.0
+    return float(min(cores, max(0, running - own)))
 
 
 def governor_for(threads_option: int) -> ThreadGovernor | None:

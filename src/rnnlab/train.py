@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .batches import block_batches, eval_batches
 from .errors import RnnlabError
 
 # name -> optimizer class; each is made with its defaults, the run's learning rate and,
@@ -300,6 +301,30 @@ def loss_sum(model, X_all: torch.Tensor, Y_all: torch.Tensor) -> float:
 def evaluate(model, X_all: torch.Tensor, Y_all: torch.Tensor) -> float:
     """Mean loss per token over sequential batches X_all, Y_all (nb, B, T), state carried."""
     return loss_sum(model, X_all, Y_all) / Y_all.numel()
+
+
+def evaluate_blocks(model, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+    """Mean loss per token over blocks scored each from a zero state: ``pairs`` of (X, Y)
+    (1, B, T) as :func:`rnnlab.batches.block_batches` makes them (nanoGPT's protocol)."""
+    total = sum(loss_sum(model, X, Y) for X, Y in pairs)
+    return total / sum(Y.numel() for _, Y in pairs)
+
+
+def score_text(
+    model, ids: torch.Tensor, streams: int, num_steps: int, block_size: int, device
+) -> tuple[float, int, int]:
+    """(mean loss per token, targets scored, streams at once) of the model on token ids (N,).
+
+    ``block_size`` 0: B = ``streams`` sequential streams of ``num_steps``, the state
+    carried through the text (:func:`evaluate`); else nanoGPT's protocol, non-overlapping
+    blocks of ``block_size`` targets each from a zero state (:func:`evaluate_blocks`).
+    """
+    if block_size:
+        pairs = [(X.to(device), Y.to(device)) for X, Y in block_batches(ids, block_size, streams)]
+        tokens = sum(int(Y.numel()) for _, Y in pairs)
+        return evaluate_blocks(model, pairs), tokens, int(pairs[0][1].shape[1])
+    X, Y = eval_batches(ids, streams, num_steps)
+    return evaluate(model, X.to(device), Y.to(device)), int(Y.numel()), int(X.shape[1])
 
 
 def perplexity(mean_loss: float) -> float:
