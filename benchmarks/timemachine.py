@@ -33,7 +33,7 @@ ROWS = Path(__file__).parent / "results" / "timemachine.jsonl"
 BOOK = [
     "timemachine",
     "--mode", "d2l",
-    "--max-tokens", "11111",
+    "--max-tokens", "11112",
     "--val-frac", "0.1",
     "--batch-size", "32",
     "--num-steps", "35",

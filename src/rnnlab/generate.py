@@ -51,8 +51,9 @@ def next_token(
         return int(logits.argmax())
     scaled = (logits - largest) / temperature  # (V,): <= 0, the largest exactly 0
     if 0 < top_k < scaled.numel():
-        kth = torch.topk(scaled, top_k).values[-1]
-        scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+        # Chosen on the logits themselves: shifting can round two of them to one value.
+        kth = torch.topk(logits, top_k).values[-1]
+        scaled = scaled.masked_fill(logits < kth, float("-inf"))
     probs = torch.softmax(scaled, dim=0)  # exp(0) = 1 is in the sum: never 0 / 0
     return int(torch.multinomial(probs.cpu(), 1, generator=generator))
 
