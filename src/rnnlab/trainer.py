@@ -261,13 +261,15 @@ class Trainer:
         # --tensorboard: the curves, written by rank 0 (checked here, before any training)
         self.board = board.Board(self.run, cfg.tensorboard and self.world.is_main)
 
+    def batches_in(self, epoch: int) -> int:
+        """The batches epoch ``epoch`` (0-based) of the run has."""
+        cfg = self.cfg
+        n = len(self.data.train_ids)
+        return num_batches(n, cfg.batch_size, cfg.num_steps, cfg.sampling, cfg.seed, epoch)
+
     def batches_before(self, epoch: int) -> int:
         """The batches of the run's epochs before ``epoch`` (0-based)."""
-        cfg, n = self.cfg, len(self.data.train_ids)
-        return sum(
-            num_batches(n, cfg.batch_size, cfg.num_steps, cfg.sampling, cfg.seed, e)
-            for e in range(epoch)
-        )
+        return sum(self.batches_in(e) for e in range(epoch))
 
     def step(self, X, Y, state):
         """One update (``train.make_step``'s) at the rate the schedule gives; counts the batch."""
@@ -361,11 +363,8 @@ class Trainer:
     def restore(self, ckpt: ckpt_io.Checkpoint) -> None:
         """Put the model, optimizer, RNG and epoch position back as ``ckpt`` holds them."""
         damaged = f"the run directory {self.run} is damaged: restore it or train again"
-        cfg, n = self.cfg, len(self.data.train_ids)
         problem = ckpt_io.position_problem(
-            ckpt,
-            lambda e: num_batches(n, cfg.batch_size, cfg.num_steps, cfg.sampling, cfg.seed, e),
-            cfg.batch_size * cfg.num_steps,
+            ckpt, self.batches_in, self.cfg.batch_size * self.cfg.num_steps
         )
         if problem:
             raise RnnlabError(f"the checkpoint {problem}; {damaged}")
