@@ -10,6 +10,7 @@ latest checkpoint differ.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import torch
 
 from conftest import TINY_RUN, check_clean_error, run_cli
 from rnnlab import checkpoint, cli
+from rnnlab.schedule import PATIENCE_BATCHES, patience_epochs
 
 BOUNCING = ["timemachine", *TINY_RUN, "--hidden", "32", "--lr", "5", "--quiet"]
 OLD_RUN = Path(__file__).parent / "data" / "run-rnnlm-0.1.0"
@@ -141,18 +143,22 @@ def test_a_lost_best_pointer_is_recovered_and_a_run_without_best_falls_back(
 
 def test_patience_stops_early_and_a_resume_needs_more_of_it(tmp_path, main):
     run = tmp_path / "run"
-    result = run_cli("train", *BOUNCING, "--epochs", "8", "--patience", "2", "--out", run,
+    result = run_cli("train", *BOUNCING, "--epochs", "12", "--patience", "2", "--out", run,
                      check=0)  # fmt: skip
     records = metrics(run)
     # Which epoch is best depends on the processor's arithmetic (a rate of 5 bounces);
-    # that the run stops 2 epochs after it, before its 8, does not.
+    # that the run stops `wait` epochs after it, before its 12, does not. An epoch here is
+    # about 33 batches, so --patience 2 waits the epochs that hold PATIENCE_BATCHES.
+    wait = patience_epochs(2, records[-1]["tokens"] // (8 * 10))
+    assert wait == math.ceil(PATIENCE_BATCHES / (records[-1]["tokens"] // 80)) > 2
     best, last = best_epoch(records), len(records)
-    assert last == best + 2 and last < 8, records  # the two epochs after the best: no better
-    assert f"stopped early after epoch {last}/8" in result.stdout, result.stdout
+    assert last == best + wait and last < 12, records  # the epochs after the best: no better
+    assert f"stopped early after epoch {last}/12" in result.stdout, result.stdout
+    assert f"no lower validation loss for {wait} epoch(s)" in result.stdout
     assert f"epoch {best}" in result.stdout
     status, out, _ = main("train", "--out", run, "--resume")
-    assert status == 0 and "--patience larger than 2" in out and len(metrics(run)) == last
-    assert main("train", "--out", run, "--resume", "--patience", "3")[0] == 0
+    assert status == 0 and f"--patience larger than {wait}" in out and len(metrics(run)) == last
+    assert main("train", "--out", run, "--resume", "--patience", wait + 1)[0] == 0
     assert len(metrics(run)) >= last + 1
 
 
@@ -171,6 +177,47 @@ def test_a_time_limit_stops_with_a_checkpoint_and_resume_continues(tmp_path, mai
     assert main("train", "--out", run, "--resume", "--time-limit", "30")[0] == 0
     assert [r["epoch"] for r in metrics(run)] == [1, 2, 3, 4, 5]
     assert json.loads((run / "config.json").read_text())["time_limit"] == 30
+
+
+def test_a_time_limit_validates_where_it_stops_and_keeps_those_weights_as_the_best(
+    tmp_path, main, eval_json
+):
+    """Issue 21: the weights a time limit stops in (a cosine over the limit has just
+    annealed them) are validated; when they are the lowest so far, best/ holds them."""
+    run = tmp_path / "run"
+    # About 1,500 batches an epoch: the limit stops the run inside its first epoch.
+    options = ["timemachine", *TINY_RUN, "--max-tokens", "140000", "--epochs", "3"]
+    stopped = run_cli("train", *options, "--schedule", "cosine", "--lr", "0.5",
+                      "--time-limit", "0.02", "--out", run, check=0)  # fmt: skip
+    assert "validated where it stopped" in stopped.stdout
+    assert "(the lowest so far: kept as the best)" in stopped.stdout
+    latest = checkpoint.read_checkpoint(run)
+    best = checkpoint.read_checkpoint(run, slot=checkpoint.BEST)
+    assert latest.epoch == 0 and latest.progress.batch > 0
+    assert (best.epoch, best.progress.batch) == (0, latest.progress.batch)
+    clock = latest.schedule
+    assert clock is not None and (clock.best_epoch, clock.best_batch) == (0, latest.progress.batch)
+    assert not (run / "metrics.jsonl").exists() or metrics(run) == []  # no epoch ended
+    scored = eval_json(run)  # eval reads best/: the stopped weights, and their loss
+    assert scored["checkpoint"] == "best" and scored["loss"] == pytest.approx(
+        clock.best_loss, rel=1e-5
+    )
+    # Resumed with more time, the run goes on from there; the best moves only if beaten.
+    status, out, err = main("train", "--out", run, "--resume", "--time-limit", "0.04", "--quiet")
+    assert status == 0, err
+    after = checkpoint.read_checkpoint(run).schedule
+    assert after is not None and after.best_loss is not None
+    assert after.best_loss <= clock.best_loss
+
+
+def test_a_loss_where_a_time_limit_stopped_becomes_the_best_only_if_lower():
+    from rnnlab.schedule import ScheduleState, at_stop
+
+    state = ScheduleState(lr=1.0, best_loss=2.0, best_epoch=3)
+    assert at_stop(state, 3, 7, 2.5) == state  # not lower: the best stays epoch 3's
+    lower = at_stop(state, 3, 7, 1.5)
+    assert (lower.best_loss, lower.best_epoch, lower.best_batch) == (1.5, 3, 7)
+    assert lower.best_epoch_ended == 4  # patience counts from the end of that epoch
 
 
 def test_a_cosine_schedule_over_a_time_limit_has_decayed_by_its_end(tmp_path):

@@ -87,8 +87,11 @@ def test_every_recipe_trains_for_a_few_batches(name, tmp_path):
 
 
 def test_the_recipes_command_lists_them():
+    from rnnlab import auto
+
     result = run_cli("recipes", check=0)
-    assert result.stdout.strip() == recipes.describe()
+    assert result.stdout.strip() == auto.describe()
+    assert result.stdout.startswith(recipes.describe()) and "\nauto\n" in result.stdout
 
 
 def test_a_recipe_cannot_be_resumed_into(tmp_path, clean_error):

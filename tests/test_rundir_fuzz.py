@@ -519,6 +519,7 @@ OUT_OF_RANGE = {
     "epoch": st.integers(2, BEYOND),  # epochs the history does not list
     "schedule.batches": st.integers(TINY_TOKENS, BEYOND),  # more batches than were trained
     "history.0.epoch": st.integers(2, BEYOND),  # the first epoch numbered otherwise
+    "schedule.best_batch": st.integers(1, BEYOND),  # a best after the checkpoint's position
 }
 
 

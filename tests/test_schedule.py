@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 import torch
 
+from conftest import TINY_RUN, run_cli
 from rnnlab import schedule
 from rnnlab.batches import epoch_batches, eval_batches, num_batches
 from rnnlab.config import RESUMABLE_CHANGES, ModelConfig, TrainConfig
@@ -41,7 +43,11 @@ def test_cosine_warms_up_linearly_then_decays_to_its_floor():
 def test_cosine_over_a_time_limit_follows_the_clock_not_the_batches():
     lr, S = 1.0, 120.0  # a 2-minute run
     cosine = Schedule("cosine", lr, warmup=3, min_lr_frac=0.0, limit_seconds=S)
-    assert cosine.rate(at(1, seconds=100.0)) == pytest.approx(2 / 4)  # warm-up: by batches
+    assert cosine.rate(at(1, seconds=1.2)) == pytest.approx(2 / 4)  # warm-up: by batches
+    # ... until a tenth of the limit has passed: then the decay, whatever the batches
+    assert cosine.rate(at(1, seconds=100.0)) == pytest.approx(
+        0.5 * (1 + math.cos(math.pi * 100 / S))
+    )
     assert cosine.rate(at(3, seconds=0.0)) == lr
     for batches in (3, 10**6):  # after warm-up only the seconds count
         assert cosine.rate(at(batches, seconds=S / 2)) == pytest.approx(lr / 2)
@@ -130,3 +136,39 @@ def test_validation_loss_is_the_mean_over_streams_each_scored_as_if_alone():
     X7, Y7 = eval_batches(ids, 7, 10)
     assert Y4.numel() != Y7.numel()  # 4 x 25 x 10 tokens, and 7 x 14 x 10
     assert evaluate(model, X4, Y4) == pytest.approx(evaluate(model, X7, Y7), rel=0.05)
+
+
+def test_warm_up_is_at_most_a_tenth_of_the_planned_batches():
+    """Issue 21: 7 batches an epoch and --warmup 100 once meant 14 epochs of warm-up."""
+    assert schedule.warmup_for(100, 140) == 14  # 20 epochs of 7 batches
+    assert schedule.warmup_for(100, 5000) == 100
+    assert schedule.warmup_for(100, 0) == 100  # planned batches not known: as given
+    assert schedule.warmup_for(0, 140) == 0
+
+
+def test_patience_waits_at_least_its_floor_of_batches():
+    floor = schedule.PATIENCE_BATCHES
+    assert schedule.patience_epochs(3, 7) == math.ceil(floor / 7) > 3
+    assert schedule.patience_epochs(3, 10 * floor) == 3
+    assert schedule.patience_epochs(3, 0) == floor  # no batch is counted as one
+
+
+def test_a_short_run_reaches_its_rate_after_a_tenth_of_its_batches(tmp_path):
+    """End to end: 3 epochs of about 33 batches and --warmup 100 warm up over 9 or so."""
+    run = tmp_path / "run"
+    run_cli("train", "timemachine", *TINY_RUN, "--epochs", "3", "--schedule", "cosine",
+            "--warmup", "100", "--lr", "0.4", "--quiet", "--out", run, check=0)  # fmt: skip
+    first = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    # Uncapped, the rate after 33 of 100 warm-up batches would be 0.4 * 34 / 101 = 0.135.
+    assert first["lr"] > 0.4 * 0.75
+
+
+def test_over_a_time_limit_warm_up_ends_by_a_tenth_of_the_limit():
+    lr, W, S = 1.0, 1000, 100.0
+    cosine = Schedule("cosine", lr, W, 0.0, limit_seconds=S)
+    assert cosine.rate(at(0, 0.0)) == pytest.approx(lr / (W + 1))  # batches lead at first
+    assert cosine.rate(at(10, 5.0)) == pytest.approx(0.5)  # half of the tenth: half the rate
+    after = cosine.rate(at(20, 10.0))  # a tenth of the limit: the decay from p = 0.1
+    assert after == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.1)))
+    rates = [cosine.rate(at(k, s)) for k, s in [(30, 20.0), (40, 50.0), (50, 99.0)]]
+    assert rates == sorted(rates, reverse=True) and rates[-1] < 0.01

@@ -430,6 +430,7 @@ def _check_schedule(schedule: Any, epoch: int) -> bool:
     if not isinstance(schedule, dict):
         return False
     best_loss, best_epoch = schedule.get("best_loss"), schedule.get("best_epoch")
+    best_batch = schedule.get("best_batch", 0)  # written since a time limit's stop is validated
     return (
         _number(schedule.get("lr"))
         and 0 <= schedule["lr"] <= MAX_LR
@@ -440,7 +441,9 @@ def _check_schedule(schedule: Any, epoch: int) -> bool:
         and (best_loss is None or _number(best_loss))
         and _number(best_epoch, int)
         and 0 <= schedule["best_epoch"] <= epoch
-        and (best_loss is None) == (best_epoch == 0)
+        and _number(best_batch, int)
+        and best_batch >= 0
+        and (best_loss is None) == (best_epoch == 0 and best_batch == 0)
     )
 
 
@@ -509,6 +512,12 @@ def position_problem(
             return (
                 f"has a schedule that counted {ckpt.schedule.batches} batches where "
                 f"{trained} were trained"
+            )
+        best_at = (ckpt.schedule.best_epoch, ckpt.schedule.best_batch)
+        if best_at > (epoch, batch) or best_at[1] >= batches_in(best_at[0]):
+            return (
+                f"names its best at batch {best_at[1]} after epoch {best_at[0]}, which the run "
+                f"at epoch {epoch}, batch {batch} has not reached"
             )
     return None
 
@@ -609,6 +618,7 @@ def _read_generation(
                 seconds=float(schedule["seconds"]),
                 best_loss=None if schedule["best_loss"] is None else float(schedule["best_loss"]),
                 best_epoch=schedule["best_epoch"],
+                best_batch=schedule.get("best_batch", 0),
             ),
             next(k for k, v in SLOTS.items() if v is slot),
         )

@@ -250,10 +250,11 @@ def add_command_options(parsers: dict[str, argparse.ArgumentParser]) -> None:
 
     p.add_argument(
         "--recipe",
-        choices=tuple(RECIPES),
+        choices=(*RECIPES, "auto"),
         default=None,
         help="start from a named set of options (rnnlab recipes lists them); options "
-        "given here override the recipe's",
+        "given here override the recipe's. auto (with --time-limit): the options the "
+        "project's measured table gives for this text and budget on this machine",
     )
     p.add_argument(
         "--resume",
@@ -392,9 +393,17 @@ def cmd_train(args) -> int:
                 "--recipe starts a new run; --resume continues from the run's own config.json: "
                 "leave --recipe out"
             )
-        from .recipes import options_for
+        if args.recipe == "auto":
+            from .auto import options_for_text
 
-        given = options_for(args.recipe, given)
+            choice = options_for_text(given)
+            given = choice.options
+            if not args.quiet:
+                print(choice.why, flush=True)
+        else:
+            from .recipes import options_for
+
+            given = options_for(args.recipe, given)
     if "source" in given and not is_builtin(given["source"]) and Path(given["source"]).exists():
         # Record where the text is, so that --resume and eval work from any folder.
         given["source"] = str(Path(given["source"]).expanduser().resolve())
@@ -588,7 +597,7 @@ HEAVY_COMMANDS = ("train", "eval", "bench")
 
 
 def cmd_recipes(args) -> int:
-    from .recipes import describe
+    from .auto import describe
 
     print(describe())
     return 0

@@ -65,7 +65,15 @@ from .distributed import (
 from .errors import ReportedElsewhere, RnnlabError
 from .generate import continue_text, default_prompt
 from .models import build_model, check_device, check_fits, usable_impl
-from .schedule import Schedule, ScheduleState, after_epoch, improves
+from .schedule import (
+    Schedule,
+    ScheduleState,
+    after_epoch,
+    at_stop,
+    improves,
+    patience_epochs,
+    warmup_for,
+)
 from .threads import governor_for
 from .train import (
     BatchLoss,
@@ -239,14 +247,13 @@ class Trainer:
         self.epoch = 0
         self.progress = EpochProgress()
         self.history: list[dict[str, Any]] = []
+        planned = self.batches_before(cfg.epochs) if cfg.schedule == "cosine" else 0
         self.schedule = Schedule(
             cfg.schedule,
             cfg.lr,
-            cfg.warmup,
+            warmup_for(cfg.warmup, planned),
             cfg.min_lr_frac,
-            self.batches_before(cfg.epochs)
-            if cfg.schedule == "cosine" and cfg.time_limit is None
-            else 0,
+            planned if cfg.time_limit is None else 0,
             None if cfg.time_limit is None else cfg.time_limit * 60,
         )
         self.clock = ScheduleState(lr=cfg.lr)
@@ -317,9 +324,15 @@ class Trainer:
         return (self.elapsed() if seconds is None else seconds) >= self.cfg.time_limit * 60
 
     def patience_ran_out(self) -> bool:
-        """Whether ``patience`` epochs have passed since the lowest validation loss."""
-        best = self.clock.best_epoch
-        return bool(self.cfg.patience and best and self.epoch - best >= self.cfg.patience)
+        """Whether ``patience`` epochs (schedule.patience_epochs: at least PATIENCE_BATCHES
+        batches) have passed since the lowest validation loss."""
+        if not self.cfg.patience or self.clock.best_loss is None:
+            return False
+        return self.epoch - self.clock.best_epoch_ended >= self.patience_wait()
+
+    def patience_wait(self) -> int:
+        """The epochs --patience waits for a lower validation loss (schedule.patience_epochs)."""
+        return patience_epochs(self.cfg.patience, self.batches_in(max(0, self.epoch - 1)))
 
     def nothing_left(self) -> str | None:
         """Why a resumed run has nothing left to train under its limits (None: it has)."""
@@ -338,8 +351,9 @@ class Trainer:
         if self.patience_ran_out():
             return (
                 f"the run in {self.run} stopped early after epoch {self.epoch}: no lower "
-                f"validation loss since epoch {self.clock.best_epoch} (--patience "
-                f"{cfg.patience}); give --patience larger than {cfg.patience} to train it longer"
+                f"validation loss since epoch {self.clock.best_epoch_ended} (--patience "
+                f"{cfg.patience}: {self.patience_wait()} epoch(s) here); give --patience larger "
+                f"than {self.patience_wait()} to train it longer"
             )
         return None
 
@@ -571,9 +585,10 @@ class Trainer:
         for epoch in range(self.epoch, cfg.epochs):
             nb = self.train_epoch(epoch, stop, use_bar)
             if self.progress.batch < nb:  # stopped by a signal or by the time limit
-                self.save(epoch, self.progress)
                 if self.signal is not None:
+                    self.save(epoch, self.progress)
                     return self.interrupted(epoch, self.progress.batch, nb)
+                self.save(epoch, self.progress, best=self.validate_at_stop(epoch, VX, VY))
                 return self.out_of_time(epoch, self.progress.batch, nb)
             self.end_epoch(epoch, VX, VY)
             self.agree_on_signal(stop)  # one that came while it validated and saved
@@ -584,9 +599,9 @@ class Trainer:
                 return self.out_of_time(epoch + 1, 0, nb)
             if self.epoch < cfg.epochs and self.patience_ran_out():
                 self.log(
-                    f"no lower validation loss for {cfg.patience} epoch(s): stopped early "
+                    f"no lower validation loss for {self.patience_wait()} epoch(s): stopped early "
                     f"after epoch {self.epoch}/{cfg.epochs}; the best, epoch "
-                    f"{self.clock.best_epoch} (val ppl "
+                    f"{self.clock.best_epoch_ended} (val ppl "
                     f"{perplexity(self.clock.best_loss or 0.0):.2f}), is in "
                     f"{self.run / rundir.BEST_FOLDER}",
                     always=True,
@@ -621,6 +636,21 @@ class Trainer:
         data-parallel run, this rank's streams of them, the sums added over the ranks."""
         total, count = self.world.sum([loss_sum(self.model, VX, VY), float(VY.numel())])
         return total / count
+
+    def validate_at_stop(self, epoch: int, VX, VY) -> bool:
+        """Validate the weights a time limit stopped in epoch ``epoch`` (0-based); whether
+        they are the best so far. A cosine schedule over the limit ends here at its lowest
+        rate, so these are often the best weights of the run."""
+        val_loss = self.validation_loss(VX, VY)
+        if not math.isfinite(val_loss):
+            return False  # the latest checkpoint keeps them; the best stays what it was
+        best = improves(self.clock, val_loss)
+        self.clock = at_stop(self.clock, epoch, self.progress.batch, val_loss)
+        self.log(
+            f"validated where it stopped: val ppl {perplexity(val_loss):.2f}"
+            + ("  (the lowest so far: kept as the best)" if best else "")
+        )
+        return best
 
     def end_epoch(self, epoch: int, VX, VY) -> None:
         cfg, p = self.cfg, self.progress

@@ -1,0 +1,324 @@
+"""``--recipe auto``: the options for a text and a time budget, from a measured table.
+
+    rnnlab train my_text.txt --recipe auto --time-limit 5
+
+The choice is made from three things:
+
+* the text: its kind (``chars`` or ``words``, the run's --mode), its training tokens and
+  its vocabulary;
+* the budget: the minutes given, converted into the table's minutes by this machine's
+  speed today (``reference_speed``: a fixed small LSTM trained for a few seconds, the
+  same one the sweep measured before each of its runs), so that a slow day buys a
+  smaller model, as it should;
+* the table (``auto_table.json``, written by ``benchmarks/sweep.py table`` from the
+  sweep's rows): for each text the sweep trained and each budget, the candidates it
+  tried, ranked by validation loss.
+
+The text of the same kind nearest in size (on a log scale) is taken, then its budget
+nearest to the converted minutes, and that budget's best candidate. Its options are
+then fitted to the text: a text too small for the candidate's batch gets smaller
+batches (``fit_batch``). The warm-up ends at a tenth of the time limit at the latest and
+the cosine decay runs over the limit (rnnlab.schedule), and the best
+checkpoint (validated at every epoch's end and where the limit stops the run) is
+what ``eval`` and ``generate`` read.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import RnnlabError
+from .recipes import RECIPES
+from .recipes import describe as describe_recipes
+
+TABLE_FILE = "auto_table.json"
+MIN_EPOCH_BATCHES = 20  # a smaller text gets smaller batches until an epoch holds this many
+MIN_STEPS = 16  # ... but sequences no shorter than this
+EPOCHS = 10_000  # the time limit ends an auto run, never its epochs
+
+# What every character candidate shares: AWD-LSTM's locked dropout and AdamW, a cosine
+# decay over the time limit (its floor 0), a 64-wide embedding, clipping at 1.
+_CHARS = {
+    "impl": "torch",
+    "cell": "lstm",
+    "embedding": 64,
+    "optimizer": "adamw",
+    "weight_decay": 0.01,
+    "schedule": "cosine",
+    "clip": 1.0,
+    "num_steps": 64,
+}
+# The word candidates: tied LSTM layers and word_language_model's SGD at 20, clipped at 0.25.
+_WORDS = {
+    "impl": "torch",
+    "cell": "lstm",
+    "layers": 2,
+    "tie_weights": True,
+    "optimizer": "sgd",
+    "lr": 20.0,
+    "clip": 0.25,
+    "schedule": "cosine",
+    "batch_size": 20,
+    "num_steps": 35,
+}
+
+# The fixed recipes the sweep also tries, each exactly as the recipe is (its epochs and
+# patience too) but for the time limit: the table then says how they do at each budget.
+RECIPE_CANDIDATES = {"chars": ("shakespeare-quick", "shakespeare", "char-lstm"),
+                     "words": ("ptb-small",)}  # fmt: skip
+_NOT_MODEL = ("source", "mode", "val_frac", "time_limit")
+
+# The configurations the sweep tries, by kind.
+CANDIDATES: dict[str, dict[str, dict[str, Any]]] = {
+    "chars": {
+        "lstm-1x256": {**_CHARS, "hidden": 256, "layers": 1, "lr": 4e-3, "warmup": 50,
+                       "batch_size": 16},
+        "lstm-2x384": {**_CHARS, "hidden": 384, "layers": 2, "dropout": 0.1,
+                       "locked_dropout": True, "lr": 3e-3, "warmup": 100, "batch_size": 16},
+    },
+    "words": {
+        "words-1x200": {**_WORDS, "layers": 1, "embedding": 200, "hidden": 200,
+                        "dropout": 0.2, "dropout_input": 0.2},
+        "words-2x200-d1": {**_WORDS, "embedding": 200, "hidden": 200, "dropout": 0.1,
+                           "dropout_input": 0.1},
+        "words-2x400": {**_WORDS, "embedding": 400, "hidden": 400, "dropout": 0.4,
+                        "dropout_input": 0.4},
+    },
+}  # fmt: skip
+for _kind, _names in RECIPE_CANDIDATES.items():
+    for _name in _names:
+        CANDIDATES[_kind][_name] = {
+            k: v for k, v in RECIPES[_name].options.items() if k not in _NOT_MODEL
+        }
+
+
+def kind_of(mode: str) -> str:
+    """The table's kind of a --mode: ``words``, or ``chars`` for the character modes."""
+    return "words" if mode == "words" else "chars"
+
+
+# ---------------------------------------------------------------- the machine's speed
+
+
+REFERENCE = {"cell": "lstm", "vocab": 96, "embedding": 64, "hidden": 256, "batch": 16, "steps": 64}
+
+
+def reference_speed(seconds: float = 3.0) -> float:
+    """Tokens per second this machine trains the reference model at, now.
+
+    The reference (REFERENCE: a one-layer LSTM of 256 units on random tokens of a
+    96-symbol vocabulary, batch 16 x 64, AdamW) is trained for about ``seconds`` after
+    two untimed steps, with torch's threads as they are set.
+    """
+    r = REFERENCE
+    generator = torch.Generator().manual_seed(0)
+    embed = nn.Embedding(r["vocab"], r["embedding"])
+    lstm = nn.LSTM(r["embedding"], r["hidden"])
+    head = nn.Linear(r["hidden"], r["vocab"])
+    params = [*embed.parameters(), *lstm.parameters(), *head.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=1e-3)
+    X = torch.randint(r["vocab"], (r["steps"], r["batch"]), generator=generator)
+    Y = torch.randint(r["vocab"], (r["steps"], r["batch"]), generator=generator)
+
+    def step() -> None:
+        out, _ = lstm(embed(X))
+        loss = nn.functional.cross_entropy(head(out).flatten(0, 1), Y.flatten())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    for _ in range(2):
+        step()
+    steps, start = 0, time.perf_counter()
+    while True:
+        step()
+        steps += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds:
+            return steps * r["batch"] * r["steps"] / elapsed
+
+
+# ---------------------------------------------------------------- the table
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One text and budget of the sweep: its candidates, best first."""
+
+    text: str
+    minutes: float
+    reference_tokens_per_s: float  # the reference's speed measured with these runs
+    ranking: list[dict[str, Any]]  # {"candidate", "val_loss", "tokens_per_s"}, best first
+
+
+@dataclass(frozen=True)
+class Table:
+    texts: dict[str, dict[str, Any]]  # name -> {"kind", "train_tokens", "vocab"}
+    cells: list[Cell]
+
+
+def load_table(raw: str | None = None) -> Table:
+    """The measured table shipped with rnnlab (or the JSON text ``raw``)."""
+    if raw is None:
+        raw = resources.files("rnnlab").joinpath(TABLE_FILE).read_text(encoding="utf-8")
+    data = json.loads(raw)
+    cells = [Cell(**cell) for cell in data["cells"]]
+    return Table(data["texts"], [c for c in cells if c.ranking])
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What --recipe auto chose: the options and the paragraph that says why."""
+
+    options: dict[str, Any]
+    why: str
+
+
+def _nearest(values, target: float, key) -> Any:
+    return min(values, key=lambda v: abs(math.log(key(v) / target)))
+
+
+def fit_batch(options: dict[str, Any], train_tokens: int) -> dict[str, Any]:
+    """``options`` with batches small enough that an epoch of ``train_tokens`` holds at
+    least MIN_EPOCH_BATCHES of them: the batch halved first, then the sequence length."""
+    B, T = options["batch_size"], options["num_steps"]
+
+    def batches(B: int, T: int) -> int:
+        return (train_tokens - 1) // (B * T)
+
+    while batches(B, T) < MIN_EPOCH_BATCHES and B > 1:
+        B //= 2
+    while batches(B, T) < MIN_EPOCH_BATCHES and T > MIN_STEPS:
+        T //= 2
+    if batches(B, T) < 1:
+        raise RnnlabError(
+            f"the text has {train_tokens} training tokens, too few for one batch of {B} x {T}; "
+            f"give a longer text"
+        )
+    return {**options, "batch_size": B, "num_steps": T}
+
+
+def choose(
+    kind: str,
+    train_tokens: int,
+    vocab: int,
+    minutes: float,
+    speed: float,
+    table: Table | None = None,
+) -> Choice:
+    """The options for a text of ``kind`` with ``train_tokens`` training tokens and a
+    vocabulary of ``vocab``, trained for ``minutes`` on a machine whose reference speed
+    is ``speed`` tokens/s now."""
+    table = table or load_table()
+    texts = [name for name, t in table.texts.items() if t["kind"] == kind]
+    cells = [c for c in table.cells if c.text in texts]
+    if not cells:
+        raise RnnlabError(
+            f"rnnlab's table has no measured {kind} texts yet, so --recipe auto cannot choose "
+            f"for --mode {'words' if kind == 'words' else 'chars'}; give a named recipe "
+            f"(rnnlab recipes lists them)"
+        )
+    text = _nearest(
+        {c.text for c in cells}, train_tokens, lambda name: table.texts[name]["train_tokens"]
+    )
+    here = [c for c in cells if c.text == text]
+    # The table's minutes that this machine's minutes are worth, cell by cell.
+    cell = _nearest(here, 1.0, lambda c: c.minutes / (minutes * speed / c.reference_tokens_per_s))
+    best = cell.ranking[0]
+    options = fit_batch(CANDIDATES[kind][best["candidate"]], train_tokens)
+    expected_speed = best["tokens_per_s"] * speed / cell.reference_tokens_per_s
+    expected_batches = (
+        minutes * 60 * expected_speed / (options["batch_size"] * options["num_steps"])
+    )
+    options = {"epochs": EPOCHS, **options, "time_limit": minutes}
+    worth = minutes * speed / cell.reference_tokens_per_s
+    about = table.texts[text]
+    runner_up = (
+        f", ahead of {cell.ranking[1]['candidate']} ({cell.ranking[1]['val_loss']:.3f})"
+        if len(cell.ranking) > 1
+        else ""
+    )
+    fitted = options["batch_size"], options["num_steps"]
+    original = CANDIDATES[kind][best["candidate"]]
+    batch_note = f"batch {fitted[0]} x {fitted[1]}" + (
+        ""
+        if fitted == (original["batch_size"], original["num_steps"])
+        else f" (made smaller from {original['batch_size']} x {original['num_steps']} "
+        f"so that an epoch holds at least {MIN_EPOCH_BATCHES} batches)"
+    )
+    why = (
+        f"--recipe auto: the text has {train_tokens:,} training {kind} and a vocabulary of "
+        f"{vocab:,}. This machine trains the reference model at {speed:,.0f} tokens/s now "
+        f"(measured for a few seconds), against {cell.reference_tokens_per_s:,.0f} when the "
+        f"table was measured, so {minutes:g} minute(s) here are worth {worth:.3g} of the "
+        f"table's. The table's nearest {kind} text is {text} ({about['train_tokens']:,} "
+        f"training {kind}, vocabulary {about['vocab']:,}) and its nearest budget "
+        f"{cell.minutes:g} minute(s), where {best['candidate']} reached validation loss "
+        f"{best['val_loss']:.3f}{runner_up}. Chosen: {best['candidate']}, {batch_note}, "
+        f"about {expected_batches:,.0f} batches at about {expected_speed:,.0f} tokens/s, "
+        f"the rate warmed up over {options.get('warmup', 0)} batches (or a tenth of the time, "
+        f"if sooner) and decayed on a cosine over the {minutes:g} minutes; the best checkpoint "
+        f"is kept."
+    )
+    return Choice(options, why)
+
+
+def describe(table: Table | None = None) -> str:
+    """Every recipe, then auto and its table, as ``rnnlab recipes`` prints them."""
+    table = table or load_table()
+    lines = []
+    for cell in sorted(table.cells, key=lambda c: (c.text, c.minutes)):
+        ranked = ", ".join(f"{r['candidate']} {r['val_loss']:.3f}" for r in cell.ranking)
+        lines.append(f"    {cell.text}, {cell.minutes:g} min: {ranked}")
+    return (
+        describe_recipes()
+        + "\n\nauto\n  rnnlab train TEXT --recipe auto --time-limit MINUTES: the model, batch, "
+        "rate and schedule for the text's size and kind and for the minutes at this machine's "
+        "speed, from the table the project measured (benchmarks/sweep.py): validation loss "
+        "of each candidate, best first, by text and budget:\n"
+        + ("\n".join(lines) if lines else "    (no rows measured yet)")
+    )
+
+
+def options_for_text(given: dict[str, Any]) -> Choice:
+    """--recipe auto's options for the command line's options ``given`` (flat names, as
+    TrainConfig.options()): the table's choice for its text and --time-limit, with the
+    options given on top. The text is read here to count its tokens and vocabulary."""
+    from .config import TrainConfig
+    from .data import prepare
+
+    minutes = given.get("time_limit")
+    if minutes is None:
+        raise RnnlabError(
+            "--recipe auto fits the model to a time budget: give --time-limit MINUTES (for "
+            "example --time-limit 5)"
+        )
+    defaults = TrainConfig()
+    mode = given.get("mode") if given.get("mode") in ("chars", "words") else "chars"
+    if given.get("mode") not in (None, "chars", "words"):
+        raise RnnlabError(
+            f"--recipe auto trains --mode chars or --mode words, not --mode {given['mode']}; "
+            f"leave --mode out for characters"
+        )
+    data = prepare(
+        given.get("source", defaults.source),
+        mode,
+        given.get("max_tokens", defaults.max_tokens),
+        given.get("val_frac", defaults.val_frac),
+        1,
+        1,
+    )
+    if "threads" in given and given["threads"]:
+        torch.set_num_threads(given["threads"])
+    choice = choose(
+        kind_of(mode), len(data.train_ids), len(data.vocab), float(minutes), reference_speed()
+    )
+    return Choice({**choice.options, "mode": mode, **given}, choice.why)

@@ -1,0 +1,128 @@
+"""--recipe auto: the choice from the measured table, fitted to the text and the machine."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import check_clean_error, run_cli
+from rnnlab import auto, cli
+from rnnlab.config import TrainConfig
+from rnnlab.errors import RnnlabError
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def ranked(*pairs, speed=10_000):
+    return [{"candidate": c, "val_loss": loss, "tokens_per_s": speed} for c, loss in pairs]
+
+
+# A small table of the shipped form: two character texts, one word text.
+TABLE = auto.Table(
+    texts={
+        "small": {"kind": "chars", "train_tokens": 150_000, "vocab": 60},
+        "large": {"kind": "chars", "train_tokens": 1_000_000, "vocab": 65},
+        "words": {"kind": "words", "train_tokens": 900_000, "vocab": 10_000},
+    },
+    cells=[
+        auto.Cell("small", 2.0, 40_000, ranked(("lstm-1x256", 1.6), ("shakespeare", 1.7))),
+        auto.Cell("small", 15.0, 40_000, ranked(("shakespeare", 1.4), ("lstm-1x256", 1.5))),
+        auto.Cell("large", 2.0, 40_000, ranked(("shakespeare-quick", 1.6))),
+        auto.Cell("large", 15.0, 40_000, ranked(("lstm-2x384", 1.45))),
+        auto.Cell("words", 5.0, 40_000, ranked(("ptb-small", 5.0))),
+    ],
+)
+
+
+def test_the_nearest_text_and_budget_give_the_candidate():
+    small = auto.choose("chars", 120_000, 70, 2.0, 40_000, TABLE)
+    assert small.options["hidden"] == 256 and small.options["time_limit"] == 2.0
+    large_long = auto.choose("chars", 2_000_000, 90, 20.0, 40_000, TABLE)
+    assert large_long.options["hidden"] == 384 and large_long.options["layers"] == 2
+    assert "large" in large_long.why and "15 minute(s)" in large_long.why
+    words = auto.choose("words", 50_000, 5_000, 1.0, 40_000, TABLE)
+    assert words.options["tie_weights"] and words.options["optimizer"] == "sgd"
+
+
+def test_a_slower_machine_buys_the_shorter_budget_s_choice():
+    """15 minutes at a quarter of the table's speed are worth 3.75 of its minutes: the
+    2-minute choice is nearer than the 15-minute one (on a log scale)."""
+    fast = auto.choose("chars", 150_000, 60, 15.0, 40_000, TABLE)
+    slow = auto.choose("chars", 150_000, 60, 15.0, 5_000, TABLE)
+    assert fast.options["layers"] == 2 and fast.options["hidden"] == 512  # shakespeare
+    assert slow.options["hidden"] == 256  # lstm-1x256, the 2-minute cell's best
+    assert "worth 1.88 of the table's" in slow.why, slow.why
+
+
+def test_a_small_text_gets_smaller_batches_not_an_error():
+    options = auto.CANDIDATES["chars"]["shakespeare"]  # batch 32 x 64
+    fitted = auto.fit_batch(options, 20_000)  # 9 batches an epoch at 32 x 64
+    assert (fitted["batch_size"], fitted["num_steps"]) == (8, 64)
+    assert (20_000 - 1) // (8 * 64) >= auto.MIN_EPOCH_BATCHES
+    tiny = auto.fit_batch(options, 600)
+    assert tiny["batch_size"] == 1 and tiny["num_steps"] == 16  # 37 batches of 1 x 16
+    with pytest.raises(RnnlabError, match="too few for one batch"):
+        auto.fit_batch(options, 10)
+    kept = auto.choose("chars", 40_000, 40, 2.0, 40_000, TABLE)  # 39 batches of 16 x 64
+    assert kept.options["batch_size"] == 16 and "made smaller" not in kept.why
+    made = auto.choose("chars", 20_000, 40, 2.0, 40_000, TABLE)
+    assert made.options["batch_size"] == 8 and "made smaller from 16 x 64" in made.why
+
+
+def test_every_choice_is_a_valid_configuration():
+    for kind, candidates in auto.CANDIDATES.items():
+        for options in candidates.values():
+            TrainConfig.from_options({"mode": kind, **options, "time_limit": 1.0})
+
+
+def test_a_kind_the_table_lacks_is_a_clean_error():
+    only_chars = auto.Table(TABLE.texts, [c for c in TABLE.cells if c.text != "words"])
+    with pytest.raises(RnnlabError, match="no measured words texts"):
+        auto.choose("words", 1000, 100, 5.0, 40_000, only_chars)
+
+
+def test_the_shipped_table_reads_and_names_known_candidates():
+    table = auto.load_table()
+    for cell in table.cells:
+        kind = table.texts[cell.text]["kind"]
+        assert {r["candidate"] for r in cell.ranking} <= set(auto.CANDIDATES[kind])
+        losses = [r["val_loss"] for r in cell.ranking]
+        assert losses == sorted(losses)
+
+
+def test_the_reference_speed_is_a_positive_rate():
+    assert auto.reference_speed(0.2) > 0
+
+
+def test_auto_without_a_time_limit_is_a_one_line_error(tmp_path):
+    result = run_cli("train", "timemachine", "--recipe", "auto", "--out", tmp_path / "r")
+    check_clean_error(result, "--recipe auto", "--time-limit")
+    assert not (tmp_path / "r").exists()
+
+
+def test_auto_trains_what_it_chose_and_says_why(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(auto, "load_table", lambda raw=None: TABLE)
+    monkeypatch.setattr(auto, "reference_speed", lambda seconds=3.0: 40_000.0)
+    run = tmp_path / "run"
+    status = cli.main(["train", "timemachine", "--max-tokens", "3000", "--recipe", "auto",
+                       "--time-limit", "0.02", "--threads", "1", "--out", str(run)])  # fmt: skip
+    out = capsys.readouterr().out
+    assert status == 0
+    assert out.startswith("--recipe auto: the text has 2,700 training chars")
+    config = json.loads((run / "config.json").read_text())
+    # The small text's 2-minute choice (lstm-1x256), its batch fitted to 2,700 tokens.
+    model = config["model"]
+    assert (model["hidden"], model["layers"], config["mode"]) == (256, 1, "chars")
+    assert config["batch_size"] * config["num_steps"] * auto.MIN_EPOCH_BATCHES <= 2700
+    assert config["time_limit"] == 0.02
+
+
+def test_options_given_on_the_line_win_over_auto(monkeypatch):
+    monkeypatch.setattr(auto, "load_table", lambda raw=None: TABLE)
+    monkeypatch.setattr(auto, "reference_speed", lambda seconds=3.0: 40_000.0)
+    given = {"source": "timemachine", "time_limit": 2.0, "hidden": 100}
+    choice = auto.options_for_text(given)
+    assert choice.options["hidden"] == 100 and choice.options["cell"] == "lstm"
+    with pytest.raises(RnnlabError, match="--mode chars or --mode words"):
+        auto.options_for_text({**given, "mode": "letters"})
