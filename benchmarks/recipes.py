@@ -9,7 +9,8 @@ For each recipe it runs ``rnnlab train --recipe NAME`` into a fresh run director
 split; for ptb also the test split), and appends a row: the recipe, the exact
 commands, the date, torch's version, the machine's CPUs, the wall time of training,
 tokens/s of the last epoch, the last epoch's training perplexity, and the held-out
-loss in nats per token, bits per token and perplexity. Run it with nothing else on
+loss in nats per token, bits per token and perplexity (for character recipes also in
+nanoGPT's block protocol, ``eval --block-size`` 64 and 256). Run it with nothing else on
 the machine. ``--smoke`` trains for a few batches only (what CI does) and writes no row.
 """
 
@@ -42,10 +43,12 @@ def run(cmd: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, check=True, capture_output=True, text=True)
 
 
-def evaluate(run_dir: Path, split: str | None) -> dict:
+def evaluate(run_dir: Path, split: str | None, block_size: int = 0) -> dict:
     cmd = [sys.executable, "-m", "rnnlab", "eval", str(run_dir), "--json"]
     if split:
         cmd += ["--split", split]
+    if block_size:
+        cmd += ["--block-size", str(block_size)]
     result = json.loads(run(cmd).stdout)
     return {"command": " ".join(cmd[2:]), **result}
 
@@ -71,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     held_out = [evaluate(run_dir, None)]
     if RECIPES[args.recipe].options.get("source") == "ptb":
         held_out.append(evaluate(run_dir, "test"))
+    elif RECIPES[args.recipe].options.get("mode") == "chars":
+        # nanoGPT's protocol too: its CPU recipe's blocks (64) and its GPU recipe's (256)
+        held_out += [evaluate(run_dir, None, block) for block in (64, 256)]
     row = {
         "recipe": args.recipe,
         "train_command": "rnnlab " + " ".join(train_cmd[3:]),

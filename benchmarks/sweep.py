@@ -17,9 +17,10 @@ Shakespeare and Penn Treebank. At the first budget every candidate of the text's
 (``rnnlab.auto.CANDIDATES``, the fixed recipes among them) is trained; at each later
 budget only the best ``--carry`` (2) of the budget before it. Each run is
 ``rnnlab train TEXT --time-limit M`` with the candidate's options, then ``rnnlab eval``
-(the best checkpoint; validation, in rnnlab's carried-state protocol, which ranks the
-candidates), and for characters also nanoGPT's block protocol at 64 and 256, for Penn
-Treebank the test split. Before each run, ``rnnlab.auto.reference_speed`` measures the
+(the best checkpoint; validation, in rnnlab's carried-state protocol), and for
+characters also nanoGPT's block protocol at 64 and 256, for Penn Treebank the test split.
+Candidates are ranked by ``rnnlab.auto.METRIC``: characters by the 256-character blocks,
+words by the carried-state loss. Before each run, ``rnnlab.auto.reference_speed`` measures the
 machine (3 s), so that the table can convert a budget on another day or machine.
 
 One JSON line per run is appended to benchmarks/results/sweep.jsonl as soon as it
@@ -44,7 +45,7 @@ from pathlib import Path
 
 import torch
 
-from rnnlab import auto, checkpoint
+from rnnlab import auto
 from rnnlab.recipes import command_line
 
 HERE = Path(__file__).parent
@@ -90,9 +91,9 @@ def read_rows(rows: Path) -> list[dict]:
 
 
 def ranking(rows: list[dict], text: str, minutes: float) -> list[dict]:
-    """The rows of ``text`` at ``minutes``, lowest validation loss first."""
+    """The rows of ``text`` at ``minutes``, lowest loss (rnnlab.auto.METRIC) first."""
     here = [r for r in rows if r["text"] == text and r["minutes"] == minutes]
-    return sorted(here, key=lambda r: r["val_loss"])
+    return sorted(here, key=lambda r: r[auto.METRIC[TEXTS[text][0]]])
 
 
 def budgets_of(text: str, budgets) -> list[float]:
@@ -139,6 +140,13 @@ def scored(run_dir: Path, *options: str) -> dict:
     return json.loads(call(cmd).stdout)
 
 
+def reference_speed() -> float:
+    """rnnlab.auto.reference_speed in a fresh process, as `rnnlab train --recipe auto`
+    measures it (this process has tokenized whole corpora, and measured lower)."""
+    code = "from rnnlab.auto import reference_speed; print(reference_speed())"
+    return float(call([sys.executable, "-c", code]).stdout)
+
+
 def train_one(text: str, minutes: float, name: str, out: Path, data: Path) -> dict:
     kind, mode = TEXTS[text]
     options = {
@@ -149,17 +157,19 @@ def train_one(text: str, minutes: float, name: str, out: Path, data: Path) -> di
         "time_limit": minutes,
     }
     run_dir = out / f"{text}-{name}-{minutes:g}min-{time.strftime('%Y%m%d-%H%M%S')}"
-    reference = auto.reference_speed()
+    reference = reference_speed()
     cmd = [sys.executable, "-m", "rnnlab", "train", *command_line(options).split(),
            "--out", str(run_dir), "--quiet"]  # fmt: skip
     start = time.monotonic()
     call(cmd)
     wall = time.monotonic() - start
-    latest = checkpoint.read_checkpoint(run_dir)
-    clock = latest.schedule
-    assert clock is not None
+    # Read from the files (not with this process' rnnlab, which may be older than the code
+    # the run was trained by, when the sweep runs while the source changes).
+    latest = json.loads((run_dir / json.loads((run_dir / "checkpoint.json").read_text())[
+        "current"] / "trainer.json").read_text())  # fmt: skip
+    clock = latest["schedule"]
     cfg = json.loads((run_dir / "config.json").read_text())
-    tokens = clock.batches * cfg["batch_size"] * cfg["num_steps"]
+    tokens = clock["batches"] * cfg["batch_size"] * cfg["num_steps"]
     val = scored(run_dir)
     row = {
         "text": text,
@@ -172,13 +182,13 @@ def train_one(text: str, minutes: float, name: str, out: Path, data: Path) -> di
         "cpus": os.cpu_count(),
         "reference_tokens_per_s": reference,
         "wall_s": wall,
-        "trained_s": clock.seconds,
-        "batches": clock.batches,
-        "tokens_per_s": tokens / max(clock.seconds, 1e-9),
-        "epochs_trained": latest.epoch,
-        "stopped_at_batch": latest.progress.batch,
-        "best_epoch": clock.best_epoch,
-        "best_batch": clock.best_batch,
+        "trained_s": clock["seconds"],
+        "batches": clock["batches"],
+        "tokens_per_s": tokens / max(clock["seconds"], 1e-9),
+        "epochs_trained": latest["epoch"],
+        "stopped_at_batch": latest["progress"]["batch"],
+        "best_epoch": clock["best_epoch"],
+        "best_batch": clock.get("best_batch", 0),
         "val_loss": val["loss"],
         "val_tokens": val["tokens"],
     }
@@ -229,7 +239,7 @@ def write_table(rows: list[dict], path: Path) -> None:
                     "ranking": [
                         {
                             "candidate": r["candidate"],
-                            "val_loss": round(r["val_loss"], 4),
+                            "loss": round(r[auto.METRIC[r["kind"]]], 4),
                             "tokens_per_s": round(r["tokens_per_s"]),
                         }
                         for r in ranked
@@ -254,8 +264,13 @@ def markdown(rows: list[dict]) -> str:
                     if "val_loss_block64" in r
                     else ""
                 )
+                loss = f"{r['val_loss']:.4f}"
+                if i == 0:  # the best by the metric that ranks (rnnlab.auto.METRIC)
+                    if blocks:
+                        blocks = blocks.replace(" / ", " / **") + "**"
+                    else:
+                        loss = f"**{loss}**"
                 test = f"{r['test_ppl']:.2f}" if "test_ppl" in r else ""
-                loss = f"**{r['val_loss']:.4f}**" if i == 0 else f"{r['val_loss']:.4f}"
                 lines.append(
                     f"| {text} | {minutes:g} min | {r['candidate']} | {loss} | {blocks} | "
                     f"{test} | {r['tokens_per_s']:,.0f} | {r['reference_tokens_per_s']:,.0f} | "

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def ranked(*pairs, speed=10_000):
-    return [{"candidate": c, "val_loss": loss, "tokens_per_s": speed} for c, loss in pairs]
+    return [{"candidate": c, "loss": loss, "tokens_per_s": speed} for c, loss in pairs]
 
 
 # A small table of the shipped form: two character texts, one word text.
@@ -87,7 +87,7 @@ def test_the_shipped_table_reads_and_names_known_candidates():
     for cell in table.cells:
         kind = table.texts[cell.text]["kind"]
         assert {r["candidate"] for r in cell.ranking} <= set(auto.CANDIDATES[kind])
-        losses = [r["val_loss"] for r in cell.ranking]
+        losses = [r["loss"] for r in cell.ranking]
         assert losses == sorted(losses)
 
 
@@ -126,3 +126,14 @@ def test_options_given_on_the_line_win_over_auto(monkeypatch):
     assert choice.options["hidden"] == 100 and choice.options["cell"] == "lstm"
     with pytest.raises(RnnlabError, match="--mode chars or --mode words"):
         auto.options_for_text({**given, "mode": "letters"})
+
+
+def test_a_larger_vocabulary_buys_less_in_the_same_minutes():
+    """A step over 2,600 symbols costs about 2.9 times one over 60 (the reference model's
+    output layer): 15 minutes are then worth about 5.2 of the table's, nearer 2 than 15."""
+    same = auto.choose("chars", 150_000, 60, 15.0, 40_000, TABLE)
+    large = auto.choose("chars", 150_000, 2_600, 15.0, 40_000, TABLE)
+    assert same.options["layers"] == 2 and "as costly" not in same.why
+    assert large.options["hidden"] == 256 and "2.9 times as costly" in large.why, large.why
+    ref = {"cell": "lstm", "layers": 1, **auto.REFERENCE}
+    assert auto.token_cost(ref, 60) == 4 * 256 * (256 + 64) + 256 * 60

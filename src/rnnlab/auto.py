@@ -81,6 +81,8 @@ CANDIDATES: dict[str, dict[str, dict[str, Any]]] = {
     "chars": {
         "lstm-1x256": {**_CHARS, "hidden": 256, "layers": 1, "lr": 4e-3, "warmup": 50,
                        "batch_size": 16},
+        "lstm-1x256-random": {**_CHARS, "hidden": 256, "layers": 1, "lr": 4e-3, "warmup": 50,
+                              "batch_size": 16, "sampling": "random"},
         "lstm-2x384": {**_CHARS, "hidden": 384, "layers": 2, "dropout": 0.1,
                        "locked_dropout": True, "lr": 3e-3, "warmup": 100, "batch_size": 16},
     },
@@ -108,7 +110,7 @@ def kind_of(mode: str) -> str:
 # ---------------------------------------------------------------- the machine's speed
 
 
-REFERENCE = {"cell": "lstm", "vocab": 96, "embedding": 64, "hidden": 256, "batch": 16, "steps": 64}
+REFERENCE: dict[str, Any] = {"vocab": 96, "embedding": 64, "hidden": 256, "batch": 16, "steps": 64}
 
 
 def reference_speed(seconds: float = 3.0) -> float:
@@ -116,7 +118,8 @@ def reference_speed(seconds: float = 3.0) -> float:
 
     The reference (REFERENCE: a one-layer LSTM of 256 units on random tokens of a
     96-symbol vocabulary, batch 16 x 64, AdamW) is trained for about ``seconds`` after
-    two untimed steps, with torch's threads as they are set.
+    two untimed steps, with torch's threads as they are set; the speed is that of its
+    median step.
     """
     r = REFERENCE
     generator = torch.Generator().manual_seed(0)
@@ -137,16 +140,28 @@ def reference_speed(seconds: float = 3.0) -> float:
 
     for _ in range(2):
         step()
-    steps, start = 0, time.perf_counter()
-    while True:
+    times: list[float] = []
+    while sum(times) < seconds:
+        start = time.perf_counter()
         step()
-        steps += 1
-        elapsed = time.perf_counter() - start
-        if elapsed >= seconds:
-            return steps * r["batch"] * r["steps"] / elapsed
+        times.append(time.perf_counter() - start)
+    times.sort()
+    # the median step: a burst of load from another program hardly moves it
+    return r["batch"] * r["steps"] / times[len(times) // 2]
 
 
 # ---------------------------------------------------------------- the table
+
+
+# What ranks the candidates: for characters the validation loss in nanoGPT's protocol at
+# its GPU recipe's 256-character blocks (each from a zero state: a model must read well
+# both from nothing and over a long stretch), for words rnnlab's carried-state loss, as
+# word_language_model and the Penn Treebank literature report it.
+METRIC = {"chars": "val_loss_block256", "words": "val_loss"}
+METRIC_NAME = {
+    "chars": "validation loss in 256-character blocks",
+    "words": "validation loss",
+}
 
 
 @dataclass(frozen=True)
@@ -156,7 +171,7 @@ class Cell:
     text: str
     minutes: float
     reference_tokens_per_s: float  # the reference's speed measured with these runs
-    ranking: list[dict[str, Any]]  # {"candidate", "val_loss", "tokens_per_s"}, best first
+    ranking: list[dict[str, Any]]  # {"candidate", "loss" (METRIC), "tokens_per_s"}, best first
 
 
 @dataclass(frozen=True)
@@ -183,7 +198,21 @@ class Choice:
 
 
 def _nearest(values, target: float, key) -> Any:
+    """The value whose key is nearest ``target`` on a log scale (ties: the first)."""
     return min(values, key=lambda v: abs(math.log(key(v) / target)))
+
+
+GATES = {"rnn": 1, "gru": 3, "lstm": 4}
+
+
+def token_cost(options: dict[str, Any], vocab: int) -> float:
+    """Multiply-adds per token of a forward step of the model ``options`` describe, with
+    a vocabulary of ``vocab``: G*H*(H + input) per layer, then H*V for the output. The
+    training speed of a model on another vocabulary scales by the ratio of these."""
+    H, G = options["hidden"], GATES[options["cell"]]
+    first = options.get("embedding") or vocab
+    layers = sum(G * H * (H + (first if layer == 0 else H)) for layer in range(options["layers"]))
+    return layers + H * vocab
 
 
 def fit_batch(options: dict[str, Any], train_tokens: int) -> dict[str, Any]:
@@ -227,22 +256,42 @@ def choose(
             f"(rnnlab recipes lists them)"
         )
     text = _nearest(
-        {c.text for c in cells}, train_tokens, lambda name: table.texts[name]["train_tokens"]
+        sorted({c.text for c in cells}), train_tokens, lambda t: table.texts[t]["train_tokens"]
     )
-    here = [c for c in cells if c.text == text]
+    here = sorted((c for c in cells if c.text == text), key=lambda c: c.minutes)
+    # A larger vocabulary makes every step dearer: the minutes buy less, by the ratio of
+    # the reference model's cost on the table's text and on this one.
+    reference = {"cell": "lstm", "layers": 1, **REFERENCE}
+    vocab_factor = token_cost(reference, table.texts[text]["vocab"]) / token_cost(reference, vocab)
+
     # The table's minutes that this machine's minutes are worth, cell by cell.
-    cell = _nearest(here, 1.0, lambda c: c.minutes / (minutes * speed / c.reference_tokens_per_s))
+    def worth(c: Cell) -> float:
+        return minutes * speed / c.reference_tokens_per_s * vocab_factor
+
+    cell = _nearest(here, 1.0, lambda c: c.minutes / worth(c))
     best = cell.ranking[0]
-    options = fit_batch(CANDIDATES[kind][best["candidate"]], train_tokens)
-    expected_speed = best["tokens_per_s"] * speed / cell.reference_tokens_per_s
+    candidate = CANDIDATES[kind][best["candidate"]]
+    options = fit_batch(candidate, train_tokens)
+    expected_speed = (
+        best["tokens_per_s"]
+        * speed
+        / cell.reference_tokens_per_s
+        * token_cost(candidate, table.texts[text]["vocab"])
+        / token_cost(candidate, vocab)
+    )
     expected_batches = (
         minutes * 60 * expected_speed / (options["batch_size"] * options["num_steps"])
     )
     options = {"epochs": EPOCHS, **options, "time_limit": minutes}
-    worth = minutes * speed / cell.reference_tokens_per_s
     about = table.texts[text]
+    vocab_note = (
+        ""
+        if abs(vocab_factor - 1) < 0.05
+        else f", and its vocabulary makes a step {1 / vocab_factor:.2g} times as costly as on "
+        f"{text}'s"
+    )
     runner_up = (
-        f", ahead of {cell.ranking[1]['candidate']} ({cell.ranking[1]['val_loss']:.3f})"
+        f", ahead of {cell.ranking[1]['candidate']} ({cell.ranking[1]['loss']:.3f})"
         if len(cell.ranking) > 1
         else ""
     )
@@ -258,15 +307,15 @@ def choose(
         f"--recipe auto: the text has {train_tokens:,} training {kind} and a vocabulary of "
         f"{vocab:,}. This machine trains the reference model at {speed:,.0f} tokens/s now "
         f"(measured for a few seconds), against {cell.reference_tokens_per_s:,.0f} when the "
-        f"table was measured, so {minutes:g} minute(s) here are worth {worth:.3g} of the "
-        f"table's. The table's nearest {kind} text is {text} ({about['train_tokens']:,} "
-        f"training {kind}, vocabulary {about['vocab']:,}) and its nearest budget "
-        f"{cell.minutes:g} minute(s), where {best['candidate']} reached validation loss "
-        f"{best['val_loss']:.3f}{runner_up}. Chosen: {best['candidate']}, {batch_note}, "
-        f"about {expected_batches:,.0f} batches at about {expected_speed:,.0f} tokens/s, "
-        f"the rate warmed up over {options.get('warmup', 0)} batches (or a tenth of the time, "
-        f"if sooner) and decayed on a cosine over the {minutes:g} minutes; the best checkpoint "
-        f"is kept."
+        f"table was measured{vocab_note}, so {minutes:g} minute(s) here are worth "
+        f"{worth(cell):.3g} of the table's. The table's nearest {kind} text is {text} "
+        f"({about['train_tokens']:,} training {kind}, vocabulary {about['vocab']:,}) and "
+        f"its nearest budget {cell.minutes:g} minute(s), where {best['candidate']} reached "
+        f"a {METRIC_NAME[kind]} of {best['loss']:.3f}{runner_up}. Chosen: "
+        f"{best['candidate']}, {batch_note}, about {expected_batches:,.0f} batches at about "
+        f"{expected_speed:,.0f} tokens/s, the rate warmed up over {options.get('warmup', 0)} "
+        f"batches (or a tenth of the time, if sooner) and decayed on a cosine over the "
+        f"{minutes:g} minutes; the best checkpoint is kept."
     )
     return Choice(options, why)
 
@@ -276,14 +325,15 @@ def describe(table: Table | None = None) -> str:
     table = table or load_table()
     lines = []
     for cell in sorted(table.cells, key=lambda c: (c.text, c.minutes)):
-        ranked = ", ".join(f"{r['candidate']} {r['val_loss']:.3f}" for r in cell.ranking)
+        ranked = ", ".join(f"{r['candidate']} {r['loss']:.3f}" for r in cell.ranking)
         lines.append(f"    {cell.text}, {cell.minutes:g} min: {ranked}")
     return (
         describe_recipes()
         + "\n\nauto\n  rnnlab train TEXT --recipe auto --time-limit MINUTES: the model, batch, "
         "rate and schedule for the text's size and kind and for the minutes at this machine's "
-        "speed, from the table the project measured (benchmarks/sweep.py): validation loss "
-        "of each candidate, best first, by text and budget:\n"
+        "speed, from the table the project measured (benchmarks/sweep.py): each candidate's "
+        "validation loss (characters: in 256-character blocks, nanoGPT's protocol), best "
+        "first, by text and budget:\n"
         + ("\n".join(lines) if lines else "    (no rows measured yet)")
     )
 
@@ -301,9 +351,12 @@ def options_for_text(given: dict[str, Any]) -> Choice:
             "--recipe auto fits the model to a time budget: give --time-limit MINUTES (for "
             "example --time-limit 5)"
         )
+    if "threads" in given and given["threads"]:
+        torch.set_num_threads(given["threads"])
+    speed = reference_speed()  # first, in a fresh process, as the sweep measured it
     defaults = TrainConfig()
-    mode = given.get("mode") if given.get("mode") in ("chars", "words") else "chars"
-    if given.get("mode") not in (None, "chars", "words"):
+    mode = str(given.get("mode") or "chars")
+    if mode not in ("chars", "words"):
         raise RnnlabError(
             f"--recipe auto trains --mode chars or --mode words, not --mode {given['mode']}; "
             f"leave --mode out for characters"
@@ -316,9 +369,5 @@ def options_for_text(given: dict[str, Any]) -> Choice:
         1,
         1,
     )
-    if "threads" in given and given["threads"]:
-        torch.set_num_threads(given["threads"])
-    choice = choose(
-        kind_of(mode), len(data.train_ids), len(data.vocab), float(minutes), reference_speed()
-    )
+    choice = choose(kind_of(mode), len(data.train_ids), len(data.vocab), float(minutes), speed)
     return Choice({**choice.options, "mode": mode, **given}, choice.why)

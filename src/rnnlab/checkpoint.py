@@ -146,6 +146,7 @@ def save_checkpoint(
     *,
     best: bool = False,
     rng_of_ranks: list[dict[str, torch.Tensor]] | None = None,
+    training_weights: dict[str, torch.Tensor] | None = None,
 ) -> int:
     """Write a new checkpoint and make it the current one; returns its generation number.
 
@@ -155,12 +156,15 @@ def save_checkpoint(
     becomes the best one first (:data:`BEST`). Refuses (NonFiniteError) to write
     weights or optimizer state that are not finite numbers. ``rng_of_ranks``: in a
     data-parallel run, :func:`rng_state` of every rank, in rank order (this process's
-    is also stored as the run's own).
+    is also stored as the run's own). ``training_weights``: with --ema, the weights being
+    trained, while ``model`` holds the averaged ones (rnnlab.average): the model file gets
+    the averaged weights, the trainer's tensors these.
     """
     run = Path(run)
     weights = dict(model.state_dict())
+    trained = {f"train.{k}": v for k, v in (training_weights or {}).items()}
     opt_plain, opt_tensors = _optimizer_parts(optimizer)
-    if not _all_finite(list(weights.values()) + list(opt_tensors.values())):
+    if not _all_finite([*weights.values(), *trained.values(), *opt_tensors.values()]):
         raise NonFiniteError(
             f"the weights are no longer finite numbers at epoch {epoch + 1}, "
             f"batch {progress.batch}; the previous checkpoint is kept: lower "
@@ -189,7 +193,7 @@ def save_checkpoint(
     }
     blobs = {
         MODEL: st_save(_cpu_tensors(weights)),
-        TRAINER_TENSORS: st_save(_cpu_tensors({**opt_tensors, **carry, **rng})),
+        TRAINER_TENSORS: st_save(_cpu_tensors({**opt_tensors, **carry, **rng, **trained})),
         TRAINER_JSON: json_bytes(trainer),
     }
     try:
@@ -395,6 +399,8 @@ class Checkpoint:
     config: dict[str, Any] = field(default_factory=dict)
     schedule: ScheduleState | None = None  # None: trainer.json format 1, before schedules
     which: str = "latest"  # the series it was read from: a key of SLOTS
+    # --ema: the weights being trained (``weights`` holds their average); None without it
+    training_weights: dict[str, torch.Tensor] | None = None
 
 
 class _Vanished(Exception):
@@ -526,11 +532,12 @@ def tensors_limit(cfg: TrainConfig, vocab_size: int) -> int:
     """The most bytes a checkpoint's tensor file of a run of ``cfg`` can hold.
 
     Weights: 4 bytes per parameter; trainer tensors: at most two optimizer copies of
-    them plus the carried state (L, B, H), twice for the LSTM.
+    them (and the weights being trained, with --ema) plus the carried state (L, B, H),
+    twice for the LSTM.
     """
     weights = 4 * parameter_count(cfg.model, vocab_size)
     carry = 2 * 4 * cfg.model.layers * cfg.batch_size * cfg.model.hidden
-    return 3 * weights + carry + TENSORS_SLACK
+    return (4 if cfg.ema else 3) * weights + carry + TENSORS_SLACK
 
 
 def _tensors_limit_of(run: Path) -> int:
@@ -600,6 +607,7 @@ def _read_generation(
                 _, idx, name = key.split(".", 2)
                 optimizer["state"].setdefault(int(idx), {})[name] = tensor
         rng = {k: v for k, v in extra.items() if k.startswith("rng.")}
+        trained = {k[len("train.") :]: v for k, v in extra.items() if k.startswith("train.")}
         schedule = trainer.get("schedule") if trainer["format"] >= 2 else None
         return Checkpoint(
             generation,
@@ -621,6 +629,7 @@ def _read_generation(
                 best_batch=schedule.get("best_batch", 0),
             ),
             next(k for k, v in SLOTS.items() if v is slot),
+            trained or None,
         )
     except (
         SafetensorError,

@@ -445,6 +445,12 @@ class TrainConfig:
     clip: float = option(
         1.0, "clip the gradient to this global L2 norm", check="rate", at_most=MAX_CLIP
     )
+    ema: float = option(
+        0.0,
+        "keep an exponential moving average of the weights with this decay (e.g. 0.999): "
+        "it is validated, chosen as the best and saved as the model (0: off)",
+        check="dropout",
+    )
     device: str = option(
         "auto", "where to train; auto picks cuda when a GPU is available", choices=DEVICES
     )

@@ -51,6 +51,7 @@ import torch
 
 from . import board, files, rundir, train
 from . import checkpoint as ckpt_io
+from .average import WeightAverage
 from .batches import epoch_batches, eval_batches, num_batches
 from .config import RESUMABLE_CHANGES, TrainConfig, conflicts, flag, machine_cpus
 from .data import Dataset, prepare
@@ -235,6 +236,8 @@ class Trainer:
                 f"{why}; training with --impl {self.impl}, the same model computed more slowly"
             )
         self.model = build_model(cfg.model, len(data.vocab)).to(device)
+        # --ema: the averaged weights are the model that is validated and saved
+        self.average = WeightAverage(self.model, cfg.ema) if cfg.ema else None
         if self.world.parallel and hasattr(self.model, "share_masks"):
             cast(Any, self.model).share_masks(self.streams, cfg.batch_size)
         self.optimizer = make_optimizer(
@@ -284,9 +287,16 @@ class Trainer:
             self.set_lr(self.schedule.rate(replace(self.clock, seconds=self.elapsed())))
         loss, norm, state = self.update(X, Y, state)
         self.clock = replace(self.clock, batches=self.clock.batches + 1)
+        if self.average is not None:
+            self.average.update(self.clock.batches)
         loss = self.world.mean(loss)  # the global batch's loss
         self.board.batch(self.clock.batches, loss, norm, self.optimizer.param_groups[0]["lr"])
         return loss, norm, state
+
+    def averaged(self) -> contextlib.AbstractContextManager:
+        """Within it, the model holds the weights that are validated and saved: with --ema
+        their average, else the weights being trained."""
+        return self.average.applied() if self.average is not None else contextlib.nullcontext()
 
     def set_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:
@@ -383,6 +393,9 @@ class Trainer:
         if problem:
             raise RnnlabError(f"the checkpoint {problem}; {damaged}")
         ckpt_io.load_weights(self.model, ckpt.weights, self.run)
+        if self.average is not None:  # ckpt.weights are the average; then the trained ones
+            self.average.restart_from(self.model)
+            ckpt_io.load_weights(self.model, ckpt.training_weights or ckpt.weights, self.run)
         problem = _optimizer_state_problem(ckpt.optimizer, self.optimizer)
         if problem:
             raise RnnlabError(f"the optimizer state in the checkpoint {problem}; {damaged}")
@@ -440,19 +453,24 @@ class Trainer:
             rng_of_ranks = [rng for _, rng in parts]
         problem = None
         if self.world.is_main:
+            training = None
+            if self.average is not None:
+                training = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
             try:
-                ckpt_io.save_checkpoint(
-                    self.run,
-                    self.model,
-                    self.optimizer,
-                    epoch,
-                    progress,
-                    self.history,
-                    self.cfg,
-                    self.clock,
-                    best=best,
-                    rng_of_ranks=rng_of_ranks,
-                )
+                with self.averaged():
+                    ckpt_io.save_checkpoint(
+                        self.run,
+                        self.model,
+                        self.optimizer,
+                        epoch,
+                        progress,
+                        self.history,
+                        self.cfg,
+                        self.clock,
+                        best=best,
+                        rng_of_ranks=rng_of_ranks,
+                        training_weights=training,
+                    )
             except RnnlabError as e:
                 problem = str(e)
                 if not self.world.parallel:
@@ -463,18 +481,17 @@ class Trainer:
 
     def sample(self) -> str:
         """A greedy continuation of the run's prompt, as training prints it."""
-        text = (
-            continue_text(
+        if not self.cfg.prefix:
+            return ""
+        with self.averaged():
+            text = continue_text(
                 self.model,
                 self.data.vocab,
                 self.cfg.mode,
-                self.cfg.prefix or "",
+                self.cfg.prefix,
                 SAMPLE_LENGTH,
                 device=self.device,
             )
-            if self.cfg.prefix
-            else ""
-        )
         self.model.train()
         return text
 
@@ -634,7 +651,9 @@ class Trainer:
     def validation_loss(self, VX, VY) -> float:
         """Mean loss per token on the validation batches VX, VY (nb, B', T'): in a
         data-parallel run, this rank's streams of them, the sums added over the ranks."""
-        total, count = self.world.sum([loss_sum(self.model, VX, VY), float(VY.numel())])
+        with self.averaged():
+            scored = loss_sum(self.model, VX, VY)
+        total, count = self.world.sum([scored, float(VY.numel())])
         return total / count
 
     def validate_at_stop(self, epoch: int, VX, VY) -> bool:
