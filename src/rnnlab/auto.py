@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from .errors import RnnlabError
-from .recipes import RECIPES
+from .recipes import PTB_LSTM, RECIPES
 from .recipes import describe as describe_recipes
 
 TABLE_FILE = "auto_table.json"
@@ -56,18 +56,11 @@ _CHARS = {
     "clip": 1.0,
     "num_steps": 64,
 }
-# The word candidates: tied LSTM layers and word_language_model's SGD at 20, clipped at 0.25.
+# The word candidates: the Penn Treebank recipes' tied LSTMs and word_language_model's SGD,
+# the rate decayed on a cosine over the time limit.
 _WORDS = {
-    "impl": "torch",
-    "cell": "lstm",
-    "layers": 2,
-    "tie_weights": True,
-    "optimizer": "sgd",
-    "lr": 20.0,
-    "clip": 0.25,
+    **{k: v for k, v in PTB_LSTM.items() if k not in ("source", "mode", "epochs")},
     "schedule": "cosine",
-    "batch_size": 20,
-    "num_steps": 35,
 }
 
 # The fixed recipes the sweep also tries, each exactly as the recipe is (its epochs and

@@ -62,7 +62,7 @@ _CHAR_LSTM = {
 }
 
 # The word models: Penn Treebank, 2 tied LSTM layers, word_language_model's SGD.
-_PTB_LSTM = {
+PTB_LSTM = {
     "source": "ptb",
     "mode": "words",
     "impl": "torch",
@@ -160,7 +160,7 @@ RECIPES: dict[str, Recipe] = {
         "weights and word_language_model's SGD, its rate decayed on a cosine over 30 "
         "CPU-minutes",
         {
-            **_PTB_LSTM,
+            **PTB_LSTM,
             "embedding": 200,
             "hidden": 200,
             "dropout": 0.2,
@@ -175,7 +175,7 @@ RECIPES: dict[str, Recipe] = {
     "ptb-medium": Recipe(
         "Penn Treebank words, Zaremba et al.'s medium size (2 x 650 LSTM, dropout 0.5) "
         "with tied weights and word_language_model's SGD schedule",
-        {**_PTB_LSTM, "embedding": 650, "hidden": 650, "dropout": 0.5, "dropout_input": 0.5},
+        {**PTB_LSTM, "embedding": 650, "hidden": 650, "dropout": 0.5, "dropout_input": 0.5},
         "3 of its 40 epochs in 30 minutes: test perplexity 122.31, validation 124.89 after "
         "epoch 3 (one run, about 1,700 tokens/s, so the whole run would take about 6.1 hours "
         "on this CPU; 2026-11-30, benchmarks/recipes.py ptb-medium --time-limit 30)",
