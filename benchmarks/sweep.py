@@ -15,7 +15,9 @@ committed). The others hold out nanoGPT's last 10 %.
 Budgets (minutes of training, ``--time-limit``): 2, 5 and 15, and 30 for Tiny
 Shakespeare and Penn Treebank. At the first budget every candidate of the text's kind
 (``rnnlab.auto.CANDIDATES``, the fixed recipes among them) is trained; at each later
-budget only the best ``--carry`` (2) of the budget before it. Each run is
+budget only the best ``--carry`` (2) of the budget before it, and the fixed recipes made for
+about that budget (``made_for``: ``shakespeare`` and ``ptb-small``, 30-minute recipes, at 15
+and 30 minutes). Each run is
 ``rnnlab train TEXT --time-limit M`` with the candidate's options, then ``rnnlab eval``
 (the best checkpoint; validation, in rnnlab's carried-state protocol), and for
 characters also nanoGPT's block protocol at 64 and 256, for Penn Treebank the test split.
@@ -47,7 +49,7 @@ from pathlib import Path
 import torch
 
 from rnnlab import auto
-from rnnlab.recipes import command_line
+from rnnlab.recipes import RECIPES, command_line
 
 HERE = Path(__file__).parent
 ROWS = HERE / "results" / "sweep.jsonl"
@@ -113,7 +115,20 @@ def candidates_at(rows: list[dict], text: str, minutes: float, budgets, carry: i
     wanted_before = candidates_at(rows, text, order[at - 1], budgets, carry)
     if {r["candidate"] for r in before} < set(wanted_before):
         return []  # the budget before is not finished: nothing to carry yet
-    return [r["candidate"] for r in before[:carry]]
+    carried = [r["candidate"] for r in before[:carry]]
+    return carried + [name for name in made_for(kind, minutes) if name not in carried]
+
+
+def made_for(kind: str, minutes: float) -> list[str]:
+    """The fixed recipes of ``kind`` made for about this budget (their own time limit within
+    a factor of 2 of ``minutes``): they join a long budget whatever they did at the short
+    ones, since a model sized for 30 minutes cannot show its worth in 2."""
+    near = []
+    for name in auto.RECIPE_CANDIDATES[kind]:
+        limit = RECIPES[name].options.get("time_limit")
+        if limit and limit / 2 <= minutes <= 2 * limit:
+            near.append(name)
+    return near
 
 
 def plan(rows: list[dict], texts, budgets, carry: int) -> list[tuple[str, float, str]]:
