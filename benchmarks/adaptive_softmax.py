@@ -26,6 +26,7 @@ from rnnlab import batches, train
 from rnnlab.config import ModelConfig
 from rnnlab.data import prepare
 from rnnlab.models import build_model
+from rnnlab.options import OPTIMIZERS
 
 
 def comma_ints(text: str) -> tuple[int, ...]:
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--embedding", type=int, default=256)
     parser.add_argument("--layers", type=int, default=1)
     parser.add_argument("--cutoffs", type=comma_ints, default=(), help="e.g. 2000,5000")
-    parser.add_argument("--optimizer", default="adam", choices=tuple(train.OPTIMIZERS))
+    parser.add_argument("--optimizer", default="adam", choices=OPTIMIZERS)
     parser.add_argument("--lr", type=float, default=0.002)
     parser.add_argument("--clip", type=float, default=0.25)
     parser.add_argument("--seed", type=int, default=0)

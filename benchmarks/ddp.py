@@ -46,10 +46,11 @@ from pathlib import Path
 import torch
 from recipes import append_row  # benchmarks/recipes.py, beside this script
 
-from rnnlab.config import ModelConfig, TrainConfig, machine_cpus
+from rnnlab.config import ModelConfig, TrainConfig
 from rnnlab.data import read_tokens
 from rnnlab.models import parameter_count
 from rnnlab.models.layout import num_gates
+from rnnlab.options import machine_cpus
 from rnnlab.recipes import RECIPES
 from rnnlab.vocab import Vocab
 

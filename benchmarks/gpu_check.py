@@ -5,14 +5,14 @@
     TRITON_INTERPRET=1 python3 benchmarks/gpu_check.py --cpu-dry-run   # the checks, tiny, on CPU
 
 1. Correctness on CUDA (exits with status 1 if a check fails):
-   a. the Triton recurrences (rnnlab.models.fused.triton_rnn) against the scratch
+   a. the Triton recurrences (rnnlab.experimental.triton_rnn) against the scratch
       layers run in float64, outputs, final states and all gradients, relative
       error max|a - b| / max|b| <= 1e-4, or 10x torch's own float32 error if that
       is larger (precision "ieee"); the tf32 modes' errors are printed, not checked;
    b. the fused model (--impl fused: cuDNN through torch on CUDA while V <= H) and
       the triton model (--impl triton, experimental) against the scratch model
       with the same weights (logits and gradients, float32 both, <= 1e-4);
-   c. the CUDA-graphed step (train.make_step(..., cuda_graph=True), --cuda-graph,
+   c. the CUDA-graphed step (rnnlab.experimental.cuda_graph.graphed_step, --cuda-graph,
       experimental) against train.train_step over a few steps (loss, norm,
       state, parameters, <= 1e-5).
 2. Timing of one layer's recurrence, forward + backward (Triton schedules and
@@ -37,9 +37,10 @@ import torch
 
 from rnnlab import train
 from rnnlab.config import ModelConfig
-from rnnlab.cuda_graph import GraphedTrainStep
-from rnnlab.models import build_model, layout, scratch
-from rnnlab.models.fused import path_for, triton_rnn
+from rnnlab.experimental import cuda_graph, triton_rnn
+from rnnlab.experimental.cuda_graph import GraphedTrainStep
+from rnnlab.models import build_model, layout
+from rnnlab.models.cells import CELLS as CELL_REGISTRY
 
 # The helpers defined inside loops below read that iteration's variables and are called
 # before the next iteration starts, so the late binding B023 warns about cannot bite.
@@ -61,7 +62,7 @@ def model_of(impl, kind, V, H, L=1):
 def graphed_step(model, optimizer, device):
     """The --cuda-graph step; on the CPU (--cpu-dry-run) GraphedTrainStep's eager fallback."""
     if device.type == "cuda" and getattr(model, "cuda_graph_safe", False):
-        return train.make_step(model, optimizer, 1.0, cuda_graph=True)
+        return cuda_graph.graphed_step(model, optimizer, 1.0)
     return GraphedTrainStep(model, optimizer, clip=1.0)  # torch's models: capture them anyway
 
 
@@ -86,7 +87,7 @@ def check_kernels(device, shapes) -> bool:
     for kind, T, B, H in shapes:
         torch.manual_seed(0)
         D = 28
-        layer = scratch.LAYERS[kind](D, H).to(device, torch.float64)
+        layer = CELL_REGISTRY[kind].new_layer(D, H).to(device, torch.float64)
         with torch.no_grad():
             for p in layer.parameters():  # big enough that the nonlinearities matter
                 p.normal_(0, 1.0 / p.shape[0] ** 0.5 if p.dim() == 2 else 0.5)
@@ -247,7 +248,12 @@ def time_training(impl, graphed, kind, V, H, L, B, T, steps, repeats, device):
         (torch.randint(V, (B, T), device=device), torch.randint(V, (B, T), device=device))
         for _ in range(4)
     ]
-    step = train.make_step(model, optimizer, 1.0, cuda_graph=graphed)  # as rnnlab train makes it
+    # as rnnlab train makes it
+    step = (
+        cuda_graph.graphed_step(model, optimizer, 1.0)
+        if graphed
+        else train.make_step(model, optimizer, 1.0)
+    )
 
     carry = {"state": model.begin_state(B, device), "i": 0}
 
@@ -368,8 +374,7 @@ def main() -> int:
     )
     for impl in ("fused", "triton"):
         paths = ", ".join(
-            f"{kind} {path_for(kind, 'cuda', V, H, impl == 'triton')}"
-            for _, kind, V, H, *_ in SETUPS
+            f"{kind} {model_of(impl, kind, V, H, 1).path('cuda')}" for _, kind, V, H, *_ in SETUPS
         )
         print(f"--impl {impl}: {paths}; runs the Triton kernels: {uses_triton(impl, device)}")
     if not args.skip_checks:

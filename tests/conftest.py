@@ -201,3 +201,36 @@ def check_clean_error(result, *words):
 def clean_error():
     """The checker above, for tests that run the command as a subprocess."""
     return check_clean_error
+
+
+def save_run_state(
+    run,
+    model,
+    optimizer,
+    epoch,
+    progress,
+    history,
+    cfg,
+    schedule=None,
+    *,
+    best=False,
+    training_weights=None,
+):
+    """checkpoint.save_checkpoint of the pieces a trainer saves, made from these parts (the
+    schedule at its start where none is given); returns the generation."""
+    from rnnlab import checkpoint
+    from rnnlab.run_state import rng_state
+    from rnnlab.schedule import ScheduleState
+
+    pieces = {
+        "epoch": epoch,
+        "progress": progress,
+        "optimizer": optimizer.state_dict(),
+        "schedule": schedule if schedule is not None else ScheduleState(lr=cfg.lr),
+        "history": history,
+        "config": cfg.to_dict(),
+        "weights": dict(model.state_dict()),
+        "rng": rng_state(),
+        "training_weights": training_weights,
+    }
+    return checkpoint.save_checkpoint(run, pieces, best=best)

@@ -54,6 +54,7 @@ def test_the_loss_is_minus_the_mean_log_probability_of_the_targets(cell):
     assert abs(total.item() - 28 * expected.item()) < 1e-9
 
 
+@pytest.mark.slow
 def test_training_reduces_the_adaptive_loss_on_a_tiny_corpus():
     model = adaptive(cutoffs=(5, 20))
     X, Y = batches.eval_batches(phrase_corpus(800), 4, 10)

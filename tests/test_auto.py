@@ -95,6 +95,7 @@ def test_the_reference_speed_is_a_positive_rate():
     assert auto.reference_speed(0.2) > 0
 
 
+@pytest.mark.slow
 def test_auto_without_a_time_limit_is_a_one_line_error(tmp_path):
     result = run_cli("train", "timemachine", "--recipe", "auto", "--out", tmp_path / "r")
     check_clean_error(result, "--recipe auto", "--time-limit")

@@ -53,6 +53,7 @@ def test_applied_swaps_the_average_in_and_the_weights_back_exactly():
 EMA_RUN = ["timemachine", *TINY_RUN, "--ema", "0.9", "--quiet"]
 
 
+@pytest.mark.slow
 def test_with_ema_the_model_file_holds_the_average_and_eval_scores_it(tmp_path, capsys):
     run = tmp_path / "run"
     run_cli("train", *EMA_RUN, "--epochs", "2", "--out", run, check=0)
@@ -73,6 +74,7 @@ def test_with_ema_the_model_file_holds_the_average_and_eval_scores_it(tmp_path, 
     assert scored["loss"] == pytest.approx(best, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_a_resumed_ema_run_ends_bit_for_bit_as_the_uninterrupted_one(tmp_path):
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     run_cli("train", *EMA_RUN, "--epochs", "3", "--out", whole, check=0)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from rnnlab import bench
-from rnnlab.config import BenchConfig
+from rnnlab.command_config import BenchConfig
 from rnnlab.errors import RnnlabError
 from rnnlab.models import EXPERIMENTAL_IMPLS, IMPLS
 
@@ -162,6 +162,7 @@ def test_save_rows_writes_the_rows_with_what_was_run(tmp_path):
     assert saved["meta"]["config"]["cells"] == ["gru"] and "date" in saved["meta"]
 
 
+@pytest.mark.slow
 def test_bench_command_prints_json_and_writes_out(tmp_path, cli):
     out = tmp_path / "rows.json"
     result = cli("bench", "--json", "--out", out, "--impls", "scratch,fused", *TINY)

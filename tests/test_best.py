@@ -74,6 +74,7 @@ def best_epoch(records: list[dict]) -> int:
     return min(records, key=lambda r: r["val_loss"])["epoch"]
 
 
+@pytest.mark.slow
 def test_the_best_checkpoint_holds_the_epoch_of_the_lowest_validation_loss(bounced):
     records = metrics(bounced)
     assert best_epoch(records) == 2 and len(records) == 3, records
@@ -108,6 +109,7 @@ def test_eval_scores_at_its_own_batch_size(bounced, eval_json):
     assert two["loss"] == pytest.approx(default["loss"], rel=0.05)  # other streams, same text
 
 
+@pytest.mark.slow
 def test_a_damaged_best_checkpoint_is_a_clear_error_and_latest_still_serves(
     bounced, tmp_path, clean_error, main
 ):
@@ -141,6 +143,7 @@ def test_a_lost_best_pointer_is_recovered_and_a_run_without_best_falls_back(
     assert status == 0 and json.loads(out)["checkpoint"] == "latest" and err == ""
 
 
+@pytest.mark.slow
 def test_patience_stops_early_and_a_resume_needs_more_of_it(tmp_path, main):
     run = tmp_path / "run"
     result = run_cli("train", *BOUNCING, "--epochs", "12", "--patience", "2", "--out", run,
@@ -162,6 +165,7 @@ def test_patience_stops_early_and_a_resume_needs_more_of_it(tmp_path, main):
     assert len(metrics(run)) >= last + 1
 
 
+@pytest.mark.slow
 def test_a_time_limit_stops_with_a_checkpoint_and_resume_continues(tmp_path, main):
     run = tmp_path / "run"
     options = ["timemachine", *TINY_RUN, "--epochs", "5", "--quiet", "--out", run]
@@ -179,6 +183,7 @@ def test_a_time_limit_stops_with_a_checkpoint_and_resume_continues(tmp_path, mai
     assert json.loads((run / "config.json").read_text())["time_limit"] == 30
 
 
+@pytest.mark.slow
 def test_a_time_limit_validates_where_it_stops_and_keeps_those_weights_as_the_best(
     tmp_path, main, eval_json
 ):
@@ -220,6 +225,7 @@ def test_a_loss_where_a_time_limit_stopped_becomes_the_best_only_if_lower():
     assert lower.best_epoch_ended == 4  # patience counts from the end of that epoch
 
 
+@pytest.mark.slow
 def test_a_cosine_schedule_over_a_time_limit_has_decayed_by_its_end(tmp_path):
     run = tmp_path / "run"
     options = ["timemachine", *TINY_RUN, "--epochs", "500", "--quiet", "--out", run]

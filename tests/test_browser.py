@@ -93,6 +93,7 @@ def top5_after_hovering(driver, index: int) -> list[tuple[str, float]]:
     ]
 
 
+@pytest.mark.slow
 def test_generated_text_streams_in_after_the_prefix(page):
     prefix = page.find_element(By.ID, "prefix")
     prefix.clear()

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from rnnlab import checkpoint, files, rundir
+from conftest import save_run_state
+from rnnlab import checkpoint, files, rundir, trained
 from rnnlab.batches import eval_batches
 from rnnlab.config import ModelConfig, TrainConfig
 from rnnlab.data import prepare
@@ -55,7 +56,7 @@ def make_run(tmp_path, cell="lstm", optimizer="adam", impl="torch"):
         last_finite_loss=1.2345678901234567,
     )
     history = [{"epoch": 1, "train_ppl": 3.5, "val_ppl": 4.25}]
-    checkpoint.save_checkpoint(run, model, opt, 1, progress, history, cfg)
+    save_run_state(run, model, opt, 1, progress, history, cfg)
     return run, cfg, model, opt, progress, history
 
 
@@ -76,7 +77,7 @@ def test_save_then_load_restores_everything_exactly(tmp_path):
     for a, b in zip(fresh_opt.state_dict()["state"].values(), opt.state_dict()["state"].values()):
         assert a.keys() == b.keys()
         assert all(torch.equal(a[k], b[k]) for k in a)
-    cfg2, vocab, loaded, _ = checkpoint.load_run(run)
+    cfg2, vocab, loaded, _ = trained.load_run(run)
     assert cfg2 == cfg and len(vocab) == V
     assert (run / "model.safetensors").read_bytes() == (
         run / checkpoint.read_pointer(run)["current"] / "model.safetensors"
@@ -89,8 +90,8 @@ def test_tied_weights_save_and_load(tmp_path):
     rundir.create(run, cfg, Vocab(list("abcde")))
     model = build_model(cfg.model, V)
     opt = make_optimizer("sgd", model.parameters(), 1.0)
-    checkpoint.save_checkpoint(run, model, opt, 1, EpochProgress(), [], cfg)
-    _, _, loaded, _ = checkpoint.load_run(run)
+    save_run_state(run, model, opt, 1, EpochProgress(), [], cfg)
+    _, _, loaded, _ = trained.load_run(run)
     assert loaded.linear.weight is loaded.embedding.weight
     assert torch.equal(loaded.embedding.weight, model.embedding.weight)
 
@@ -99,7 +100,7 @@ def test_a_new_checkpoint_replaces_the_old_one_and_keeps_the_previous(tmp_path):
     """The previous checkpoint stays for readers that read the pointer just before."""
     run, cfg, model, opt, progress, history = make_run(tmp_path, "gru", "sgd", "scratch")
     for generation in (2, 3):
-        checkpoint.save_checkpoint(run, model, opt, 2, EpochProgress(), history, cfg)
+        save_run_state(run, model, opt, 2, EpochProgress(), history, cfg)
         assert checkpoint.read_checkpoint(run).generation == generation
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["gen-000002", "gen-000003"]
 
@@ -120,7 +121,7 @@ def test_damaged_files_are_reported_with_what_to_do(tmp_path, name, damage):
     else:
         path.unlink()
     with pytest.raises(RnnlabError) as info:
-        checkpoint.load_run(run)
+        trained.load_run(run)
     message = str(info.value)
     assert name in message and ("train again" in message or "restore" in message)
 
@@ -128,18 +129,18 @@ def test_damaged_files_are_reported_with_what_to_do(tmp_path, name, damage):
 def test_missing_pointer_is_recovered_and_no_folder_means_no_checkpoint(tmp_path):
     run = make_run(tmp_path)[0]
     (run / "checkpoint.json").unlink()
-    assert checkpoint.load_run(run)[3].generation == 1  # the newest complete one
+    assert trained.load_run(run)[3].generation == 1  # the newest complete one
     assert not (run / "checkpoint.json").exists()  # reading a run writes nothing
     shutil.rmtree(run / "checkpoints")
     with pytest.raises(RnnlabError, match="no checkpoint"):
-        checkpoint.load_run(run)
+        trained.load_run(run)
 
 
 def test_vocabulary_of_another_run_is_refused(tmp_path):
     run = make_run(tmp_path)[0]
     (run / "vocab.json").write_text(Vocab(list("abcdf")).to_json())
     with pytest.raises(RnnlabError, match="vocabulary"):
-        checkpoint.load_run(run)
+        trained.load_run(run)
 
 
 def test_edited_config_disagreeing_with_the_weights_is_refused(tmp_path):
@@ -148,7 +149,7 @@ def test_edited_config_disagreeing_with_the_weights_is_refused(tmp_path):
     data["model"]["hidden"] = 16
     (run / "config.json").write_text(json.dumps(data))
     with pytest.raises(RnnlabError, match="hidden"):
-        checkpoint.load_run(run)
+        trained.load_run(run)
 
 
 def test_crash_before_the_switch_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
@@ -165,12 +166,12 @@ def test_crash_before_the_switch_keeps_the_previous_checkpoint(tmp_path, monkeyp
         for p in model.parameters():
             p.add_(1.0)
     with pytest.raises(KeyboardInterrupt):
-        checkpoint.save_checkpoint(run, model, opt, 3, EpochProgress(), history, cfg)
+        save_run_state(run, model, opt, 3, EpochProgress(), history, cfg)
     monkeypatch.setattr(files, "atomic_write", real)
     ckpt = checkpoint.read_checkpoint(run)
     assert (ckpt.generation, ckpt.epoch, ckpt.progress.batch) == (1, 1, 2)
     # the next save is numbered past the half-written folder, and cleans it up
-    assert checkpoint.save_checkpoint(run, model, opt, 3, EpochProgress(), history, cfg) == 3
+    assert save_run_state(run, model, opt, 3, EpochProgress(), history, cfg) == 3
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["gen-000001", "gen-000003"]
 
 
@@ -182,7 +183,7 @@ def test_full_disk_is_a_clear_error_that_keeps_the_previous_checkpoint(tmp_path,
 
     monkeypatch.setattr(os, "replace", no_space)
     with pytest.raises(RnnlabError, match="No space left.*previous checkpoint.*--resume"):
-        checkpoint.save_checkpoint(run, model, opt, 3, EpochProgress(), history, cfg)
+        save_run_state(run, model, opt, 3, EpochProgress(), history, cfg)
     monkeypatch.undo()
     assert checkpoint.read_checkpoint(run).generation == 1
 
@@ -192,7 +193,7 @@ def test_non_finite_weights_are_never_saved(tmp_path):
     with torch.no_grad():
         next(model.parameters())[0] = float("inf")
     with pytest.raises(NonFiniteError, match="previous checkpoint is kept"):
-        checkpoint.save_checkpoint(run, model, opt, 3, EpochProgress(), history, cfg)
+        save_run_state(run, model, opt, 3, EpochProgress(), history, cfg)
     assert checkpoint.read_checkpoint(run).generation == 1
 
 
@@ -210,7 +211,7 @@ def test_metrics_and_plot_are_rewritten_from_the_history(tmp_path):
 def test_a_run_directory_written_by_rnnlm_0_1_still_loads():
     """tests/data/run-rnnlm-0.1.0 was written by rnnlm 0.1.0 (a 2-epoch GRU, 8 units)."""
     old = Path(__file__).parent / "data" / "run-rnnlm-0.1.0"
-    cfg, vocab, model, ckpt = checkpoint.load_run(old)
+    cfg, vocab, model, ckpt = trained.load_run(old)
     assert cfg.model == ModelConfig(cell="gru", impl="scratch", hidden=8)
     assert (ckpt.epoch, len(vocab)) == (2, 27)
     # What `rnnlm eval --json` printed for this run when it was written:
@@ -231,10 +232,10 @@ def test_a_run_directory_written_by_rnnlm_0_1_still_loads():
 
 def test_a_best_checkpoint_is_a_second_series_beside_the_latest(tmp_path):
     run, cfg, model, opt, progress, history = make_run(tmp_path)
-    assert checkpoint.load_run(run, which="best")[3].which == "latest"  # none yet: the latest
+    assert trained.load_run(run, which="best")[3].which == "latest"  # none yet: the latest
     clock = ScheduleState(lr=0.01, batches=7, seconds=1.5, best_loss=1.0, best_epoch=2)
     for epoch in (2, 3, 4):
-        checkpoint.save_checkpoint(run, model, opt, epoch, EpochProgress(), history, cfg, clock,
+        save_run_state(run, model, opt, epoch, EpochProgress(), history, cfg, clock,
                                    best=epoch != 3)  # fmt: skip
     best = checkpoint.read_checkpoint(run, slot=checkpoint.BEST)
     latest = checkpoint.read_checkpoint(run)
@@ -242,7 +243,7 @@ def test_a_best_checkpoint_is_a_second_series_beside_the_latest(tmp_path):
     assert (latest.epoch, latest.generation, latest.schedule) == (4, 4, clock)
     assert json.loads((run / "best.json").read_text())["current"] == "best/gen-000002"
     assert sorted(p.name for p in (run / "best").iterdir()) == ["gen-000001", "gen-000002"]
-    cfg2, _, loaded, ckpt = checkpoint.load_run(run, which="best")
+    cfg2, _, loaded, ckpt = trained.load_run(run, which="best")
     assert ckpt.which == "best" and cfg2 == cfg
     for key, value in model.state_dict().items():
         assert torch.equal(best.weights[key], value) and torch.equal(
@@ -252,13 +253,13 @@ def test_a_best_checkpoint_is_a_second_series_beside_the_latest(tmp_path):
 
 def test_a_damaged_best_pointer_is_replaced_by_the_next_best(tmp_path):
     run, cfg, model, opt, progress, history = make_run(tmp_path)
-    checkpoint.save_checkpoint(run, model, opt, 2, EpochProgress(), history, cfg, best=True)
+    save_run_state(run, model, opt, 2, EpochProgress(), history, cfg, best=True)
     (run / "best.json").write_text("not json")
     with pytest.raises(RnnlabError, match="best.json.*--checkpoint latest"):
-        checkpoint.load_run(run, which="best")
-    checkpoint.load_run(run, which="latest")
-    checkpoint.save_checkpoint(run, model, opt, 3, EpochProgress(), history, cfg, best=True)
-    assert checkpoint.load_run(run, which="best")[3].generation == 2
+        trained.load_run(run, which="best")
+    trained.load_run(run, which="latest")
+    save_run_state(run, model, opt, 3, EpochProgress(), history, cfg, best=True)
+    assert trained.load_run(run, which="best")[3].generation == 2
 
 
 def resign(run: Path, trainer: dict) -> None:

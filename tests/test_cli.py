@@ -17,7 +17,7 @@ import sys
 import pytest
 import torch
 
-from conftest import TINY_RUN, run_cli
+from conftest import TINY_RUN, run_cli, save_run_state
 from rnnlab import cli
 
 TINY = [*TINY_RUN, "--hidden", "32", "--sample-every", "1"]
@@ -50,6 +50,7 @@ def test_data_json_reports_the_d2l_facts():
     assert facts["top"][0] == [" ", 29927] and facts["top"][1] == ["e", 17838]
 
 
+@pytest.mark.slow
 def test_train_writes_a_complete_run_directory(run):
     names = {p.name for p in run.iterdir()}
     assert {
@@ -72,6 +73,7 @@ def test_train_writes_a_complete_run_directory(run):
     assert (run / "perplexity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_generate_echoes_the_prefix_and_generates_length_tokens(run):
     sampled = [
         "--prefix",
@@ -91,6 +93,7 @@ def test_generate_echoes_the_prefix_and_generates_length_tokens(run):
     assert rnnlab("generate", run, *sampled).stdout == result.stdout  # seeded sampling repeats
 
 
+@pytest.mark.slow
 def test_generate_streams_several_samples_each_from_the_prompt(run):
     """--stream prints the same text as a whole print does; --num-samples N prints N of them
     (seeds SEED, SEED+1, ...), separated by a line of dashes."""
@@ -105,6 +108,7 @@ def test_generate_streams_several_samples_each_from_the_prompt(run):
     assert second.rstrip("\n") == samples[1]
 
 
+@pytest.mark.slow
 def test_inspect_writes_one_page_and_export_a_step_model(run, tmp_path):
     page = tmp_path / "page.html"
     assert f"wrote {page}" in rnnlab("inspect", run, "--html", page).stdout
@@ -120,7 +124,7 @@ def test_inspect_writes_one_page_and_export_a_step_model(run, tmp_path):
 
 
 def test_generate_warns_about_prefix_characters_outside_the_vocabulary(tmp_path, capsys):
-    from rnnlab import checkpoint, rundir
+    from rnnlab import rundir
     from rnnlab.config import ModelConfig, TrainConfig
     from rnnlab.models import build_model
     from rnnlab.train import EpochProgress, make_optimizer
@@ -130,7 +134,7 @@ def test_generate_warns_about_prefix_characters_outside_the_vocabulary(tmp_path,
     vocab = Vocab(list("abc \n"))
     model = build_model(cfg.model, len(vocab))
     rundir.create(tmp_path / "run", cfg, vocab)
-    checkpoint.save_checkpoint(
+    save_run_state(
         tmp_path / "run",
         model,
         make_optimizer("sgd", model.parameters(), 1),
@@ -147,6 +151,7 @@ def test_generate_warns_about_prefix_characters_outside_the_vocabulary(tmp_path,
     assert err.count("\n") == 1 and "warning" in err and "'?', '!'" in err
 
 
+@pytest.mark.slow
 def test_eval_json_on_the_run_and_on_a_held_out_file(run, tmp_path):
     result = json.loads(rnnlab("eval", run, "--json").stdout)
     assert set(result) >= {"ppl", "bpt", "loss", "tokens", "checkpoint", "epoch", "batch_size"}
@@ -162,6 +167,7 @@ def test_eval_json_on_the_run_and_on_a_held_out_file(run, tmp_path):
     assert cli.main(["eval", str(run), str(held_out), "--json"]) == 0
 
 
+@pytest.mark.slow
 def test_resume_continues_from_the_saved_epoch(run, tmp_path, capsys):
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
@@ -354,6 +360,7 @@ def test_run_without_a_checkpoint_is_a_clear_error(run, tmp_path, capsys):
     assert "has no checkpoint" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_errors_from_the_real_command_have_no_traceback(tmp_path, clean_error):
     clean_error(rnnlab("data", tmp_path / "missing.txt", check=None), "no such file")
     clean_error(rnnlab("train", "--out", tmp_path / "r", "--lr", "0", check=None), "--lr")
@@ -368,7 +375,7 @@ def test_progress_bar_only_on_a_terminal_and_quiet_silences_everything(tmp_path)
     import io
 
     from rnnlab.config import TrainConfig
-    from rnnlab.trainer import fit
+    from rnnlab.fit import fit
 
     class Terminal(io.StringIO):
         def isatty(self):
@@ -420,6 +427,7 @@ def test_python_dash_m_is_the_same_command():
     assert result.returncode == 0 and result.stdout == rnnlab("--version").stdout
 
 
+@pytest.mark.slow
 def test_default_prompt_comes_from_the_runs_own_text(tmp_path):
     source = tmp_path / "code.txt"
     source.write_text("int main(void) {\n    return 0;\n}\n" * 200)
@@ -430,6 +438,7 @@ def test_default_prompt_comes_from_the_runs_own_text(tmp_path):
     assert rnnlab("generate", out, "--length", "5").stdout.startswith("int main(void) {\n")
 
 
+@pytest.mark.slow
 def test_the_old_model_option_still_names_the_cell(tmp_path):
     out = tmp_path / "run"
     rnnlab("train", "--out", out, "--model", "gru", "--epochs", "1", *TINY)

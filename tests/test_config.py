@@ -13,27 +13,22 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from rnnlab import __version__, rundir
-from rnnlab.batches import SAMPLINGS
-from rnnlab.config import (
+from rnnlab.command_config import BenchConfig, DataConfig, EvalConfig, GenerateConfig
+from rnnlab.config import RESUMABLE_CHANGES, ModelConfig, TrainConfig, conflicts
+from rnnlab.errors import RnnlabError
+from rnnlab.options import (
+    CELLS,
+    IMPLS,
     MAX_CLIP,
     MAX_LR,
     MAX_SEED,
     MAX_TEMPERATURE,
     MAX_THREADS,
     MAX_WIDTH,
-    RESUMABLE_CHANGES,
-    BenchConfig,
-    DataConfig,
-    EvalConfig,
-    GenerateConfig,
-    ModelConfig,
-    TrainConfig,
-    conflicts,
+    MODES,
+    OPTIMIZERS,
+    SAMPLINGS,
 )
-from rnnlab.errors import RnnlabError
-from rnnlab.models import CELLS, IMPLS
-from rnnlab.tokenize import MODES
-from rnnlab.train import OPTIMIZERS
 from rnnlab.vocab import Vocab
 
 
@@ -470,12 +465,14 @@ def from_dict_ends_cleanly(data) -> None:
 
 @settings(max_examples=CONFIG_CASES, deadline=None)
 @given(JSON | st.dictionaries(st.text(max_size=8), JSON))
+@pytest.mark.slow
 def test_config_json_of_any_shape_is_a_config_or_one_line_error(data):
     from_dict_ends_cleanly(data)
 
 
 @settings(max_examples=CONFIG_CASES, deadline=None)
 @given(FIELD_DICTS | MUTATED)
+@pytest.mark.slow
 def test_config_json_with_real_names_and_any_values_is_a_config_or_one_line_error(data):
     from_dict_ends_cleanly(data)
 
@@ -489,6 +486,7 @@ def test_config_json_with_real_names_and_any_values_is_a_config_or_one_line_erro
         )
     )
 )
+@pytest.mark.slow
 def test_command_configs_of_any_values_are_valid_or_one_line_error(case):
     cls, options = case
     try:

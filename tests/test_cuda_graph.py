@@ -17,10 +17,11 @@ import torch
 import torch.nn.functional as F
 
 from conftest import TINY_RUN
-from rnnlab import cli, cuda_graph, train
+from rnnlab import cli, train
 from rnnlab.config import ModelConfig
-from rnnlab.cuda_graph import GraphedTrainStep, _Snapshot
 from rnnlab.errors import RnnlabError
+from rnnlab.experimental import cuda_graph
+from rnnlab.experimental.cuda_graph import GraphedTrainStep, _Snapshot
 from rnnlab.models import build_model
 
 
@@ -126,10 +127,10 @@ def test_a_cuda_graph_is_only_made_when_asked_for_and_refused_off_the_gpu():
         assert not isinstance(train.make_step(model, optimizer, clip=1.0), GraphedTrainStep)
     optimizer = train.make_optimizer("sgd", fused.parameters(), 1.0)
     with pytest.raises(RnnlabError, match="--cuda-graph needs --device cuda.*on the cpu"):
-        train.make_step(fused, optimizer, clip=1.0, cuda_graph=True)
+        cuda_graph.graphed_step(fused, optimizer, clip=1.0)
     optimizer = train.make_optimizer("sgd", scratch.parameters(), 1.0)
     with pytest.raises(RnnlabError, match="--impl fused or triton.*ScratchLM"):
-        train.make_step(scratch, optimizer, clip=1.0, cuda_graph=True)
+        cuda_graph.graphed_step(scratch, optimizer, clip=1.0)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -137,11 +138,11 @@ def test_make_step_on_a_gpu_graphs_graph_safe_models_when_asked():
     model = build_model(ModelConfig(cell="gru", impl="fused", hidden=16), 7).cuda()
     optimizer = train.make_optimizer("sgd", model.parameters(), 1.0)
     assert not isinstance(train.make_step(model, optimizer, clip=1.0), GraphedTrainStep)
-    assert isinstance(train.make_step(model, optimizer, 1.0, cuda_graph=True), GraphedTrainStep)
+    assert isinstance(cuda_graph.graphed_step(model, optimizer, 1.0), GraphedTrainStep)
     scratch = build_model(ModelConfig(cell="gru", impl="scratch", hidden=16), 7).cuda()
     optimizer = train.make_optimizer("sgd", scratch.parameters(), 1.0)
     with pytest.raises(RnnlabError, match="--impl fused or triton"):
-        train.make_step(scratch, optimizer, 1.0, cuda_graph=True)
+        cuda_graph.graphed_step(scratch, optimizer, 1.0)
 
 
 def test_a_training_run_captures_its_graph_once(tmp_path, monkeypatch, one_thread):

@@ -227,6 +227,7 @@ def test_note_9_3_deep_lstm_trains(run_note):
     assert h.shape == c.shape == (2, 32, 256)
 
 
+@pytest.mark.slow
 def test_note_9_4_bidirectional_lstm_trains_with_a_2H_output_layer(run_note):
     note = run_note("ch09_4_bidirectional")
     check_training_output(note, 1)

@@ -19,6 +19,9 @@ from pathlib import Path
 import pytest
 import torch
 
+# Minutes of training, subprocesses and servers: the full suite (CI) runs it, the fast tier not.
+pytestmark = pytest.mark.slow
+
 DATA = Path(__file__).parent / "data"
 RECORD = DATA / "d2l_ch08_5_curve.json"
 CLOSING_LINE = re.compile(r"^perplexity (\d+\.\d), <speed> tokens/sec on cpu$")

@@ -8,10 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import COMMAND_ENV
 from rnnlab.config import TrainConfig
 from rnnlab.models import parameter_count
 from rnnlab.recipes import RECIPES
+
+# Minutes of training, subprocesses and servers: the full suite (CI) runs it, the fast tier not.
+pytestmark = pytest.mark.slow
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "ddp.py"
 PTB_VOCAB = 10_000  # Penn Treebank, Mikolov's version: the figure the script uses

@@ -24,9 +24,13 @@ from safetensors.torch import load_file
 
 from conftest import COMMAND_ENV, FAULTS, rnnlab_command
 from rnnlab import checkpoint as ckpt_io
-from rnnlab.distributed import World, from_environment, split_range, start, stream_range
+from rnnlab import run_state
 from rnnlab.errors import RnnlabError
 from rnnlab.models.torchnn import Dropout, LockedDropout
+from rnnlab.world import Ranks, Torchrun, World, from_environment, start
+
+# Minutes of training, subprocesses and servers: the full suite (CI) runs it, the fast tier not.
+pytestmark = pytest.mark.slow
 
 # Each run: The Time Machine's first 6,000 letters, global batch 32 x 10 (16 batches an epoch).
 SMALL = ["timemachine", "--max-tokens", "6000", "--batch-size", "32", "--num-steps", "10",
@@ -108,9 +112,10 @@ def assert_same_run(a: Path, b: Path, tolerance: float) -> None:
 
 
 def test_without_torchrun_the_world_is_one_process():
-    assert from_environment({}) == World()
+    alone = from_environment({})
+    assert type(alone) is World and (alone.rank, alone.size, alone.writes) == (0, 1, True)
     world = from_environment({"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "1"})
-    assert (world.rank, world.size, world.local_rank, world.is_main) == (1, 4, 1, False)
+    assert world == Torchrun(1, 4, 1) and not world.writes
     with pytest.raises(RnnlabError, match="RANK"):
         from_environment({"WORLD_SIZE": "2"})
 
@@ -122,14 +127,14 @@ def test_a_peer_timeout_out_of_range_is_refused(seconds):
 
 
 def test_each_rank_owns_a_contiguous_equal_share_of_the_streams():
-    shares = [stream_range(32, World(r, 4)) for r in range(4)]
+    shares = [Ranks(r, 4).streams(32) for r in range(4)]
     assert shares == [slice(0, 8), slice(8, 16), slice(16, 24), slice(24, 32)]
     with pytest.raises(RnnlabError, match="--batch-size 30 .* multiple of 4"):
-        stream_range(30, World(0, 4))
+        Ranks(0, 4).streams(30)
 
 
 def test_validation_streams_are_dealt_out_even_when_there_are_fewer_than_ranks():
-    parts = [split_range(3, World(r, 4)) for r in range(4)]
+    parts = [Ranks(r, 4).share_of(3) for r in range(4)]
     assert sum(p.stop - p.start for p in parts) == 3
     assert [i for p in parts for i in range(p.start, p.stop)] == [0, 1, 2]
 
@@ -161,11 +166,11 @@ def test_each_rank_resumes_its_own_random_state_or_else_rank_0s():
     rng = {"rng.torch": states[0]}
     for rank, state in enumerate(states[:2]):
         rng[f"rng.rank.{rank}.torch"] = state
-    assert torch.equal(ckpt_io.rng_of_rank(rng, 1, 2)["rng.torch"], states[1])
-    assert list(ckpt_io.rng_of_rank(rng, 1, 2)) == ["rng.torch"]
+    assert torch.equal(run_state.rng_of_rank(rng, 1, 2)["rng.torch"], states[1])
+    assert list(run_state.rng_of_rank(rng, 1, 2)) == ["rng.torch"]
     # written by 2 processes, resumed by 1 or 3: every rank takes the run's own (rank 0's)
-    assert torch.equal(ckpt_io.rng_of_rank(rng, 0, 1)["rng.torch"], states[0])
-    assert torch.equal(ckpt_io.rng_of_rank(rng, 2, 3)["rng.torch"], states[0])
+    assert torch.equal(run_state.rng_of_rank(rng, 0, 1)["rng.torch"], states[0])
+    assert torch.equal(run_state.rng_of_rank(rng, 2, 3)["rng.torch"], states[0])
 
 
 # ---- through torchrun ----------------------------------------------------------------------

@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from rnnlab.batches import block_batches
-from rnnlab.checkpoint import load_run
 from rnnlab.cli import main
 from rnnlab.data import prepare
+from rnnlab.trained import load_run
 
 TINY = "--max-tokens 3000 --hidden 16 --batch-size 8 --num-steps 10 --epochs 2 --quiet".split()
 TINY += ["--device", "cpu", "--threads", "1"]

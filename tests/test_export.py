@@ -19,10 +19,11 @@ import torch
 
 from conftest import COMMAND_ENV
 from rnnlab import files
-from rnnlab.checkpoint import load_run
 from rnnlab.cli import main
 from rnnlab.errors import RnnlabError
-from rnnlab.export import FORMATS, export_run, vocab_path
+from rnnlab.export import export_run, vocab_path
+from rnnlab.options import EXPORT_FORMATS
+from rnnlab.trained import load_run
 
 # A run that trains in a fraction of a second; MODELS add the model's options.
 TINY = "--max-tokens 2000 --hidden 8 --batch-size 4 --num-steps 5 --epochs 1 --quiet".split()
@@ -155,8 +156,9 @@ def assert_same_steps(got: list[list[np.ndarray]], want: list[list[np.ndarray]])
             np.testing.assert_allclose(got_value, want_value, rtol=0, atol=TOLERANCE)
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("fmt", EXPORT_FORMATS)
 @pytest.mark.parametrize("name", MODELS)
+@pytest.mark.slow
 def test_exported_step_gives_the_models_logits_and_states(exported, run_of, name, fmt):
     model_file, vocab_file = exported(name, fmt)
     description = json.loads(vocab_file.read_text(encoding="utf-8"))
@@ -181,7 +183,7 @@ def test_the_onnx_graph_has_the_named_inputs_and_outputs_with_a_batch_axis(expor
     assert json.loads(vocab_file.read_text(encoding="utf-8"))["shapes"] == shapes
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("fmt", EXPORT_FORMATS)
 def test_vocab_file_describes_the_tokens_the_model_and_the_step(exported, run_of, fmt):
     model_file, vocab_file = exported("torch-gru-1-tied", fmt)
     assert vocab_file == vocab_path(model_file) == Path(f"{model_file}.vocab.json")
@@ -214,7 +216,8 @@ def test_an_adaptive_softmax_exports_log_probabilities(exported):
     assert torch.allclose(logits.exp().sum(1), torch.ones(2), atol=1e-5)
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("fmt", EXPORT_FORMATS)
+@pytest.mark.slow
 def test_exported_files_run_in_a_process_without_rnnlab(exported, run_of, fmt):
     """Only the runtime (onnxruntime; torch for TorchScript) and the two files are needed."""
     model_file, vocab_file = exported("scratch-lstm-1", fmt)

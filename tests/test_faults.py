@@ -61,7 +61,9 @@ BATCHES_PER_EPOCH = 33  # 2700 training tokens, 8 streams of 10 steps (after a r
 TRIALS = {"crash_at_batch": 0, "crash_in_save": 0}
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+# Minutes of training, subprocesses and fault injection: the full suite (CI) runs it, the fast
+# tier not.
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
 
 
 def rnnlab(*args, check: int | None = None):

@@ -15,8 +15,10 @@ import torch
 from rnnlab import train
 from rnnlab.config import ModelConfig
 from rnnlab.errors import RnnlabError
+from rnnlab.experimental import triton_model
+from rnnlab.experimental.triton_model import TritonLM
 from rnnlab.models import CELLS, build_model, layout
-from rnnlab.models.fused import FusedLM, TritonLM, cpu
+from rnnlab.models.fused import FusedLM, cpu
 from rnnlab.models.scratch import ScratchLM
 
 V, H, B, T = 13, 12, 3, 6
@@ -143,9 +145,8 @@ def test_greedy_generation_is_the_same():
 
 
 def test_cpu_tensors_use_the_torch_recurrence():
-    from rnnlab.models.fused import recurrence_for
-
-    assert recurrence_for("lstm", torch.zeros(2, 1, 8)) is cpu.recurrence
+    for model in (FusedLM(V, H, 1, "lstm"), TritonLM(V, H, 1, "lstm")):
+        assert model.recurrence(torch.zeros(2, 1, 4 * H)) is cpu.recurrence
 
 
 def test_the_fused_lstm_runs_torchs_kernel_on_the_cpu_with_the_scratch_parameters(monkeypatch):
@@ -281,19 +282,22 @@ def test_cuda_runs_every_cell_in_torchs_kernel_while_v_is_at_most_h():
         assert path_for(cell, "cuda", 28, 512) == "torch-kernel"  # cuDNN
         assert path_for(cell, "cuda", 512, 512) == "torch-kernel"
         assert path_for(cell, "cuda", 10_000, 200) == "torch-ops"  # words: the row lookup
-        for V in (28, 10_000):  # Triton only when asked for
-            assert path_for(cell, "cuda", V, 512, triton=True) == "triton"
+        for vocab in (28, 10_000):  # Triton only when asked for
+            assert FusedLM(vocab, 16, 1, cell).path("cuda") != "triton"
+            assert TritonLM(vocab, 16, 1, cell).path("cuda") == "triton"
 
 
 def test_the_cpu_keeps_its_measured_paths_and_never_runs_triton():
     from rnnlab.models.fused import path_for
 
-    for triton in (False, True):
-        assert path_for("lstm", "cpu", 28, 256, triton) == "torch-kernel"  # oneDNN's LSTM
-        assert path_for("lstm", "cpu", 10_000, 200, triton) == "torch-ops"
-        for cell in ("rnn", "gru"):
-            assert path_for(cell, "cpu", 28, 256, triton) == "torch-ops"  # cpu.py
-        assert path_for("gru", "meta", 28, 256, triton) == "torch-ops"
+    assert path_for("lstm", "cpu", 28, 256) == "torch-kernel"  # oneDNN's LSTM
+    assert path_for("lstm", "cpu", 10_000, 200) == "torch-ops"
+    for cell in ("rnn", "gru"):
+        assert path_for(cell, "cpu", 28, 256) == "torch-ops"  # cpu.py
+    assert path_for("gru", "meta", 28, 256) == "torch-ops"
+    for cell, vocab, hidden in (("lstm", 28, 256), ("lstm", 300, 200), ("gru", 28, 256)):
+        model = TritonLM(vocab, hidden, 1, cell)
+        assert model.path("cpu") == path_for(cell, "cpu", vocab, hidden)
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -310,21 +314,20 @@ def test_packing_covers_the_cells_torchs_kernel_runs_on_the_device(cell):
         assert packed(model) == want, (V, triton)
 
 
-def test_recurrence_for_picks_triton_only_when_asked_and_on_cuda(monkeypatch):
+def test_the_recurrence_is_tritons_only_when_asked_and_on_cuda(monkeypatch):
     from types import SimpleNamespace
 
-    from rnnlab.models import fused
-    from rnnlab.models.fused import recurrence_for
-    from rnnlab.models.fused import triton_rnn as kernels
+    from rnnlab.experimental import triton_rnn as kernels
 
     on_cuda = SimpleNamespace(is_cuda=True, shape=(2, 1, 16))  # XW as the dispatch sees it
-    assert recurrence_for("rnn", on_cuda) is cpu.recurrence
-    assert recurrence_for("rnn", torch.zeros(2, 1, 16), triton=True) is cpu.recurrence
+    fused, triton = FusedLM(V, 16, 1, "rnn"), TritonLM(V, 16, 1, "rnn")
+    assert fused.recurrence(on_cuda) is cpu.recurrence
+    assert triton.recurrence(torch.zeros(2, 1, 16)) is cpu.recurrence
     if kernels.triton is not None:
-        assert recurrence_for("rnn", on_cuda, triton=True) is kernels.recurrence
-    monkeypatch.setattr(fused, "_triton_rnn", False)  # as where Triton cannot be imported
+        assert triton.recurrence(on_cuda) is kernels.recurrence
+    monkeypatch.setattr(triton_model, "_loaded", False)  # as where Triton cannot be imported
     with pytest.raises(RnnlabError, match="triton on CUDA needs the triton package.*--device cpu"):
-        recurrence_for("rnn", on_cuda, triton=True)
+        triton.recurrence(on_cuda)
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -340,8 +343,8 @@ def test_the_triton_model_is_the_fused_model_off_cuda(cell):
 
 
 def test_triton_trains_only_on_cuda_with_triton_and_a_supported_size(monkeypatch):
-    from rnnlab.models import check_device, fused
-    from rnnlab.models.fused import triton_rnn as kernels
+    from rnnlab.experimental import triton_rnn as kernels
+    from rnnlab.models import check_device
 
     config = ModelConfig(cell="gru", impl="triton", hidden=64)
     check_device(replace(config, impl="fused"), "cpu")  # nothing to check
@@ -353,6 +356,6 @@ def test_triton_trains_only_on_cuda_with_triton_and_a_supported_size(monkeypatch
         check_device(config, "cuda")
         with pytest.raises(RnnlabError, match="multiples of 16 \\(got 100\\); use --impl fused"):
             check_device(replace(config, hidden=100), "cuda")
-    monkeypatch.setattr(fused, "_triton_rnn", False)
+    monkeypatch.setattr(triton_model, "_loaded", False)
     with pytest.raises(RnnlabError, match="--impl triton needs the triton package.*--impl fused"):
         check_device(config, "cuda")

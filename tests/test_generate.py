@@ -8,9 +8,9 @@ from hypothesis import strategies as st
 
 from conftest import TINY_RUN, run_cli
 from rnnlab import generate
-from rnnlab.config import MAX_TEMPERATURE
 from rnnlab.errors import RnnlabError
 from rnnlab.models import CELLS, ScratchLM
+from rnnlab.options import MAX_TEMPERATURE
 from rnnlab.tokenize import detokenize, tokenize
 from rnnlab.vocab import Vocab
 
@@ -138,6 +138,7 @@ def test_a_subnormal_temperature_is_greedy(temperature):
     )
 
 
+@pytest.mark.slow
 def test_generate_with_a_subnormal_temperature_runs(tmp_path):
     run = tmp_path / "run"
     run_cli("train", "timemachine", *TINY_RUN, "--epochs", "1", "--quiet", "--out", run, check=0)

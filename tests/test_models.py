@@ -13,6 +13,7 @@ import torch
 import rnnlab.models
 from rnnlab.config import ModelConfig
 from rnnlab.errors import RnnlabError
+from rnnlab.experimental.triton_model import TritonLM
 from rnnlab.models import (
     CELLS,
     IMPLS,
@@ -26,7 +27,7 @@ from rnnlab.models import (
     parameter_count,
     usable_impl,
 )
-from rnnlab.models.fused import FusedLM, TritonLM
+from rnnlab.models.fused import FusedLM
 
 TOL = 1e-5  # float64 throughout, so differences are rounding only
 

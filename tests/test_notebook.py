@@ -24,6 +24,9 @@ from nbclient import NotebookClient
 from conftest import DATA_DIR
 from rnnlab import d2l, d2l_plot
 
+# Minutes of training, subprocesses and servers: the full suite (CI) runs it, the fast tier not.
+pytestmark = pytest.mark.slow
+
 NOTES = Path(__file__).parent / "d2l_notes"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 EPOCHS = 20  # train_ch8 plots every 10 epochs: two points, so one update of the picture

@@ -19,13 +19,13 @@ from pathlib import Path
 
 import pytest
 
-from rnnlab import checkpoint, cli
+from rnnlab import cli, trained
 
 RUN_37F9AA0 = Path(__file__).parent / "data" / "run-rnnlab-37f9aa0"
 
 
 def test_the_run_of_37f9aa0_loads_with_its_averaged_weights():
-    cfg, vocab, model, ckpt = checkpoint.load_run(RUN_37F9AA0)
+    cfg, vocab, model, ckpt = trained.load_run(RUN_37F9AA0)
     assert (cfg.model.cell, cfg.model.impl, cfg.model.hidden, cfg.ema) == ("lstm", "torch", 8, 0.9)
     assert ckpt.epoch == 2
     assert ckpt.training_weights is not None  # --ema: the weights being trained, kept apart
@@ -42,6 +42,6 @@ def test_the_run_of_37f9aa0_resumes_for_another_epoch(tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(RUN_37F9AA0, run)
     assert cli.main(["train", "--out", str(run), "--resume", "--epochs", "3", "--quiet"]) == 0
-    assert checkpoint.load_run(run, which="latest")[3].epoch == 3
+    assert trained.load_run(run, which="latest")[3].epoch == 3
     history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [row["epoch"] for row in history] == [1, 2, 3]

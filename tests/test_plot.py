@@ -6,6 +6,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from rnnlab.plot import perplexity_png
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -49,6 +51,7 @@ DRAW_EVERYTHING = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_drawing_keeps_the_users_backend_and_leaves_pyplot_alone(tmp_path):
     script = f"HISTORY = {HISTORY!r}\nPNG_SIGNATURE = {PNG_SIGNATURE!r}\n" + DRAW_EVERYTHING
     env = dict(os.environ, RNNLAB_D2L_PLOTS=str(tmp_path / "plots"))

@@ -61,6 +61,7 @@ def test_describe_lists_every_recipe_with_its_measurement():
 
 
 @pytest.mark.parametrize("name", list(recipes.RECIPES))
+@pytest.mark.slow
 def test_every_recipe_trains_for_a_few_batches(name, tmp_path):
     """CI runs each recipe briefly (the full runs are benchmarks/recipes.py's job)."""
     out = tmp_path / name
@@ -94,6 +95,7 @@ def test_the_recipes_command_lists_them():
     assert result.stdout.startswith(recipes.describe()) and "\nauto\n" in result.stdout
 
 
+@pytest.mark.slow
 def test_a_recipe_cannot_be_resumed_into(tmp_path, clean_error):
     clean_error(
         run_cli("train", "--recipe", "book", "--out", tmp_path / "r", "--resume"), "--recipe"

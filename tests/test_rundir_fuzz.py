@@ -49,7 +49,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import COMMAND_ENV, TINY_RUN, run_cli
-from rnnlab import checkpoint, cli
+from rnnlab import cli, trained
 from rnnlab.config import RESUMABLE_CHANGES
 
 EXAMPLES = int(os.environ.get("RNNLAB_FUZZ_EXAMPLES", "20"))  # per test and file
@@ -77,7 +77,9 @@ COMMANDS_RUN: Counter = Counter()  # command -> cases run
 STATUSES: Counter = Counter()  # (command, exit status) -> cases
 _numbers = itertools.count()
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+# Minutes of training, subprocesses and fault injection: the full suite (CI) runs it, the fast
+# tier not.
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
 
 
 def argv(command: str, run: Path) -> list[str]:
@@ -393,14 +395,14 @@ def check_case(case: Case, command: str, kind: str, capfd, request) -> None:
     COMMANDS_RUN[command] += 1
     status = run_command(command, case.run, capfd)
     if status == 0 and command == "train":  # a resume went through: the run it left loads
-        checkpoint.load_run(case.run)
+        trained.load_run(case.run)
         return
     case.undo()
     left = changed(case.pristine.snapshot, snapshot(case.run))
     if command == "train" and left == ["config.json"] and only_resumable_changes(case):
         left = []  # a resume that failed once training had begun: --epochs 2 was recorded
     assert left == [], "a failed command changed the run"
-    checkpoint.load_run(case.run)
+    trained.load_run(case.run)
     if request.node.nodeid not in GENERATE_CHECKED:
         GENERATE_CHECKED.add(request.node.nodeid)
         assert run_command("generate", case.run, capfd) == 0
@@ -730,4 +732,4 @@ def test_a_named_pipe_in_place_of_a_file_does_not_hang(case, request, target):
     if statuses["train"] != 0:  # else the resume went on: the run is no longer the pristine one
         c.undo()
         assert changed(c.pristine.snapshot, snapshot(c.run)) == []
-    checkpoint.load_run(c.run)
+    trained.load_run(c.run)

@@ -21,12 +21,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import COMMAND_ENV, TINY_RUN, rnnlab_command, run_cli, run_with_fault
+from conftest import COMMAND_ENV, TINY_RUN, rnnlab_command, run_cli, run_with_fault, save_run_state
 from rnnlab import checkpoint, cli, files
+from rnnlab.trained import load_run
 
 TINY = [*TINY_RUN, "--quiet"]
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+# Minutes of training, subprocesses and fault injection: the full suite (CI) runs it, the fast
+# tier not.
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +110,7 @@ def test_reading_a_checkpoint_while_it_is_replaced_retries(trained, tmp_path, mo
     """A reader that read the pointer just before two saves still gets a whole checkpoint."""
     run = copy_of(trained, tmp_path)
     ckpt = checkpoint.read_checkpoint(run)
-    cfg, vocab, model, _ = checkpoint.load_run(run)
+    cfg, vocab, model, _ = load_run(run)
     real_read = files.read_regular
     saves = []
 
@@ -115,7 +118,7 @@ def test_reading_a_checkpoint_while_it_is_replaced_retries(trained, tmp_path, mo
         if Path(path).name == "manifest.json" and not saves:
             for _ in range(2):  # gen N+1 and N+2: gen N is deleted under the reader
                 saves.append(
-                    checkpoint.save_checkpoint(
+                    save_run_state(
                         run,
                         model,
                         torch.optim.SGD(model.parameters(), lr=1.0),

@@ -14,6 +14,7 @@ from rnnlab.batches import epoch_batches, eval_batches, num_batches
 from rnnlab.config import RESUMABLE_CHANGES, ModelConfig, TrainConfig
 from rnnlab.errors import RnnlabError
 from rnnlab.models import build_model
+from rnnlab.options import SCHEDULES
 from rnnlab.schedule import Schedule, ScheduleState, after_epoch, cosine_rate
 from rnnlab.train import evaluate
 
@@ -113,7 +114,7 @@ def test_defaults_are_todays_training_and_the_limits_may_change_on_resume():
     assert (cfg.patience, cfg.time_limit, cfg.eval_batch_size) == (0, None, 0)
     assert {"time_limit", "patience"} <= set(RESUMABLE_CHANGES)
     assert "schedule" not in RESUMABLE_CHANGES and "eval_batch_size" not in RESUMABLE_CHANGES
-    assert schedule.SCHEDULES[0] == "constant"
+    assert SCHEDULES[0] == "constant"
 
 
 def test_validation_loss_is_the_mean_over_streams_each_scored_as_if_alone():
@@ -153,6 +154,7 @@ def test_patience_waits_at_least_its_floor_of_batches():
     assert schedule.patience_epochs(3, 0) == floor  # no batch is counted as one
 
 
+@pytest.mark.slow
 def test_a_short_run_reaches_its_rate_after_a_tenth_of_its_batches(tmp_path):
     """End to end: 3 epochs of about 33 batches and --warmup 100 warm up over 9 or so."""
     run = tmp_path / "run"

@@ -24,7 +24,7 @@ import torch
 
 from conftest import COMMAND_ENV
 from rnnlab import cli
-from rnnlab.config import ServeConfig
+from rnnlab.command_config import ServeConfig
 from rnnlab.errors import RnnlabError
 from rnnlab.lens import MAX_TEXT_CHARS, Lens
 from rnnlab.report import write_report
@@ -460,6 +460,7 @@ def test_generation_goes_on_while_a_long_reading_holds_its_model(server, gate):
         assert reading.result()[0] == 200
 
 
+@pytest.mark.slow
 def test_connections_beyond_the_cap_are_refused_and_threads_stay_bounded(server):
     address, _ = server
     host, port = address.rsplit(":", 1)
@@ -496,6 +497,7 @@ def memory_mib(pid: int, key: str) -> float:
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc (Linux)")
+@pytest.mark.slow
 def test_a_burst_of_readings_holds_at_most_the_kept_readings(tmp_path):
     """12 concurrent /api/unit on 12 different texts: the server's peak resident memory
     grows by at most READINGS_KEPT readings over what it held before (one reading). The
@@ -589,6 +591,7 @@ def test_listening_beyond_this_machine_warns_and_ctrl_c_returns_0(run):
     assert len(warning.splitlines()) == 1 and "other machines" in warning
 
 
+@pytest.mark.slow
 def test_sigint_stops_the_server_cleanly(run):
     code = "import sys; from rnnlab.serve import serve; sys.exit(serve(sys.argv[1], port=0))"
     process = subprocess.Popen(

@@ -24,6 +24,9 @@ from test_serve import one_torch_thread, start_server, tiny_run
 from rnnlab.lens import MAX_GENERATE, MAX_PATTERN_CHARS, MAX_TEXT_CHARS
 from rnnlab.serve import ROUTES, STATIC
 
+# Minutes of training, subprocesses and servers: the full suite (CI) runs it, the fast tier not.
+pytestmark = pytest.mark.slow
+
 # The autouse fixture, imported so that it applies to this module's tests too.
 __all__ = ["one_torch_thread"]
 

@@ -18,6 +18,9 @@ from conftest import COMMAND_ENV, TINY_RUN, check_clean_error, run_cli, run_with
 from rnnlab import cli
 from rnnlab.board import BATCH_SCALARS, EPOCH_SCALARS, EVENT_FILE, FOLDER, Board
 
+# Minutes of training, subprocesses and servers: the full suite (CI) runs it, the fast tier not.
+pytestmark = pytest.mark.slow
+
 EPOCHS = 3
 RUN = ["timemachine", *TINY_RUN, "--epochs", EPOCHS, "--quiet", "--tensorboard"]
 

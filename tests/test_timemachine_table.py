@@ -9,12 +9,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from conftest import COMMAND_ENV
 from rnnlab import corpus, tokenize
 from rnnlab.data import prepare
 from rnnlab.vocab import Vocab
+
+# Minutes of training, subprocesses and servers: the full suite (CI) runs it, the fast tier not.
+pytestmark = pytest.mark.slow
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "timemachine.py"
 

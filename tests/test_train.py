@@ -9,6 +9,7 @@ from rnnlab import batches, train
 from rnnlab.config import ModelConfig
 from rnnlab.errors import RnnlabError
 from rnnlab.models import ScratchLM, build_model
+from rnnlab.options import DEVICES, OPTIMIZERS
 
 
 def toy_corpus(n=600, V=7, seed=0):
@@ -104,17 +105,17 @@ def test_a_seeded_cpu_run_is_repeatable(optimizer):
     assert l1[0] != l1[1]  # the epochs really trained on different batches
 
 
-@pytest.mark.parametrize("name", train.OPTIMIZERS)
+@pytest.mark.parametrize("name", OPTIMIZERS)
 def test_make_optimizer_builds_the_named_optimizer_with_the_rate(name):
     model = ScratchLM(3, 2)
     optimizer = train.make_optimizer(name, model.parameters(), 0.25)
-    assert type(optimizer) is train.OPTIMIZERS[name]
+    assert type(optimizer) is train.OPTIMIZER_CLASSES[name]
     assert optimizer.param_groups[0]["lr"] == 0.25
     assert optimizer.param_groups[0]["params"] == list(model.parameters())
 
 
 def test_optimizers_are_the_books_sgd_and_adams():
-    assert train.OPTIMIZERS == {
+    assert train.OPTIMIZER_CLASSES == {
         "sgd": torch.optim.SGD,
         "adam": torch.optim.Adam,
         "adamw": torch.optim.AdamW,
@@ -127,7 +128,7 @@ def test_unknown_optimizer_is_a_clear_error():
 
 
 def test_devices_resolve_to_where_torch_can_run():
-    assert train.DEVICES == ("auto", "cpu", "cuda")
+    assert DEVICES == ("auto", "cpu", "cuda")
     assert train.resolve_device("cpu") == torch.device("cpu")
     gpu = torch.cuda.is_available()
     assert train.resolve_device("auto").type == ("cuda" if gpu else "cpu")
@@ -179,7 +180,7 @@ def test_on_batch_can_stop_an_epoch_and_it_resumes_exactly():
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), model2.parameters()))
 
 
-@pytest.mark.parametrize("name", train.OPTIMIZERS)
+@pytest.mark.parametrize("name", OPTIMIZERS)
 def test_make_optimizer_passes_the_weight_decay(name):
     params = list(ScratchLM(3, 2).parameters())
     assert (

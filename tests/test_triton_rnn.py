@@ -31,7 +31,11 @@ import pytest
 import torch
 
 from rnnlab.errors import RnnlabError
-from rnnlab.models import CELLS, layout
+from rnnlab.models import layout
+
+# The cells triton_rnn has kernels for (its KIND_IDS, checked in the child process, which
+# alone imports it); other cells are refused by --impl triton's check.
+KERNEL_CELLS = ("rnn", "gru", "lstm")
 
 SHAPES = [(5, 3, 16), (4, 19, 96)]  # (T, B, H): one program, one tile; two programs, 3x6 tiles
 TOLERANCE = 1e-4  # max |kernel - reference| / max |reference|, per tensor
@@ -104,7 +108,9 @@ def check(recurrence, cell, T, B, H, seed):
 def interpreter_main():
     """Child process: run every check under the interpreter, print errors as JSON."""
     assert os.environ.get("TRITON_INTERPRET") == "1"
-    from rnnlab.models.fused import triton_rnn
+    from rnnlab.experimental import triton_rnn
+
+    assert tuple(triton_rnn.KIND_IDS) == KERNEL_CELLS
 
     def nan_buffer(*shape, like):  # an element the kernels forget to write stays NaN
         return torch.full(shape, float("nan"), dtype=like.dtype, device=like.device)
@@ -116,7 +122,7 @@ def interpreter_main():
         def recurrence(*args, schedule=schedule):
             return triton_rnn.recurrence(*args, schedule=schedule)
 
-        for cell in CELLS:
+        for cell in KERNEL_CELLS:
             for seed, (T, B, H) in enumerate(SHAPES):
                 key = f"{schedule}-{cell}-T{T}-B{B}-H{H}"
                 results[key] = check(recurrence, cell, T, B, H, seed)
@@ -129,7 +135,7 @@ def compile_main():
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from rnnlab.models.fused import triton_rnn as tr
+    from rnnlab.experimental import triton_rnn as tr
 
     kernels = {
         "forward": (tr._forward_kernel, ["XW", "W_h", "b_hh", "HS", "CS", "SAVE"]),
@@ -203,8 +209,9 @@ def interpreter_errors():
 
 
 @pytest.mark.parametrize("T,B,H", SHAPES)
-@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("cell", KERNEL_CELLS)
 @pytest.mark.parametrize("schedule", ["persistent", "per_step"])
+@pytest.mark.slow
 def test_triton_recurrence_matches_float64_reference_in_interpreter(
     interpreter_errors, schedule, cell, T, B, H
 ):
@@ -232,12 +239,12 @@ def test_triton_kernels_compile_to_h100_machine_code():
 
 def test_reference_matches_scratch_layers():
     """The test's reference is the scratch models' function (via the stacked layout)."""
-    from rnnlab.models import scratch
+    from rnnlab.models.cells import CELLS as REGISTRY
 
     torch.manual_seed(0)
     T, B, D, H = 4, 3, 5, 8
-    for cell, Layer in scratch.LAYERS.items():
-        layer = Layer(D, H).double()
+    for cell in KERNEL_CELLS:
+        layer = REGISTRY[cell].new_layer(D, H).double()
         with torch.no_grad():
             for p in layer.parameters():
                 p.normal_(0, 0.5)
@@ -257,7 +264,7 @@ def test_reference_matches_scratch_layers():
 
 def test_unsupported_inputs_are_refused_with_a_message():
     pytest.importorskip("triton")
-    from rnnlab.models.fused import triton_rnn
+    from rnnlab.experimental import triton_rnn
 
     assert not triton_rnn.supported("lstm", 512, torch.float64)
     assert not triton_rnn.supported("lstm", 500, torch.float32)

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from rnnlab import files
-from rnnlab.checkpoint import load_run
 from rnnlab.cli import main
+from rnnlab.trained import load_run
 
 TINY = "--max-tokens 2000 --hidden 8 --batch-size 4 --num-steps 5 --epochs 2 --quiet".split()
 TINY += ["--device", "cpu", "--impl", "scratch", "--threads", "1"]

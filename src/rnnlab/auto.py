@@ -36,7 +36,8 @@ import torch
 from torch import nn
 
 from .errors import RnnlabError
-from .recipes import PTB_LSTM, RECIPES
+from .models.layout import num_gates
+from .recipes import PTB_LSTM, RECIPES, options_for
 from .recipes import describe as describe_recipes
 
 TABLE_FILE = "auto_table.json"
@@ -195,14 +196,11 @@ def _nearest(values, target: float, key) -> Any:
     return min(values, key=lambda v: abs(math.log(key(v) / target)))
 
 
-GATES = {"rnn": 1, "gru": 3, "lstm": 4}
-
-
 def token_cost(options: dict[str, Any], vocab: int) -> float:
     """Multiply-adds per token of a forward step of the model ``options`` describe, with
     a vocabulary of ``vocab``: G*H*(H + input) per layer, then H*V for the output. The
     training speed of a model on another vocabulary scales by the ratio of these."""
-    H, G = options["hidden"], GATES[options["cell"]]
+    H, G = options["hidden"], num_gates(options["cell"])
     first = options.get("embedding") or vocab
     layers = sum(G * H * (H + (first if layer == 0 else H)) for layer in range(options["layers"]))
     return layers + H * vocab
@@ -364,3 +362,12 @@ def options_for_text(given: dict[str, Any]) -> Choice:
     )
     choice = choose(kind_of(mode), len(data.train_ids), len(data.vocab), float(minutes), speed)
     return Choice({**choice.options, "mode": mode, **given}, choice.why)
+
+
+def recipe_options(name: str, given: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """The options of ``--recipe NAME`` with the options ``given`` on top, and for ``auto``
+    the paragraph that says what it chose and why (None for a fixed recipe)."""
+    if name == "auto":
+        choice = options_for_text(given)
+        return choice.options, choice.why
+    return options_for(name, given), None

@@ -28,8 +28,7 @@ import numpy as np
 import torch
 
 from .errors import RnnlabError
-
-SAMPLINGS = ("sequential", "random")
+from .options import SAMPLINGS
 
 
 def min_tokens(batch_size: int, num_steps: int) -> int:

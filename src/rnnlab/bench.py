@@ -55,7 +55,8 @@ import torch
 
 from . import batches as batches_mod
 from . import corpus, files, heap, rundir, tokenize, train, vocab
-from .config import BenchConfig, ModelConfig
+from .command_config import BenchConfig
+from .config import ModelConfig
 from .errors import RnnlabError
 from .models import ScratchLM, TorchLM, build_model
 from .models.layout import num_gates

@@ -121,7 +121,8 @@ def add_config_options(
     """
     from dataclasses import MISSING, fields
 
-    from .config import ModelConfig, flag, value_type
+    from .config import ModelConfig
+    from .options import flag, value_type
 
     for f in fields(cls):
         if f.name == "model":
@@ -212,9 +213,7 @@ def build_parser(with_options: bool = True) -> argparse.ArgumentParser:
 
 
 def add_command_options(parsers: dict[str, argparse.ArgumentParser]) -> None:
-    from .config import (
-        RESUMABLE_CHANGES,
-        SOURCE_HELP,
+    from .command_config import (
         BenchConfig,
         DataConfig,
         EvalConfig,
@@ -222,10 +221,9 @@ def add_command_options(parsers: dict[str, argparse.ArgumentParser]) -> None:
         GenerateConfig,
         InspectConfig,
         ServeConfig,
-        TrainConfig,
-        flag,
     )
-    from .models import ONE_HOT_IMPLS
+    from .config import RESUMABLE_CHANGES, SOURCE_HELP, TrainConfig
+    from .options import ONE_HOT_IMPLS, flag
 
     p = parsers["data"]
     p.add_argument("source", metavar="SOURCE", help=SOURCE_HELP)
@@ -275,7 +273,7 @@ def add_command_options(parsers: dict[str, argparse.ArgumentParser]) -> None:
         help="on --resume, go on although the text of SOURCE changed since the run was "
         "trained on it (default: stop with an error)",
     )
-    from .distributed import DEFAULT_TIMEOUT
+    from .world import DEFAULT_TIMEOUT
 
     p.add_argument(
         "--peer-timeout",
@@ -333,7 +331,7 @@ def _config(cls, args: argparse.Namespace):
 
 
 def cmd_data(args) -> int:
-    from .config import DataConfig
+    from .command_config import DataConfig
     from .data import read_tokens
     from .tokenize import detokenize
     from .vocab import Vocab
@@ -368,50 +366,32 @@ def cmd_data(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from . import distributed
+    from . import world as worlds
     from .config import TrainConfig
     from .corpus import is_builtin
-    from .trainer import fit
+    from .fit import fit
 
-    given: dict[str, Any] = {
-        k: v
-        for k, v in vars(args).items()
-        if k
-        not in (
-            "command",
-            "out",
-            "resume",
-            "quiet",
-            "accept_changed_source",
-            "recipe",
-            "peer_timeout",
-        )
-    }
+    # The options of the run given on the command line (argparse keeps only those given).
+    given: dict[str, Any] = {k: v for k, v in vars(args).items() if k in TrainConfig().options()}
     if args.recipe:
         if args.resume:
             raise RnnlabError(
                 "--recipe starts a new run; --resume continues from the run's own config.json: "
                 "leave --recipe out"
             )
-        if args.recipe == "auto":
-            from .auto import options_for_text
+        from .auto import recipe_options
 
-            choice = options_for_text(given)
-            given = choice.options
-            if not args.quiet:
-                print(choice.why, flush=True)
-        else:
-            from .recipes import options_for
-
-            given = options_for(args.recipe, given)
+        given, why = recipe_options(args.recipe, given)
+        if why and not args.quiet:
+            print(why, flush=True)
     if "source" in given and not is_builtin(given["source"]) and Path(given["source"]).exists():
         # Record where the text is, so that --resume and eval work from any folder.
         given["source"] = str(Path(given["source"]).expanduser().resolve())
     # On --resume, fit() starts from the run's config.json and checks the allowed changes.
     cfg = None if args.resume else TrainConfig.from_options(given)
     # Under torchrun, this process is one rank of several; without it, the only one.
-    world = distributed.from_environment()
-    distributed.start(world, args.peer_timeout)
+    world = worlds.from_environment()
+    worlds.start(world, args.peer_timeout)
     try:
         return fit(
             cfg,
@@ -423,14 +403,14 @@ def cmd_train(args) -> int:
             world=world,
         )
     finally:
-        distributed.finish(world)
+        worlds.finish(world)
 
 
 def cmd_generate(args) -> int:
-    from .checkpoint import load_run
-    from .config import GenerateConfig
+    from .command_config import GenerateConfig
     from .generate import prompt_ids, stream_text
     from .train import resolve_device
+    from .trained import load_run
 
     cfg = _config(GenerateConfig, args)
     device = resolve_device(cfg.device)
@@ -479,7 +459,7 @@ def _one_thread() -> None:
 
 
 def cmd_serve(args) -> int:
-    from .config import ServeConfig
+    from .command_config import ServeConfig
     from .serve import serve
 
     cfg = _config(ServeConfig, args)
@@ -488,7 +468,7 @@ def cmd_serve(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    from .config import InspectConfig
+    from .command_config import InspectConfig
     from .report import write_report
 
     cfg = _config(InspectConfig, args)
@@ -504,7 +484,7 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .config import ExportConfig
+    from .command_config import ExportConfig
     from .export import export_run
 
     cfg = _config(ExportConfig, args)
@@ -516,71 +496,25 @@ def cmd_export(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from . import rundir
-    from .checkpoint import load_run
-    from .config import EvalConfig
-    from .corpus import is_builtin
-    from .data import has_split, held_out_ids, prepare
-    from .train import bits_per_token, perplexity, resolve_device, score_text
+    from .command_config import EvalConfig
+    from .scoring import score_run
 
     cfg = _config(EvalConfig, args)
-    device = resolve_device(cfg.device)
-    run, vocab, model, ckpt = load_run(Path(args.run), device, cfg.checkpoint)
-    if cfg.source is None and cfg.split is None:
-        data = prepare(run.source, run.mode, run.max_tokens, run.val_frac, run.batch_size,
-                       run.num_steps, vocab=vocab)  # fmt: skip
-        rundir.check_source(Path(args.run), run, data.text_sha256, args.accept_changed_source)
-        ids = data.val_ids
-        what = f"the validation split of {run.source}"
-    else:
-        source = cfg.source if cfg.source is not None else run.source
-        split = cfg.split or "train"
-        if cfg.split and not has_split(source, cfg.split):
-            raise RnnlabError(
-                f"{source!r} has no {cfg.split!r} split (only built-in ptb has "
-                f"valid/test files); leave out --split, or give a held-out file"
-            )
-        if is_builtin(source) and split == "train" and source == run.source:
-            raise RnnlabError(
-                f"{source} is the run's training text; leave out SOURCE for its "
-                f"validation split, or give --split or a held-out file"
-            )
-        ids = held_out_ids(source, run.mode, vocab, split)
-        what = f"{source}" + (f" ({cfg.split})" if cfg.split else "")
-    unknown = float((ids == vocab.unk).float().mean()) if len(ids) else 0.0
-    if unknown > UNKNOWN_WARNING:
-        print(
-            f"rnnlab: warning: {unknown:.0%} of the tokens of {what} are not in the run's "
-            f"vocabulary (read as <unk>), so the figure says little about this text",
-            file=sys.stderr,
-        )
-    streams = cfg.batch_size or run.eval_batch_size or run.batch_size
-    loss, tokens, streams = score_text(model, ids, streams, run.num_steps, cfg.block_size, device)
-    result = {
-        "ppl": perplexity(loss),
-        "bpt": bits_per_token(loss),
-        "tokens": tokens,
-        "loss": loss,
-        "source": what,
-        "checkpoint": ckpt.which,  # best, or latest (asked for, or where there is no best)
-        "epoch": ckpt.epoch,  # epochs trained when it was saved
-        "batch_size": int(streams),  # the streams scored at once
-        "block_size": cfg.block_size,  # 0: the state carried through the text
-    }
+    result = score_run(Path(args.run), cfg, args.accept_changed_source)
     if cfg.json:
         print(json.dumps(result, ensure_ascii=False))
     else:
         protocol = f" in blocks of {cfg.block_size} from a zero state" if cfg.block_size else ""
         print(
-            f"{what}: perplexity {result['ppl']:.3f}, {result['bpt']:.4f} bits per token "
-            f"over {result['tokens']:,} tokens{protocol}"
+            f"{result['source']}: perplexity {result['ppl']:.3f}, {result['bpt']:.4f} bits per "
+            f"token over {result['tokens']:,} tokens{protocol}"
         )
     return 0
 
 
 def cmd_bench(args) -> int:
     from .bench import format_table, run_bench, save_rows
-    from .config import BenchConfig
+    from .command_config import BenchConfig
 
     cfg = _config(BenchConfig, args)
     rows = run_bench(cfg)
@@ -589,8 +523,6 @@ def cmd_bench(args) -> int:
         save_rows(cfg, rows)
     return 0
 
-
-UNKNOWN_WARNING = 0.5  # eval warns when more than this fraction of the text is <unk>
 
 # Commands that train or evaluate a model: their buffers are reused step after step (heap.py)
 HEAVY_COMMANDS = ("train", "eval", "bench")

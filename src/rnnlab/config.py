@@ -1,240 +1,54 @@
-"""Every option of every command, with its default, its help and its check, defined once.
+"""What a training run is: its model and its options, each with its default, help and check.
 
-``ModelConfig`` says what builds a model; ``TrainConfig`` says the rest of a
-training run and holds a ``ModelConfig``; ``GenerateConfig``, ``EvalConfig``,
-``DataConfig`` and ``BenchConfig`` hold the other commands' options. Each field
-carries its help text and, where the options are a fixed list, the list from the
-module that implements them; the command line builds its options from these
-fields, and each dataclass checks its values in ``__post_init__`` (the only place
-options are validated): each value's type, from its annotation, and each number's
-range, up to ``at_most`` (a MAX_ constant below, or this machine's CPU count). A run
-directory keeps its TrainConfig as ``config.json``.
+``ModelConfig`` says what builds a model; ``TrainConfig`` says the rest of a training run
+and holds a ``ModelConfig``; a run directory keeps it as ``config.json``. The other
+commands' options are rnnlab.command_config's. Each field carries its help text and, where
+the values are a fixed list, that list (rnnlab.options, the one place each is written); the
+command line builds its options from these fields, and each dataclass checks its values in
+``__post_init__`` (the only place options are validated): each value's type, from its
+annotation, and each number's range, up to ``at_most`` (a MAX_ constant of rnnlab.options,
+or this machine's CPU count).
 """
 
 from __future__ import annotations
 
-import math
-import os
-import re
-import reprlib
-from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from .batches import SAMPLINGS
 from .corpus import CORPORA
-from .data import HELD_OUT_SPLITS
 from .errors import RnnlabError
-from .export import FORMATS as EXPORT_FORMATS
-from .generate import MAX_LENGTH
-from .models import CELLS, EXPERIMENTAL_IMPLS, IMPLS, ONE_HOT_IMPLS
-from .schedule import SCHEDULES
-from .tokenize import MODES
-from .train import DEVICES, OPTIMIZERS
+from .options import (
+    CELLS,
+    DEVICES,
+    IMPLS,
+    MAX_BATCH,
+    MAX_CLIP,
+    MAX_EPOCHS,
+    MAX_LAYERS,
+    MAX_LR,
+    MAX_MINUTES,
+    MAX_SEED,
+    MAX_THREADS,
+    MAX_TOKENS,
+    MAX_VOCAB,
+    MAX_WEIGHT_DECAY,
+    MAX_WIDTH,
+    MODES,
+    ONE_HOT_IMPLS,
+    OPTIMIZERS,
+    SAMPLINGS,
+    SCHEDULES,
+    check_fields,
+    flag,
+    list_option,
+    option,
+    shown,
+)
 
 SOURCE_HELP = (
     f"a built-in corpus ({', '.join(CORPORA)}) or the path of a UTF-8 text file or "
     f"of a folder of .txt files"
 )
-
-# The largest value of each number an option or a config.json may give; each is far
-# beyond any sensible run and only stops a typo or a hostile file before it costs
-# memory or time (models.check_fits then measures a model against this machine).
-MAX_SAMPLES = 1000  # continuations one generate command prints
-MAX_SEED = 2**64 - 1  # torch.manual_seed and numpy's SeedSequence take any seed below 2**64
-MAX_WIDTH = 1_000_000  # hidden and embedding: one (H, H) float32 matrix would be 4 TB
-MAX_LAYERS = 1_000  # over a hundred times the deepest recurrent LMs in use (GNMT stacks 8)
-MAX_BATCH = 1_000_000  # B and T: more than any run uses; check_fits bounds their product
-MAX_EPOCHS = 1_000_000  # also between samples, and bench's batches: days at 1 ms each
-MAX_TOKENS = 10**12  # terabytes of text, more than a machine reads; also between checkpoints
-MAX_VOCAB = 10**9  # top-k and top: no vocabulary has a billion distinct tokens
-MAX_LR = 1e3  # 50 times word_language_model's SGD rate of 20; Adam's are near 1e-3
-MAX_CLIP = 1e6  # a gradient norm of a million means the run has diverged: no clipping
-MAX_TEMPERATURE = 100.0  # logits 10 apart then differ by e**0.1: sampling is near uniform
-MAX_MINUTES = 10**7  # a time limit of 19 years
-MAX_WEIGHT_DECAY = 100.0  # 10**4 times AdamW's default of 0.01
-# A run's config.json may move to a machine with fewer CPUs (generate and eval ignore the
-# threads): the trainer checks --threads against this machine when it applies it.
-MAX_THREADS = 1024
-
-
-def machine_cpus() -> int:
-    """This machine's CPU count: the most torch threads an option may ask for."""
-    return os.cpu_count() or 1
-
-
-def option(
-    default: Any,
-    help: str,
-    *,
-    choices: Sequence[str] | None = None,
-    check: str | None = None,
-    at_most: float | Callable[[], int] | None = None,
-    flag: bool = True,
-    metavar: str | None = None,
-) -> Any:
-    """A dataclass field with its command-line help, its allowed values and its check.
-
-    The field's annotation says the value's type (``bool``, ``int``, ``float`` or
-    ``str``; ``| None`` allows None, "not given"); a float field also takes a whole
-    number. check: "positive" (whole number > 0), "count" (whole number >= 0), "rate"
-    (finite number > 0), "fraction" (0 < x < 1), "dropout" (0 <= x < 1),
-    "temperature" (finite number >= 0, 0 meaning greedy), "nonnegative" (finite number
-    >= 0), "path" (text, not empty, no NUL character);
-    ``at_most``: the largest number allowed, or a function giving this machine's limit;
-    ``flag=False`` keeps it off the command line; ``metavar``: how its help names the
-    value (default N, X or TEXT, by type).
-    """
-    return field(
-        default=default,
-        metadata={
-            "help": help,
-            "choices": choices,
-            "check": check,
-            "at_most": at_most,
-            "flag": flag,
-            "metavar": metavar,
-        },
-    )
-
-
-def flag(name: str) -> str:
-    """The command-line spelling of an option: batch_size -> --batch-size."""
-    return "--" + name.replace("_", "-")
-
-
-def _label(f: Any) -> str:
-    """How a message names field ``f``: its flag, or SOURCE for a positional argument."""
-    return flag(f.name) if f.metadata.get("flag", False) else f.name.upper()
-
-
-def _annotation(f: Any) -> tuple[str, bool]:
-    """A field's type name and whether it allows None: ``int | None`` -> ("int", True)."""
-    parts = [p.strip() for p in str(f.type).split("|")]
-    return next(p for p in parts if p != "None"), "None" in parts
-
-
-def value_type(f: Any) -> type:
-    """The Python type of a field's values (bool, int, float or str; a list's items aside)."""
-    return {"bool": bool, "int": int, "float": float}.get(_annotation(f)[0], str)
-
-
-class _Short(reprlib.Repr):
-    """repr, shortened: strings and containers cut, depth limited, huge integers described."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.maxstring = self.maxother = 60
-        self.maxlevel = 3
-
-    def repr_int(self, x: int, level: int) -> str:
-        if x.bit_length() > 128:  # repr of a 4,300-digit int raises; a 40-digit one is noise
-            return f"an integer of about {int(x.bit_length() * math.log10(2)) + 1} digits"
-        return super().repr_int(x, level)
-
-
-shown = _Short().repr  # a value as a one-line message shows it
-
-
-def _number(limit: float) -> str:
-    """A bound as a message shows it: 1,000,000 rather than 1e+06 or 1000000.0."""
-    whole = isinstance(limit, int) or (limit.is_integer() and abs(limit) < 1e16)
-    return f"{int(limit):,}" if whole else f"{limit:g}"
-
-
-def _check(
-    label: str, value: Any, kind: str, check: str | None, choices, at_most, optional: bool
-) -> None:
-    """Raise RnnlabError if ``value`` is not allowed for the option called ``label``."""
-    if value is None and optional:
-        return  # None means "not given": each field that allows it says what it means
-    whole = isinstance(value, int) and not isinstance(value, bool)
-    number = whole or isinstance(value, float)
-    if kind == "bool" and not isinstance(value, bool):
-        raise RnnlabError(f"{label} must be true or false, got {shown(value)}")
-    if kind == "str" and not isinstance(value, str):
-        raise RnnlabError(f"{label} must be text, got {shown(value)}")
-    if choices is not None and value not in choices:
-        raise RnnlabError(
-            f"{label} {shown(value)} is not known; choose one of {', '.join(choices)}"
-        )
-    if check == "path" and (value == "" or "\0" in value):
-        raise RnnlabError(
-            f"{label} must be a name or a path (not empty, no NUL), got {shown(value)}"
-        )
-    if check == "positive" and not (whole and value > 0):
-        raise RnnlabError(f"{label} must be a positive whole number, got {shown(value)}")
-    if check == "count" and not (whole and value >= 0):
-        raise RnnlabError(f"{label} must be 0 or a positive whole number, got {shown(value)}")
-    # an int is always finite (math.isfinite of a huge int would overflow)
-    finite = number and (whole or math.isfinite(value))
-    if check == "rate" and not (finite and value > 0):
-        raise RnnlabError(f"{label} must be a positive finite number, got {shown(value)}")
-    if check == "temperature" and not (finite and value >= 0):
-        raise RnnlabError(
-            f"{label} must be 0 (greedy) or a positive finite number, got {shown(value)}"
-        )
-    if check == "nonnegative" and not (finite and value >= 0):
-        raise RnnlabError(f"{label} must be 0 or a positive finite number, got {shown(value)}")
-    if check == "fraction" and not (number and 0 < value < 1):
-        raise RnnlabError(f"{label} must be between 0 and 1 (exclusive), got {shown(value)}")
-    if check == "dropout" and not (number and 0 <= value < 1):
-        raise RnnlabError(f"{label} must be at least 0 and below 1, got {shown(value)}")
-    if (kind == "int" and not whole) or (kind == "float" and not number):
-        raise RnnlabError(
-            f"{label} must be a {'whole number' if kind == 'int' else 'number'}, got {shown(value)}"
-        )
-    limit = at_most() if callable(at_most) else at_most
-    if limit is not None and value > limit:
-        why = " (this machine's CPUs)" if at_most is machine_cpus else ""
-        raise RnnlabError(f"{label} must be at most {_number(limit)}{why}, got {shown(value)}")
-
-
-def check_fields(obj: Any) -> None:
-    """Check every field of dataclass ``obj`` against its annotation and metadata."""
-    for f in fields(obj):
-        value, meta, label = getattr(obj, f.name), f.metadata, _label(f)
-        kind, optional = _annotation(f)
-        if meta.get("check") == "list":
-            if not isinstance(value, (tuple, list)):
-                raise RnnlabError(f"{label} must be a comma-separated list, got {shown(value)}")
-            if not value and not meta.get("allow_empty", False):
-                raise RnnlabError(f"{label} is empty; give a comma-separated list")
-            item = meta["item"].__name__
-            for x in value:
-                _check(label, x, item, meta["item_check"], meta["choices"], meta["at_most"], False)
-        elif kind in ("bool", "int", "float", "str"):
-            _check(label, value, kind, meta["check"], meta["choices"], meta["at_most"], optional)
-
-
-def list_option(
-    default: tuple,
-    help: str,
-    *,
-    item: type = str,
-    choices: Sequence[str] | None = None,
-    item_check: str | None = None,
-    at_most: float | None = None,
-    allow_empty: bool = False,
-) -> Any:
-    """A comma-separated list option; each item is checked as :func:`option`'s.
-
-    ``allow_empty``: an empty list is a value (the field's help says what it means);
-    otherwise it is refused.
-    """
-    return field(
-        default=default,
-        metadata={
-            "help": help,
-            "choices": choices,
-            "check": "list",
-            "item": item,
-            "item_check": item_check,
-            "at_most": at_most,
-            "allow_empty": allow_empty,
-            "flag": True,
-        },
-    )
 
 
 @dataclass(frozen=True)
@@ -344,9 +158,6 @@ RESUMABLE_CHANGES = (
     "threads",
     "tensorboard",
 )
-# Which checkpoint of a run generate and eval read (checkpoint.load_run): the one of the
-# lowest validation loss (the latest where there is none yet), or the latest.
-CHECKPOINT_CHOICES = ("best", "latest")
 
 
 @dataclass(frozen=True)
@@ -587,256 +398,15 @@ def conflicts(saved: TrainConfig, given: dict[str, Any]) -> dict[str, tuple[Any,
     return out
 
 
-@dataclass(frozen=True)
-class GenerateConfig:
-    """How ``generate`` continues a prompt: greedy (d2l's predict_ch8) or sampled."""
-
-    prefix: str | None = option(None, "the prompt (default: the run's --prefix)")
-    length: int = option(100, "tokens to generate", check="positive", at_most=MAX_LENGTH)
-    temperature: float = option(
-        0.0,
-        "0: greedy (most likely token); > 0: sample from softmax(logits / T)",
-        check="temperature",
-        at_most=MAX_TEMPERATURE,
-    )
-    top_k: int = option(
-        0, "sample only among the K most likely tokens (0: all)", check="count", at_most=MAX_VOCAB
-    )
-    seed: int | None = option(
-        None,
-        "random seed for sampling, below 2**64 (default: unseeded)",
-        check="count",
-        at_most=MAX_SEED,
-    )
-    device: str = option("cpu", "where to run the model", choices=DEVICES)
-    checkpoint: str = option(
-        "best",
-        "best: the weights of the lowest validation loss (the latest where there is "
-        "none yet); latest: the last checkpoint saved",
-        choices=CHECKPOINT_CHOICES,
-    )
-    stream: bool | None = option(
-        None,
-        "print each token as it is generated (default: when the output is a terminal)",
-    )
-    num_samples: int = option(
-        1,
-        "how many continuations of the prompt to print, one after another (with --seed, "
-        "seeds SEED, SEED+1, ...)",
-        check="positive",
-        at_most=MAX_SAMPLES,
-    )
-
-    def __post_init__(self) -> None:
-        check_fields(self)
+def first_conflict(saved: TrainConfig, given: dict[str, Any]) -> tuple[str, str] | None:
+    """The first of :func:`conflicts` as messages name it: ("--hidden 256", "--hidden 512")."""
+    for name, (now, then) in conflicts(saved, given).items():
+        return f"{flag(name)} {now!r}", f"{flag(name)} {then!r}"
+    return None
 
 
-# A host name or address as --allow-host takes it: letters, digits and . - _ (and : for an
-# IPv6 address); no scheme, no port, no path.
-HOST_NAME = re.compile(
-    r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_.])?|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*"
-)
-
-CHECKPOINT_HELP = (
-    "best: the weights of the lowest validation loss (the latest where there is none yet); "
-    "latest: the last checkpoint saved"
-)
-
-
-@dataclass(frozen=True)
-class ServeConfig:
-    """Where ``serve`` puts the page that looks inside a run."""
-
-    host: str = option(
-        "127.0.0.1",
-        "the address to listen on; anything but this machine's own (127.0.0.1, localhost, "
-        "::1) lets other machines open the page",
-        check="path",
-        metavar="ADDRESS",
-    )
-    port: int = option(8000, "the port to listen on (0: any free one)", check="count",
-                       at_most=65535)  # fmt: skip
-    checkpoint: str = option("best", CHECKPOINT_HELP, choices=CHECKPOINT_CHOICES)
-    # Repeatable (--allow-host a --allow-host b): the command line adds it to serve itself.
-    allow_host: tuple[str, ...] = field(
-        default=(),
-        metadata={
-            "help": "one more name the page answers to, such as a reverse proxy's (it "
-            "always answers to localhost, this machine's name and addresses, and --host); "
-            "repeat it for several. Any other name in a request's Host is refused, so that "
-            "no web site can reach the page through a name of its own (DNS rebinding)",
-            "flag": False,
-        },
-    )
-
-    def __post_init__(self) -> None:
-        check_fields(self)
-        if not isinstance(self.allow_host, (tuple, list)):
-            raise RnnlabError(f"--allow-host must be a list of names, got {shown(self.allow_host)}")
-        for name in self.allow_host:
-            if not (isinstance(name, str) and HOST_NAME.fullmatch(name.strip("[]"))):
-                raise RnnlabError(
-                    f"--allow-host {shown(name)} is not a host name; give a name such as "
-                    f"proxy.example.com (no scheme, no port)"
-                )
-
-
-@dataclass(frozen=True)
-class InspectConfig:
-    """What ``inspect`` writes: one self-contained HTML page of a run reading a text."""
-
-    html: str | None = option(None, "the HTML file to write (required)", check="path",
-                              metavar="OUT.html")  # fmt: skip
-    text: str | None = option(
-        None,
-        "a UTF-8 text file to read (default: the start of the run's validation split)",
-        check="path",
-        metavar="FILE",
-    )
-    checkpoint: str = option("best", CHECKPOINT_HELP, choices=CHECKPOINT_CHOICES)
-
-    def __post_init__(self) -> None:
-        check_fields(self)
-        if self.html is None:
-            raise RnnlabError("give --html OUT.html, the file to write the page to")
-
-
-@dataclass(frozen=True)
-class ExportConfig:
-    """What ``export`` writes: the model's step function as a file other programs run."""
-
-    format: str = option("onnx", "the file format: " + "; ".join(
-        f"{k}: {v}" for k, v in EXPORT_FORMATS.items()), choices=tuple(EXPORT_FORMATS))  # fmt: skip
-    out: str | None = option(None, "the model file to write, the vocabulary beside it "
-                             "(required)", check="path", metavar="FILE")  # fmt: skip
-    checkpoint: str = option("best", CHECKPOINT_HELP, choices=CHECKPOINT_CHOICES)
-
-    def __post_init__(self) -> None:
-        check_fields(self)
-        if self.out is None:
-            raise RnnlabError("give --out FILE, the model file to write")
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    """What ``eval`` measures: the run's validation split, a built-in split, or a file."""
-
-    source: str | None = option(
-        None,
-        "held-out text: " + SOURCE_HELP + " (default: the run's own validation split)",
-        check="path",
-        flag=False,
-    )
-    split: str | None = option(
-        None,
-        "for a built-in corpus with splits (ptb): which one (default: the run's validation split)",
-        choices=HELD_OUT_SPLITS,
-    )
-    device: str = option("cpu", "where to run the model", choices=DEVICES)
-    checkpoint: str = option(
-        "best",
-        "best: the weights of the lowest validation loss (the latest where there is "
-        "none yet); latest: the last checkpoint saved",
-        choices=CHECKPOINT_CHOICES,
-    )
-    batch_size: int = option(
-        0,
-        "streams scored at once (0: the run's --eval-batch-size, else its --batch-size)",
-        check="count",
-        at_most=MAX_BATCH,
-    )
-    block_size: int = option(
-        0,
-        "score the text as nanoGPT does: non-overlapping blocks of N tokens, each from a "
-        "zero state (0: the state carried through the whole text)",
-        check="count",
-        at_most=MAX_BATCH,
-    )
-    json: bool = option(
-        False, "print one JSON object (ppl, bpt, loss, tokens, ...) instead of a line"
-    )
-
-    def __post_init__(self) -> None:
-        check_fields(self)
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """What ``data`` shows of a corpus."""
-
-    source: str = option("timemachine", SOURCE_HELP, check="path", flag=False)
-    mode: str = option("letters", "tokenization mode", choices=tuple(MODES))
-    max_tokens: int | None = option(
-        None, "use only the first N tokens (default: all)", check="positive", at_most=MAX_TOKENS
-    )
-    top: int = option(10, "how many frequent tokens to list", check="count", at_most=MAX_VOCAB)
-    json: bool = option(False, "print one JSON object instead of text")
-
-    def __post_init__(self) -> None:
-        check_fields(self)
-
-
-@dataclass(frozen=True)
-class BenchConfig:
-    """What ``bench`` times: each implementation, cell and size, side by side."""
-
-    device: str = option("cpu", "where to time", choices=("cpu", "cuda"))
-    impls: tuple[str, ...] = list_option(
-        tuple(i for i in IMPLS if i not in EXPERIMENTAL_IMPLS),
-        "comma-separated implementations (experimental ones only when named)",
-        choices=tuple(IMPLS),
-    )
-    cells: tuple[str, ...] = list_option(CELLS, "comma-separated cells", choices=CELLS)
-    hidden: tuple[int, ...] = list_option(
-        (256, 512),
-        "comma-separated hidden sizes",
-        item=int,
-        item_check="positive",
-        at_most=MAX_WIDTH,
-    )
-    layers: int = option(1, "stacked recurrent layers L", check="positive", at_most=MAX_LAYERS)
-    batch_size: tuple[int, ...] = list_option(
-        (32,),
-        "comma-separated minibatch sizes B (each timed with each --num-steps)",
-        item=int,
-        item_check="positive",
-        at_most=MAX_BATCH,
-    )
-    num_steps: tuple[int, ...] = list_option(
-        (35,),
-        "comma-separated time steps T per minibatch",
-        item=int,
-        item_check="positive",
-        at_most=MAX_BATCH,
-    )
-    no_floor: bool = option(
-        False,
-        "skip timing the floor (the matrix products a training step cannot avoid) and "
-        "the fraction of it each row reaches",
-    )
-    batches: int = option(
-        20, "timed batches per configuration", check="positive", at_most=MAX_EPOCHS
-    )
-    warmup: int = option(3, "untimed batches before timing", check="count", at_most=MAX_EPOCHS)
-    seed: int = option(
-        0,
-        "random seed of the initial weights and the batches, below 2**64",
-        check="count",
-        at_most=MAX_SEED,
-    )
-    threads: int = option(
-        0,
-        "torch's CPU threads for every implementation, at most this machine's CPUs "
-        "(0: torch's default)",
-        check="count",
-        at_most=machine_cpus,
-    )
-    json: bool = option(False, "print the rows as JSON instead of a table")
-    out: str | None = option(
-        None,
-        "also write the rows, with the date, torch version and threads, as JSON to this file",
-        check="path",
-    )
-
-    def __post_init__(self) -> None:
-        check_fields(self)
+def resumed(saved: TrainConfig, given: dict[str, Any]) -> TrainConfig:
+    """The config a run resumes with: the saved one, with the options given now that may
+    change (``given`` has passed :func:`conflicts`, so any other option is the saved one)."""
+    changes = {k: v for k, v in given.items() if k in RESUMABLE_CHANGES or k == "impl"}
+    return TrainConfig.from_options({**saved.options(), **changes})

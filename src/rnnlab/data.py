@@ -18,8 +18,6 @@ from .errors import RnnlabError
 from .tokenize import MODES, tokenize
 from .vocab import Vocab
 
-HELD_OUT_SPLITS = ("valid", "test")  # the splits a built-in corpus may have besides "train"
-
 
 def read_tokens(
     source: str, mode: str, max_tokens: int | None = None, split: str = "train"

@@ -41,19 +41,17 @@ from torch import nn
 
 from . import files
 from .errors import RnnlabError
-from .models import ONE_HOT_IMPLS, ScratchLM
+from .models import ScratchLM
+from .models.cells import CELLS
+from .options import EXPORT_FORMATS, ONE_HOT_IMPLS
 from .tokenize import MODES
 
-if TYPE_CHECKING:  # config imports FORMATS from this module
+if TYPE_CHECKING:  # config imports EXPORT_FORMATS from this module
     from .checkpoint import Checkpoint
     from .config import ModelConfig, TrainConfig
     from .vocab import Vocab
 
 # The formats ``export_run`` writes, in the words the command line's --help shows.
-FORMATS = {
-    "onnx": "ONNX, for onnxruntime and other ONNX runtimes (needs the onnxscript package)",
-    "torchscript": "TorchScript, for torch.jit.load in Python or LibTorch in C++",
-}
 VOCAB_SUFFIX = ".vocab.json"  # added to OUT's name: model.onnx -> model.onnx.vocab.json
 EXPORT_FORMAT = 1  # of the .vocab.json file
 # Protobuf caps one ONNX file at 2 GiB; the graph itself takes a little of that.
@@ -69,9 +67,9 @@ class Step(nn.Module):
     log-probabilities (B, V).
     """
 
-    def __init__(self, model: nn.Module, lstm: bool):
+    def __init__(self, model: nn.Module, two_parts: bool):
         super().__init__()
-        self.model, self.lstm = model, lstm
+        self.model, self.lstm = model, two_parts  # a state (h, c), as the LSTM's
         self.head = getattr(model, "adaptive", None)
 
     def forward(self, ids: torch.Tensor, h: torch.Tensor, c: torch.Tensor | None = None):
@@ -90,7 +88,7 @@ def vocab_path(out: Path) -> Path:
 def _check_out(out: Path) -> None:
     """Refuse, before any work, an ``out`` that cannot be written as a file, or whose
     writing would replace something other than a regular file or a file of a run."""
-    from .rundir import refuse_run_file  # config imports FORMATS from this module
+    from .rundir import refuse_run_file  # config imports EXPORT_FORMATS from this module
 
     folder = out.parent
     if not folder.exists():
@@ -241,17 +239,20 @@ def export_run(run: Path, fmt: str, out: Path, which: str = "best") -> tuple[Pat
     """Write the step model of the run directory `run` to `out` and its vocabulary beside it;
     returns (model file, vocab file).
 
-    ``fmt``: a key of :data:`FORMATS`; ``which``: the checkpoint, "best" or "latest"
-    (as ``checkpoint.load_run``). The vocabulary file is :func:`vocab_path` of ``out``.
+    ``fmt``: a key of :data:`EXPORT_FORMATS`; ``which``: the checkpoint, "best" or "latest"
+    (as ``trained.load_run``). The vocabulary file is :func:`vocab_path` of ``out``.
     Both files are written whole or not at all, as one unit; an existing regular file
     (or the regular file a link leads to) is replaced, anything else refused, and so is
     a file of any run directory.
     """
-    # Imported here: config imports FORMATS from this module, and checkpoint imports config.
-    from .checkpoint import json_bytes, load_run
+    # Imported here: config imports EXPORT_FORMATS from this module, and checkpoint imports config.
+    from .checkpoint import json_bytes
+    from .trained import load_run
 
-    if fmt not in FORMATS:
-        raise RnnlabError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if fmt not in EXPORT_FORMATS:
+        raise RnnlabError(
+            f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}"
+        )
     out = Path(out)
     _check_out(out)
     if not os.access(out.parent, os.W_OK):  # before the load and the trace, which take a while
@@ -262,7 +263,7 @@ def export_run(run: Path, fmt: str, out: Path, which: str = "best") -> tuple[Pat
     if fmt == "onnx":
         _check_onnx_exporter()
     cfg, vocab, model, ckpt = load_run(Path(run), "cpu", which)
-    lstm = cfg.model.cell == "lstm"
+    lstm = CELLS[cfg.model.cell].state_parts == 2
     step = Step(_plain_model(model, cfg.model, len(vocab)), lstm).eval()
     step.requires_grad_(False)  # for inference: outputs a caller needs not detach
     inputs = ["ids", "h", "c"] if lstm else ["ids", "h"]

@@ -21,10 +21,9 @@ from collections.abc import Iterator
 import torch
 
 from .errors import RnnlabError
+from .options import MAX_LENGTH
 from .tokenize import EOS, detokenize, prompt_tokens
 from .vocab import Vocab
-
-MAX_LENGTH = 1_000_000
 
 
 def next_token(
@@ -109,15 +108,25 @@ def iter_ids(
         model.train(was_training)
 
 
-def prompt_ids(prompt: str, mode: str, vocab: Vocab) -> tuple[list[int], list[str]]:
-    """(ids, tokens not in the vocabulary) of a text prompt, tokenized as the training text was.
+def prompt_ids(
+    prompt: str | list[str], mode: str, vocab: Vocab, at_least: int = 1
+) -> tuple[list[int], list[str]]:
+    """(ids, tokens not in the vocabulary) of a prompt: the one way text becomes the ids a
+    model reads (generate, the samples of training, the inspection page, the book's predict).
 
-    Unknown tokens are read as <unk>; an empty prompt is an error.
+    ``prompt``: text, tokenized as the training text was (``tokenize.prompt_tokens``), or a
+    list of tokens already split. Unknown tokens are read as <unk>; fewer than
+    ``at_least`` tokens is an error.
     """
-    tokens = prompt_tokens(prompt, mode)
-    if not tokens:
+    tokens = list(prompt) if isinstance(prompt, list) else prompt_tokens(prompt, mode)
+    if len(tokens) < at_least:
+        if not tokens and at_least == 1:
+            shown = f" {prompt!r}" if isinstance(prompt, str) else ""
+            raise RnnlabError(
+                f"the prompt{shown} has no tokens in mode {mode!r}; give a prompt with some text"
+            )
         raise RnnlabError(
-            f"the prompt {prompt!r} has no tokens in mode {mode!r}; give a prompt with some text"
+            f"the text has {len(tokens)} token(s) in mode {mode}; give at least {at_least}"
         )
     return vocab[tokens], vocab.unknown(tokens)
 
@@ -195,20 +204,14 @@ def default_prompt(tokens: list[str], mode: str) -> str:
     return ""
 
 
-def prefix_to_ids(prefix_tokens: list[str], vocab: Vocab) -> list[int]:
-    """Map prefix tokens to ids; unknown ones become <unk> with a warning."""
-    missing = vocab.unknown(prefix_tokens)
+def predict(model, prefix_tokens: list[str], num_preds: int, vocab: Vocab, **kwargs) -> list[str]:
+    """Tokens of the prefix followed by ``num_preds`` generated tokens (the book's
+    predict_ch8, on :func:`prompt_ids`); unknown prefix tokens become <unk> with a warning."""
+    ids, missing = prompt_ids(list(prefix_tokens), "chars", vocab, at_least=0)
     if missing:
         warnings.warn(
             f"prefix tokens not in the vocabulary map to <unk>: "
             f"{', '.join(repr(t) for t in missing)}",
             stacklevel=2,
         )
-    return vocab[list(prefix_tokens)]
-
-
-def predict(model, prefix_tokens: list[str], num_preds: int, vocab: Vocab, **kwargs) -> list[str]:
-    """Tokens of the prefix followed by ``num_preds`` generated tokens."""
-    return vocab.to_tokens(
-        generate_ids(model, prefix_to_ids(prefix_tokens, vocab), num_preds, **kwargs)
-    )
+    return vocab.to_tokens(generate_ids(model, ids, num_preds, **kwargs))

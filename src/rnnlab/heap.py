@@ -3,11 +3,8 @@
 glibc's malloc hands allocations above its mmap threshold (which never exceeds
 32 MiB) fresh pages from the system and returns them when they are freed. A
 training step whose activations exceed that size then pays one page fault per
-4 KiB page touched, every step: for a GRU of 512 units at batch 128 x 128 steps
-about 600 MiB, which halved the fused model's speed (14,334 against 28,356
-tokens/s, ``rnnlab bench --impls torch,fused --cells gru --hidden 512
---batch-size 128 --num-steps 128``, with and without the settings below, on the
-project's 2-core CPU; torch.nn's GRU went from 22,530 to 25,784).
+4 KiB page touched, every step; at large batches that halved the fused model's
+speed (measured in docs/fused-cpu.md, "Page faults at large batches").
 
 :func:`keep_freed_memory` tells malloc to serve every allocation from its heap
 and to keep freed memory there, so the next step finds its pages already mapped.

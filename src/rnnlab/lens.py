@@ -45,13 +45,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import latest, load_run
-from .config import GenerateConfig, TrainConfig
+from .command_config import GenerateConfig
+from .config import TrainConfig
 from .data import prepare
 from .errors import RnnlabError
-from .generate import stream_text
+from .generate import prompt_ids, stream_text
+from .models.cells import CELLS
 from .tokenize import EOS, detokenize, prompt_tokens
 from .train import bits_per_token
+from .trained import latest, load_run
 from .vocab import Vocab
 
 MAX_TEXT_CHARS = 20_000  # longest text read(): its activations are T * L * H floats per kind
@@ -317,13 +319,9 @@ class Lens:
                 f"the text has {len(text):,} characters; give at most {MAX_TEXT_CHARS:,}"
             )
         mode = self.cfg.mode
+        # two tokens at least, so that the model has one to predict; unknown ones are <unk>
         tokens = prompt_tokens(text, mode)
-        if len(tokens) < 2:
-            raise RnnlabError(
-                f"the text has {len(tokens)} token(s) in mode {mode}; give at least two, so "
-                f"that the model has a token to predict"
-            )
-        ids = self.vocab[tokens]  # unknown tokens read as <unk>, as training would
+        ids, _ = prompt_ids(tokens, mode, self.vocab, at_least=2)
         if all(i == self.vocab.unk for i in ids):
             raise RnnlabError(
                 f"none of the text's tokens is in the model's vocabulary (mode {mode}); give "
@@ -356,7 +354,7 @@ class Lens:
         log p of the TOP likeliest tokens at positions 1..T-1 (T-1, k), their ids (T-1, k)).
         """
         T, L, H = len(ids), self.layers, self.hidden
-        lstm = self.cell == "lstm"
+        lstm = CELLS[self.cell].state_parts == 2  # a state (h, c), as the LSTM's
         k = min(TOP, len(self.vocab))
         h_all = torch.zeros(L, T, H)
         c_all = torch.zeros(L, T, H) if lstm else None

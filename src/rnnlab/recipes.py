@@ -195,7 +195,7 @@ def options_for(name: str, given: dict[str, Any]) -> dict[str, Any]:
 
 def command_line(options: dict[str, Any]) -> str:
     """The options as ``rnnlab train`` flags: --hidden 512 --tie-weights ..."""
-    from .config import flag
+    from .options import flag
 
     parts: list[str] = []
     for name, value in options.items():

@@ -257,3 +257,23 @@ class RunLock:
         if self.fd is not None:
             os.close(self.fd)  # releases the lock; the file stays, harmlessly
             self.fd = None
+
+
+def remove_unstarted(run: Path, made: bool) -> None:
+    """Remove what a new run wrote before its first checkpoint: its files, its folders where
+    they are empty (rnnlab.board removes its curves first), and the folder itself if
+    ``made`` for it and nothing else is in it."""
+    for name in (*RUN_FILES, *RUN_FOLDERS):
+        path = run / name
+        try:
+            if path.is_dir() and not path.is_symlink():
+                path.rmdir()  # only an empty one
+            elif path.exists() or path.is_symlink():
+                path.unlink()
+        except OSError:
+            pass
+    if made:
+        try:
+            run.rmdir()
+        except OSError:
+            pass

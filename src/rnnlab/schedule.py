@@ -39,7 +39,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-SCHEDULES = ("constant", "cosine", "plateau")
 PLATEAU_FACTOR = 4.0  # word_language_model divides by 4
 WARMUP_SHARE = 10  # warm-up takes at most 1/10 of a run's planned batches
 PATIENCE_BATCHES = 100  # --patience waits at least this many batches

@@ -40,9 +40,7 @@ from __future__ import annotations
 
 import copy
 import errno
-import ipaddress
 import json
-import math
 import queue
 import re
 import socket
@@ -61,6 +59,15 @@ from . import web
 from .errors import RnnlabError
 from .files import KIB, MIB
 from .lens import Lens, Reading
+from .serve_checks import (
+    Params,
+    allowed_host,
+    api_terms,
+    host_name,
+    is_loopback,
+    own_names,
+    shown,
+)
 
 # A request body holds at most one text (MAX_TEXT_CHARS characters, 20,000): even with
 # every character escaped in JSON it fits with room to spare.
@@ -85,64 +92,6 @@ PAGE_POLICY = (
     "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
 JSON_MEDIA = "application/json; charset=utf-8"
-
-
-def _shown(value: Any) -> str:
-    """A parameter's value as an error message quotes it: short, and on one line."""
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-class _Params:
-    """A request's parameters, each converted and checked as a route takes it."""
-
-    def __init__(self, values: dict[str, Any]):
-        self.values = values
-
-    def text(self, name: str) -> str | None:
-        value = self.values.get(name)
-        if value is None:
-            return None
-        if not isinstance(value, str):
-            raise RnnlabError(f"{name} must be text, not {_shown(value)}")
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise RnnlabError(f"{name} is not valid Unicode text (a lone surrogate)") from None
-        return value
-
-    def optional_integer(self, name: str) -> int | None:
-        value = self.values.get(name)
-        if value is None or value == "":
-            return None
-        if isinstance(value, str):
-            try:
-                return int(value.strip())
-            except ValueError:
-                pass
-        elif isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise RnnlabError(f"{name} must be a whole number, not {_shown(value)}")
-
-    def integer(self, name: str, default: int) -> int:
-        value = self.optional_integer(name)
-        return default if value is None else value
-
-    def number(self, name: str, default: float) -> float:
-        value = self.values.get(name)
-        if value is None or value == "":
-            return default
-        number = None
-        if isinstance(value, str):
-            try:
-                number = float(value.strip())
-            except ValueError:
-                pass
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            number = float(value)
-        if number is None or not math.isfinite(number):
-            raise RnnlabError(f"{name} must be a finite number, not {_shown(value)}")
-        return number
 
 
 class _Busy(Exception):
@@ -210,7 +159,7 @@ class _App:
         self._recent: OrderedDict[str, Reading] = OrderedDict()
         self._lock = threading.Lock()
 
-    def text(self, params: _Params) -> str:
+    def text(self, params: Params) -> str:
         text = params.text("text")
         return self.default_text if text is None else text
 
@@ -234,15 +183,15 @@ class _App:
         return reading
 
 
-def _info(app: _App, params: _Params) -> dict[str, Any]:
+def _info(app: _App, params: Params) -> dict[str, Any]:
     return {**app.info, "text": app.default_text}
 
 
-def _read(app: _App, params: _Params) -> dict[str, Any]:
+def _read(app: _App, params: Params) -> dict[str, Any]:
     return web.reading_json(app.reading(app.text(params)))
 
 
-def _unit(app: _App, params: _Params) -> dict[str, Any]:
+def _unit(app: _App, params: Params) -> dict[str, Any]:
     layer, unit = params.integer("layer", 1), params.integer("unit", 0)
     kind = params.text("kind") or "h"
     reading = app.reading(app.text(params))
@@ -250,7 +199,7 @@ def _unit(app: _App, params: _Params) -> dict[str, Any]:
     return {"layer": layer, "kind": kind, "unit": unit, "values": values}
 
 
-def _rank(app: _App, params: _Params) -> dict[str, Any]:
+def _rank(app: _App, params: Params) -> dict[str, Any]:
     feature, pattern = params.text("feature"), params.text("pattern")
     if feature is None:
         raise RnnlabError(f"give a feature: one of {', '.join(web.FEATURES)}")
@@ -258,11 +207,11 @@ def _rank(app: _App, params: _Params) -> dict[str, Any]:
     return {"feature": feature, "units": app.lens.rank_units(reading, feature, pattern or None)}
 
 
-def _training(app: _App, params: _Params) -> dict[str, Any]:
+def _training(app: _App, params: Params) -> dict[str, Any]:
     return app.lens.training()
 
 
-def _generation(app: _App, params: _Params) -> Generator[str, None, None]:
+def _generation(app: _App, params: Params) -> Generator[str, None, None]:
     """The prompt, then a piece per generated token. Nothing runs until the first piece is
     asked for, and closing this closes the Lens's stream (``yield from`` passes it on)."""
     prefix = params.text("prefix")
@@ -276,7 +225,7 @@ def _generation(app: _App, params: _Params) -> Generator[str, None, None]:
 
 
 # path -> (the route, the parameters it takes); /api/generate streams, the others answer JSON.
-ROUTES: dict[str, tuple[Callable[[_App, _Params], Any], tuple[str, ...]]] = {
+ROUTES: dict[str, tuple[Callable[[_App, Params], Any], tuple[str, ...]]] = {
     "/api/info": (_info, ()),
     "/api/read": (_read, ("text",)),
     "/api/unit": (_unit, ("text", "layer", "kind", "unit")),
@@ -289,67 +238,6 @@ ROUTES: dict[str, tuple[Callable[[_App, _Params], Any], tuple[str, ...]]] = {
 def _encoded(value: Any) -> bytes:
     """A JSON answer's bytes."""
     return json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8")
-
-
-def _api_terms(message: str, takes: tuple[str, ...]) -> str:
-    """A message in the API's words: the checks shared with the command line name its
-    flags (--top-k), which the API calls by its parameters' names (top_k)."""
-
-    def parameter(flag: re.Match[str]) -> str:
-        name = flag.group(1).replace("-", "_")
-        return name if name in takes else flag.group(0)
-
-    return re.sub(r"--([a-z][a-z0-9]*(?:-[a-z0-9]+)*)", parameter, message)
-
-
-def _host_name(host: str) -> str:
-    """The name in a Host header, without its port, brackets or final dot, in lower case:
-    "[::1]:8000" -> "::1", "LocalHost.:80" -> "localhost"."""
-    host = host.strip().lower()
-    if host.startswith("["):
-        name = host[1:].split("]", 1)[0]
-    elif host.count(":") == 1:
-        name = host.split(":", 1)[0]
-    else:
-        name = host
-    return name[:-1] if name.endswith(".") else name
-
-
-def _is_address(name: str) -> bool:
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return True
-
-
-def _allowed_host(name: str, names: frozenset[str]) -> bool:
-    """Whether a request naming Host ``name`` (as :func:`_host_name` gives it) is answered.
-
-    Any IP address is: DNS rebinding needs a name, and a browser sends an address only to
-    that address. A name must be one of ``names``.
-    """
-    return name in names or _is_address(name)
-
-
-def _is_loopback(host: str) -> bool:
-    """Whether ``host`` (a name or an address to listen on) is reachable from this machine
-    only: localhost, 127.0.0.0/8, ::1."""
-    if host.lower().rstrip(".") == "localhost":
-        return True
-    try:
-        address = ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return False
-    mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1
-    return address.is_loopback or (mapped is not None and mapped.is_loopback)
-
-
-def _own_names(host: str, allow_hosts: Sequence[str]) -> frozenset[str]:
-    """The names a Host header may give (addresses are always answered): localhost, this
-    machine's name, the name the server listens on and the names the user allowed."""
-    names = {"localhost", socket.gethostname(), host, *allow_hosts}
-    return frozenset(_host_name(n) for n in names if n and not _is_address(_host_name(n)))
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -412,7 +300,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(200, self.server.assets[name], web.ASSETS[name], headers)
             elif url.path in ROUTES:
                 route, takes = ROUTES[url.path]
-                params = _Params(self._values(url.query, body))
+                params = Params(self._values(url.query, body))
                 unknown = sorted(set(params.values) - set(takes))
                 if unknown:
                     expected = ", ".join(takes) if takes else "no parameters"
@@ -433,7 +321,7 @@ class _Handler(BaseHTTPRequestHandler):
             if self._sent:  # mid-stream: all a client can still be told is that the text broke off
                 self.close_connection = True
             else:
-                self._json(400, {"error": _api_terms(str(e), takes)})
+                self._json(400, {"error": api_terms(str(e), takes)})
         except _Busy:
             self._json(
                 503,
@@ -457,7 +345,7 @@ class _Handler(BaseHTTPRequestHandler):
         length = self.headers.get("Content-Length", "0").strip()
         if not (length.isascii() and length.isdigit() and len(length) <= 15):
             self.close_connection = True
-            raise RnnlabError(f"bad Content-Length {_shown(length)}")
+            raise RnnlabError(f"bad Content-Length {shown(length)}")
         if int(length) > BODY_LIMIT:
             self.close_connection = True
             # Read and drop it first: closing a socket with unread bytes resets the
@@ -495,13 +383,13 @@ class _Handler(BaseHTTPRequestHandler):
         """Whether the Host the request names is one of this server's (see the module's
         docstring). A request without one (HTTP/1.0) comes from no browser."""
         host = self.headers.get("Host")
-        return host is None or _allowed_host(_host_name(host), self.server.names)
+        return host is None or allowed_host(host_name(host), self.server.names)
 
     def _host_refusal(self) -> str:
-        name = _host_name(self.headers.get("Host", ""))
+        name = host_name(self.headers.get("Host", ""))
         return (
             f"this server answers only to localhost, this machine's names and addresses and "
-            f"--allow-host names, not to {_shown(name)}; start it with --allow-host NAME "
+            f"--allow-host names, not to {shown(name)}; start it with --allow-host NAME "
             f"if the name is yours"
         )
 
@@ -621,11 +509,11 @@ class _Server(ThreadingHTTPServer):
         """One line (a traceback: several) on the server's error stream, control characters
         escaped (a request line is the client's text)."""
         lines = message.splitlines() or [""]
-        shown = "\n".join(
+        escaped = "\n".join(
             "".join(c if c.isprintable() else repr(c)[1:-1] for c in line) for line in lines
         )
         with self._log_lock:
-            print(shown, file=self._err, flush=True)
+            print(escaped, file=self._err, flush=True)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         error = sys.exc_info()[1]
@@ -684,13 +572,13 @@ def serve(
         lens = Lens.from_run(Path(run), which)
         app = _App(lens, Path(run), which)
         try:
-            server = _Server((host, port), app, err, _own_names(host, allow_hosts))
+            server = _Server((host, port), app, err, own_names(host, allow_hosts))
         except OSError as e:
             raise _bind_error(host, port, e) from None
         with server:
             bound = (str(server.server_address[0]), int(server.server_address[1]))
             print(f"serving {run} at {_url(*bound)}  (Ctrl-C stops)", file=out, flush=True)
-            if not _is_loopback(host):
+            if not is_loopback(host):
                 print(
                     f"rnnlab serve: warning: listening on {host}: other machines can reach "
                     f"this page and the model; use --host 127.0.0.1 to keep it local",

@@ -18,14 +18,8 @@ from __future__ import annotations
 import re
 
 from .errors import RnnlabError
+from .options import MODES
 
-# Each mode and what it does, in the words the command line's --help shows.
-MODES = {
-    "d2l": "the book's letters, lines joined with no separator",
-    "letters": "a-z and space, a line break read as a space",
-    "chars": "every character as it is",
-    "words": "whitespace-separated words and <eos> per line",
-}
 EOS = "<eos>"
 
 _NON_LETTERS = re.compile("[^A-Za-z]+")

@@ -16,8 +16,8 @@ device tensors and are read every ``check_every`` batches (each batch on the
 CPU), which is also where a non-finite loss or gradient is caught, naming the
 batch it happened at.
 
-Adding an optimizer touches ``OPTIMIZERS`` only: the configuration and the
-command line take their list from it.
+Adding an optimizer: its name in rnnlab.options.OPTIMIZERS (the configuration and the command
+line take their list from there) and its class in ``OPTIMIZER_CLASSES`` here.
 """
 
 from __future__ import annotations
@@ -32,16 +32,17 @@ import torch.nn.functional as F
 
 from .batches import block_batches, eval_batches
 from .errors import RnnlabError
+from .models.cells import map_state
+from .options import DEVICES, OPTIMIZERS
 
 # name -> optimizer class; each is made with its defaults, the run's learning rate and,
 # where given, its weight decay.
-OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
+OPTIMIZER_CLASSES: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "sgd": torch.optim.SGD,  # d2l's choice, with lr 1
     "adam": torch.optim.Adam,
     "adamw": torch.optim.AdamW,
 }
-
-DEVICES = ("auto", "cpu", "cuda")  # auto: cuda where torch sees a GPU, else cpu
+assert tuple(OPTIMIZER_CLASSES) == OPTIMIZERS, "rnnlab.options lists the optimizers"
 
 
 class NonFiniteError(RnnlabError):
@@ -61,8 +62,8 @@ def make_optimizer(
     if name not in OPTIMIZERS:
         raise RnnlabError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
     if weight_decay is None:
-        return OPTIMIZERS[name](params, lr=lr)
-    return OPTIMIZERS[name](params, lr=lr, weight_decay=weight_decay)
+        return OPTIMIZER_CLASSES[name](params, lr=lr)
+    return OPTIMIZER_CLASSES[name](params, lr=lr, weight_decay=weight_decay)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -95,9 +96,7 @@ def grad_clipping(params, theta: float) -> torch.Tensor:
 
 def detach_state(state):
     """Cut the graph behind a carried state (word_language_model's repackage_hidden)."""
-    if isinstance(state, tuple):
-        return tuple(s.detach() for s in state)
-    return state.detach()
+    return map_state(torch.Tensor.detach, state)
 
 
 def sequence_loss(
@@ -154,37 +153,12 @@ def train_step(model, optimizer, X, Y, state, clip: float, batch_loss=None):
 Step = Callable[[torch.Tensor, torch.Tensor, object], tuple]
 
 
-def check_cuda_graph(device: torch.device) -> None:
-    """Raise RnnlabError unless a training step on ``device`` can be a CUDA graph."""
-    if device.type != "cuda":
-        raise RnnlabError(
-            f"--cuda-graph needs --device cuda (a CUDA GPU), and this run is on the "
-            f"{device.type}; leave --cuda-graph out"
-        )
+def make_step(model, optimizer, clip: float, batch_loss=None) -> Step:
+    """The training step of a run: ``step(X, Y, state) -> (loss, norm, state)``.
 
-
-def make_step(model, optimizer, clip: float, cuda_graph: bool = False, batch_loss=None) -> Step:
-    """The update step ``step(X, Y, state) -> (loss, grad norm, new state)`` for ``model``.
-
-    ``batch_loss``: as :func:`train_step`'s (data-parallel runs; not with ``cuda_graph``).
-
-    :func:`train_step`, unless ``cuda_graph`` (``--cuda-graph``, experimental: never yet
-    run on a GPU) asks for the step to be captured once as a CUDA graph and replayed
-    (:class:`rnnlab.cuda_graph.GraphedTrainStep`, which computes what train_step does).
-    That needs a model that declares ``cuda_graph_safe`` (fixed shapes, no host
-    synchronisation: the fused models) on a CUDA device; asked for anywhere else it is an
-    RnnlabError. Make the step once per run: a graphed step captures on its first call.
+    ``batch_loss``: as :func:`train_step`'s (data-parallel runs). ``--cuda-graph``'s step,
+    which computes the same, is rnnlab.experimental.cuda_graph's ``graphed_step``.
     """
-    if cuda_graph:
-        if not getattr(model, "cuda_graph_safe", False):
-            raise RnnlabError(
-                f"--cuda-graph needs a model whose training step can be captured (--impl "
-                f"fused or triton); {type(model).__name__} cannot be: leave --cuda-graph out"
-            )
-        check_cuda_graph(next(model.parameters()).device)
-        from .cuda_graph import GraphedTrainStep
-
-        return GraphedTrainStep(model, optimizer, clip)
 
     def step(X, Y, state):
         return train_step(model, optimizer, X, Y, state, clip, batch_loss)

@@ -10,9 +10,9 @@ the features (T*B, H) its output layer reads, and holds that layer as ``adaptive
 per row, ``adaptive.log_prob(features)`` the full (T*B, V) log-probabilities).
 ``train.sequence_loss`` and generation look for it; every other model has none.
 
-Adding a cell or an implementation touches this module (its name in ``CELLS`` or
-``IMPLS``) and the module that computes it; the configuration, the command line
-and the docs take their lists from here.
+Adding an implementation: its name and description in rnnlab.options.IMPLS, its module, and
+a branch in ``build_model``; the configuration, the command line and the docs take their
+lists from rnnlab.options.
 
 ``memory_estimate`` and ``check_fits`` say, from the sizes alone and before anything
 is allocated, whether a model can train on this machine.
@@ -26,31 +26,16 @@ from typing import TYPE_CHECKING
 from torch import nn
 
 from ..errors import RnnlabError
+from ..options import CELLS, EXPERIMENTAL_IMPLS, IMPLS, ONE_HOT_IMPLS
+from .cells import CELLS as CELL_REGISTRY
 from .layout import num_gates
-from .scratch import LAYERS, ScratchLM
-from .torchnn import ADAPTIVE_DIV, RECURRENT, RNNEncoder, TorchLM, adaptive_cutoffs
+from .scratch import ScratchLM
+from .torchnn import ADAPTIVE_DIV, RNNEncoder, TorchLM, adaptive_cutoffs
 
-if TYPE_CHECKING:  # config imports this module for its lists of choices
+if TYPE_CHECKING:
     from ..config import ModelConfig
 
-# The recurrent cells: the book's layer in scratch.py, torch.nn's in torchnn.py.
-CELLS = tuple(LAYERS)
-assert CELLS == tuple(RECURRENT), "scratch.py and torchnn.py must offer the same cells"
-
-# Each implementation and what it is, in the words the command line's --help shows.
-IMPLS = {
-    "scratch": "the book's loops over raw tensors (models/scratch.py)",
-    "torch": "torch.nn's RNN/GRU/LSTM; adds embedding, dropout (locked too), weight tying and "
-    "an adaptive softmax",
-    "fused": "the scratch model's function and parameters, computed fast (on CUDA by cuDNN)",
-    "triton": "fused, with Triton kernels for the recurrences on CUDA; experimental: never "
-    "yet run on a GPU",
-}
-# The book's one-hot models: the same parameters and state_dict keys, so a run may switch
-# between them on --resume and a checkpoint of one loads into any other.
-ONE_HOT_IMPLS = ("scratch", "fused", "triton")
-# Implementations not yet verified where they are meant to run: only ever used when asked for.
-EXPERIMENTAL_IMPLS = ("triton",)
+assert CELLS == tuple(CELL_REGISTRY), "options.CELLS names the entries of models.cells.CELLS"
 
 
 def usable_impl(impl: str) -> tuple[str, str | None]:
@@ -70,24 +55,13 @@ def usable_impl(impl: str) -> tuple[str, str | None]:
 def check_device(config: ModelConfig, device_type: str) -> None:
     """Raise RnnlabError if the model ``config`` describes cannot train on ``device_type``.
 
-    Only ``triton`` has conditions: its kernels run on CUDA tensors only, and they need
-    Triton and a hidden size they support. Call it once the device is resolved.
+    Only the experimental ``triton`` has conditions (rnnlab.experimental.triton_model: a
+    CUDA GPU, Triton, a hidden size its kernels support). Call it once the device is known.
     """
-    if config.impl != "triton":
-        return
-    if device_type != "cuda":
-        raise RnnlabError(
-            f"--impl triton runs its kernels only on a CUDA GPU, and this run is on the "
-            f"{device_type}; give --device cuda on a machine with one, or use --impl fused"
-        )
-    impl, why = usable_impl(config.impl)
-    if why:
-        raise RnnlabError(f"{why}; use --impl torch")
-    from .fused import triton_problem
+    if config.impl in EXPERIMENTAL_IMPLS:
+        from ..experimental.triton_model import check_device as check_triton
 
-    problem = triton_problem(config.cell, config.hidden)
-    if problem:
-        raise RnnlabError(problem)
+        check_triton(config, device_type)
 
 
 def build_model(config: ModelConfig, vocab_size: int) -> nn.Module:
@@ -109,10 +83,13 @@ def build_model(config: ModelConfig, vocab_size: int) -> nn.Module:
         )
     if impl == "scratch":
         return ScratchLM(vocab_size, config.hidden, config.layers, config.cell)
-    from .fused import FusedLM, TritonLM
+    if impl in EXPERIMENTAL_IMPLS:
+        from ..experimental.triton_model import TritonLM
 
-    cls = TritonLM if impl == "triton" else FusedLM
-    return cls(vocab_size, config.hidden, config.layers, config.cell)
+        return TritonLM(vocab_size, config.hidden, config.layers, config.cell)
+    from .fused import FusedLM
+
+    return FusedLM(vocab_size, config.hidden, config.layers, config.cell)
 
 
 def parameter_count(config: ModelConfig, vocab_size: int) -> int:
@@ -142,7 +119,7 @@ def parameter_count(config: ModelConfig, vocab_size: int) -> int:
                 H * h[i] + h[i] * (c[i + 1] - c[i]) for i in range(n)
             )
         return V * E + layer(E or V) + (L - 1) * layer(H) + output
-    extra = H if config.cell == "gru" else 0
+    extra = H if CELL_REGISTRY[config.cell].recurrent_bias else 0  # the GRU's b_hh
     layer = lambda D: G * (D * H + H * H + H) + extra
     return layer(V) + (L - 1) * layer(H) + H * V + V
 

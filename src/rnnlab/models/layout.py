@@ -2,7 +2,8 @@
 
 torch.nn and the fused implementations keep all gates of a layer in one matrix;
 the gate order is cuDNN's (GRU: reset, update, candidate; LSTM: input, forget,
-candidate, output). ``stacked`` builds the column-stacked matrices
+candidate, output), as each cell's entry in ``rnnlab.models.cells`` lists them.
+``stacked`` builds the column-stacked matrices
 
     W_x (D, G*H),  W_h (H, G*H),  b (G*H,)
 
@@ -22,30 +23,19 @@ functions check it on every call and copy as before when it does not hold.
 
 from __future__ import annotations
 
-from typing import cast
-
 import torch
 from torch import nn
 
-GATES: dict[str, list[tuple[str, str, str]]] = {
-    "rnn": [("W_xh", "W_hh", "b_h")],
-    "gru": [("W_xr", "W_hr", "b_r"), ("W_xz", "W_hz", "b_z"), ("W_xh", "W_hh", "b_h")],
-    "lstm": [
-        ("W_xi", "W_hi", "b_i"),
-        ("W_xf", "W_hf", "b_f"),
-        ("W_xc", "W_hc", "b_c"),
-        ("W_xo", "W_ho", "b_o"),
-    ],
-}
+from .cells import CELLS
 
 
 def num_gates(kind: str) -> int:
-    return len(GATES[kind])
+    return CELLS[kind].num_gates
 
 
 def stacked(layer: nn.Module, kind: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(W_x (D, G*H), W_h (H, G*H), b (G*H,)) of a scratch layer, in cuDNN's gate order."""
-    names = GATES[kind]
+    names = CELLS[kind].gates
     if is_packed(layer, kind):
         W_ih, W_hh, b = _blocks(layer, kind)
         return W_ih.t(), W_hh.t(), b
@@ -63,7 +53,7 @@ def torch_nn_parameters(layers, kind: str) -> dict[str, torch.Tensor]:
     """
     params = {}
     for i, layer in enumerate(layers):
-        names = GATES[kind]
+        names = CELLS[kind].gates
         if is_packed(layer, kind):
             W_ih, W_hh, b = _blocks(layer, kind)
         else:
@@ -86,7 +76,7 @@ def pack(layer: nn.Module, kind: str) -> None:
     The Parameter objects stay the same (an optimizer holding them is unaffected);
     values are kept. Their gradients are then strided as the parameters are.
     """
-    names = GATES[kind]
+    names = CELLS[kind].gates
     for k in range(3):  # input weights, recurrent weights, biases
         params = [getattr(layer, n[k]) for n in names]
         block = torch.cat([p.t() if p.dim() == 2 else p for p in params])  # (G*H, D) or (G*H,)
@@ -100,7 +90,7 @@ def pack(layer: nn.Module, kind: str) -> None:
 
 def is_packed(layer: nn.Module, kind: str) -> bool:
     """Whether ``pack`` laid out ``layer``'s parameters and they still share its blocks."""
-    names = GATES[kind]
+    names = CELLS[kind].gates
     return all(_is_block([getattr(layer, n[k]) for n in names]) for k in range(3))
 
 
@@ -150,14 +140,18 @@ class _Blocks(torch.autograd.Function):
 
 def _blocks(layer: nn.Module, kind: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(W_ih (G*H, D), W_hh (G*H, H), b (G*H,)) of a packed layer, as views of its blocks."""
-    names = GATES[kind]
+    names = CELLS[kind].gates
     return _Blocks.apply(*(getattr(layer, n[k]) for k in range(3) for n in names))
 
 
 def hidden_bias(layer: nn.Module, kind: str) -> torch.Tensor:
-    """The bias on the recurrent side (G*H,): zero, but for the GRU candidate's b_hh."""
-    if kind == "gru":
-        b_r, b_z, b_hh = (cast(torch.Tensor, getattr(layer, n)) for n in ("b_r", "b_z", "b_hh"))
-        return torch.cat([torch.zeros_like(b_r), torch.zeros_like(b_z), b_hh])
-    first_bias = getattr(layer, GATES[kind][0][2])
-    return first_bias.new_zeros(num_gates(kind) * first_bias.shape[0])
+    """The bias on the recurrent side (G*H,): zero, but for a cell's ``recurrent_bias`` (the
+    GRU's b_hh), which sits in the last gate's block."""
+    cell = CELLS[kind]
+    first_bias = getattr(layer, cell.gates[0][2])
+    H = first_bias.shape[0]
+    if cell.recurrent_bias is None:
+        return first_bias.new_zeros(cell.num_gates * H)
+    return torch.cat(
+        [first_bias.new_zeros((cell.num_gates - 1) * H), getattr(layer, cell.recurrent_bias)]
+    )

@@ -14,28 +14,20 @@ al. 2017), with which forward returns the features (T*B, H) that its
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..errors import RnnlabError
-from . import layout
+from .cells import CELLS, state_of, state_parts, zero_state
+from .layout import torch_nn_parameters
 from .scratch import ScratchLM
 
-RECURRENT = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
-
-# The functions nn.RNN/GRU/LSTM call: (input (T, B, D), state, [W_ih, W_hh, b_ih, b_hh]
-# per layer, has_biases, num_layers, dropout, train, bidirectional, batch_first) ->
-# (outputs (T, B, H), h_T) or (outputs, h_T, c_T). Locked dropout calls them a layer at
-# a time, on the layer's own parameters of the nn module.
-LAYER_KERNELS: dict[str, Callable[..., Any]] = {
-    "rnn": torch.rnn_tanh,
-    "gru": torch.gru,
-    "lstm": torch.lstm,
-}
+# The recurrent layer of each cell is its registry entry's torch_class (with its
+# torch_options); locked dropout calls the entry's kernel, the function that class calls,
+# a layer at a time on the layer's own parameters of the nn module.
 LAYER_WEIGHTS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")  # torch.nn's names, _l{k}
 
 # Each tail cluster of the adaptive softmax projects H features down to H // 4**(i+1)
@@ -152,22 +144,21 @@ class RNNEncoder(nn.Module):
         self.vocab_size, self.hidden, self.cell = vocab_size, hidden, cell
         self.num_directions = 2 if bidirectional else 1
         self.embedding = nn.Embedding(vocab_size, embedding) if embedding else None
-        self.rnn = RECURRENT[cell](
+        self.rnn = CELLS[cell].torch_class(
             embedding or vocab_size,
             hidden,
             layers,
             dropout=dropout if layers > 1 else 0.0,
             bidirectional=bidirectional,
+            **CELLS[cell].torch_options,
         )
 
     def begin_state(self, batch_size: int, device=None):
-        """Zero state (L*directions, B, H), or a pair of them for the LSTM."""
+        """Zero state (L*directions, B, H), or a tuple of them for a state of several parts."""
         weight = next(self.rnn.parameters())
         shape = (self.rnn.num_layers * self.num_directions, batch_size, self.hidden)
-        zeros = torch.zeros(
-            shape, device=device if device is not None else weight.device, dtype=weight.dtype
-        )
-        return (zeros, zeros.clone()) if self.cell == "lstm" else zeros
+        device = device if device is not None else weight.device
+        return zero_state(self.cell, shape, device, weight.dtype)
 
     def embed(self, X: torch.Tensor) -> torch.Tensor:
         """X (B, T) -> the first layer's inputs (T, B, E), or one-hot (T, B, V)."""
@@ -278,20 +269,16 @@ class TorchLM(RNNEncoder):
         What ``self.rnn`` computes, one layer at a time with ``self.drop``'s mask on the
         input of every layer above the first (the last layer's output is forward's).
         """
-        kernel = LAYER_KERNELS[self.cell]
-        lstm = self.cell == "lstm"
-        x, last_h, last_c = inputs, [], []
+        kernel = CELLS[self.cell].kernel
+        x, last = inputs, []
         for k in range(self.rnn.num_layers):
             if k > 0:
                 x = self.drop(x)
             weights = [getattr(self.rnn, f"{name}_l{k}") for name in LAYER_WEIGHTS]
-            hx = (state[0][k : k + 1], state[1][k : k + 1]) if lstm else state[k : k + 1]
-            x, *last = kernel(x, hx, weights, True, 1, 0.0, self.training, False, False)
-            last_h.append(last[0])
-            if lstm:
-                last_c.append(last[1])
-        h = torch.cat(last_h)  # (L, B, H)
-        return x, ((h, torch.cat(last_c)) if lstm else h)
+            hx = state_of(part[k : k + 1] for part in state_parts(state))
+            x, *layer_last = kernel(x, hx, weights, True, 1, 0.0, self.training, False, False)
+            last.append(layer_last)  # each part (1, B, H)
+        return x, state_of(torch.cat(parts) for parts in zip(*last))  # (L, B, H) per part
 
     @torch.no_grad()
     def copy_from_scratch(self, scratch: ScratchLM) -> TorchLM:
@@ -300,7 +287,7 @@ class TorchLM(RNNEncoder):
             raise RnnlabError(
                 "only a one-hot model with a full softmax has the scratch model's parameters"
             )
-        for name, value in layout.torch_nn_parameters(scratch.layers, self.cell).items():
+        for name, value in torch_nn_parameters(scratch.layers, self.cell).items():
             getattr(self.rnn, name).copy_(value)
         self.linear.weight.copy_(scratch.W_hq.T)
         self.linear.bias.copy_(scratch.b_q)

@@ -17,10 +17,9 @@ forward pass regroups the work into big products:
 Which code runs the recurrences is decided by :func:`path_for`, from the cell,
 the device and the sizes alone: torch's whole-network kernel (cuDNN on CUDA,
 oneDNN on the CPU) fed the scratch parameters in torch.nn's layout, or the torch
-code of :mod:`rnnlab.models.fused.cpu` (any device). :class:`TritonLM`
-(``--impl triton``, experimental) runs the Triton kernels of
-:mod:`rnnlab.models.fused.triton_rnn` on CUDA instead. cpu.py and Triton share
-the signature
+code of :mod:`rnnlab.models.fused.cpu` (any device). ``--impl triton`` (experimental:
+rnnlab.experimental.triton_model) is this model with :meth:`FusedLM.recurrence` replaced
+by Triton kernels on CUDA. cpu.py and Triton share the signature
 
     recurrence(kind, XW (T, B, G*H), W_h (H, G*H), b_hh (G*H,), h0 (B, H), c0 (B, H) or None)
         -> outputs (T, B, H), hT (B, H), cT (B, H) or None
@@ -35,61 +34,30 @@ the kernel's own; ``rnnlab bench`` reports every implementation's measured peak.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from ...errors import RnnlabError
-from .. import layout
+from ..cells import CELLS, state_of, state_parts
+from ..layout import hidden_bias, stacked, torch_nn_parameters
+from ..layout import pack as pack_layer
 from ..scratch import ScratchLM
 from . import cpu
-
-_triton_rnn: Any = None  # the module once imported; False if it could not be
-
-TRITON_MISSING = (
-    "needs the triton package, which cannot be imported here (pip install 'rnnlab[gpu]')"
-)
-
-
-def _triton():
-    """``rnnlab.models.fused.triton_rnn``, or None where it or Triton cannot be imported."""
-    global _triton_rnn
-    if _triton_rnn is None:
-        try:
-            from . import triton_rnn
-
-            _triton_rnn = triton_rnn if triton_rnn.triton is not None else False
-        except ImportError:
-            _triton_rnn = False
-    return _triton_rnn or None
-
 
 # Cells whose whole recurrence runs faster on the CPU in torch's own kernel (oneDNN's
 # fused LSTM) than in cpu.py: measured side by side in docs/fused-cpu.md, where the GRU
 # measured slower through the kernel than in cpu.py, and torch.nn's RNN slower than cpu.py's.
 TORCH_KERNEL_CELLS = ("lstm",)
 
-# torch's whole-network recurrences, as nn.RNN/GRU/LSTM call them: (input (T, B, D), state,
-# flat weights [W_ih, W_hh, b_ih, b_hh per layer], has_biases, num_layers, dropout, train,
-# bidirectional, batch_first) -> (outputs (T, B, H), h_T) or (outputs, h_T, c_T).
-KERNELS: dict[str, Callable[..., Any]] = {
-    "rnn": torch.rnn_tanh,
-    "gru": torch.gru,
-    "lstm": torch.lstm,
-}
-
-PATHS = ("torch-kernel", "torch-ops", "triton")
+PATHS = ("torch-kernel", "torch-ops")
 
 
-def path_for(
-    cell: str, device_type: str, vocab_size: int, hidden: int, triton: bool = False
-) -> str:
+def path_for(cell: str, device_type: str, vocab_size: int, hidden: int) -> str:
     """Which code computes a fused model's recurrences: one of :data:`PATHS`.
 
     Every path computes the scratch model's function from the scratch parameters.
 
-    * "torch-kernel": torch's whole-network kernel for the cell (:data:`KERNELS`), fed
+    * "torch-kernel": torch's whole-network kernel for the cell (its entry's ``kernel``), fed
       the parameters in torch.nn's layout (``layout.torch_nn_parameters``). It takes
       one-hot inputs, so layer 0 costs it a (T*B, V) x (V, G*H) product that the row
       lookup of the other paths avoids: chosen only while V <= H (characters, not words).
@@ -97,61 +65,25 @@ def path_for(
       run on a GPU; what rnnlab adds, the layout conversion, is tested on the CPU against
       the scratch model in float64 (tests/test_fused.py). On the CPU for the cells of
       :data:`TORCH_KERNEL_CELLS` only (the LSTM: oneDNN measured faster than cpu.py).
-    * "triton": the Triton kernels of ``triton_rnn``, only where asked for (``triton``,
-      i.e. ``--impl triton``) and on CUDA. Experimental: checked in Triton's interpreter,
-      never yet run on a GPU (docs/gpu.md).
     * "torch-ops": everything else; the recurrence of :mod:`rnnlab.models.fused.cpu`,
       torch operations with a hand-written backward pass, which runs on any device and is
       checked against the scratch model and by gradcheck. On the CPU: the RNN and GRU
       (measured faster there than torch's kernel), and the LSTM when V > H; on CUDA: V > H.
     """
     if device_type == "cuda":
-        if triton:
-            return "triton"
         return "torch-kernel" if vocab_size <= hidden else "torch-ops"
     if device_type == "cpu" and cell in TORCH_KERNEL_CELLS and vocab_size <= hidden:
         return "torch-kernel"
     return "torch-ops"
 
 
-def recurrence_for(kind: str, XW: torch.Tensor, triton: bool = False) -> Callable:
-    """The recurrence function to run layer ``kind`` on XW (T, B, G*H).
-
-    Triton's (``triton_rnn.recurrence``) where ``triton`` is asked for and XW is on CUDA;
-    otherwise cpu.py's. Raises RnnlabError where Triton is asked for but cannot be imported.
-    """
-    if triton and XW.is_cuda:
-        kernels = _triton()
-        if kernels is None:
-            raise RnnlabError(
-                f"a model of --impl triton on CUDA {TRITON_MISSING}; or use --device cpu"
-            )
-        return kernels.recurrence
-    return cpu.recurrence
-
-
-def triton_problem(cell: str, hidden: int) -> str | None:
-    """Why ``--impl triton`` cannot train ``cell`` with ``hidden`` units on this machine's
-    GPU, as a message; None where it can. Call it once CUDA is known to be there."""
-    kernels = _triton()
-    if kernels is None:
-        return f"--impl triton {TRITON_MISSING}; or use --impl fused"
-    if not kernels.supported(cell, hidden, torch.float32):
-        return (
-            f"--impl triton supports --hidden from 16 to {kernels.MAX_HIDDEN} in multiples "
-            f"of 16 (got {hidden}); use --impl fused"
-        )
-    return None
-
-
 class FusedLM(ScratchLM):
     """ScratchLM with whole-sequence recurrences: forward(X, state) -> (logits (T*B, V), state)."""
 
     # Fixed shapes and no host synchronisation in forward and backward, so a training step
-    # can be captured as a CUDA graph (train.make_step with --cuda-graph). Declared from the
-    # code, not yet verified on a GPU.
+    # can be captured as a CUDA graph (--cuda-graph, rnnlab.experimental.cuda_graph).
+    # Declared from the code, not yet verified on a GPU.
     cuda_graph_safe = True
-    use_triton = False  # TritonLM: the recurrences as Triton kernels on CUDA
 
     def __init__(self, vocab_size: int, hidden: int, layers: int = 1, cell: str = "rnn"):
         super().__init__(vocab_size, hidden, layers, cell)
@@ -159,7 +91,11 @@ class FusedLM(ScratchLM):
 
     def path(self, device_type: str) -> str:
         """The code that computes this model's recurrences on ``device_type`` (path_for)."""
-        return path_for(self.cell, device_type, self.vocab_size, self.hidden, self.use_triton)
+        return path_for(self.cell, device_type, self.vocab_size, self.hidden)
+
+    def recurrence(self, XW: torch.Tensor) -> Callable:
+        """The function that runs a layer's recurrence over XW (T, B, G*H): cpu.py's."""
+        return cpu.recurrence
 
     def _pack(self, device_type: str | None = None) -> None:
         """Lay the gate parameters out as torch's kernel reads them (``layout.pack``), so
@@ -176,7 +112,7 @@ class FusedLM(ScratchLM):
             pack = self.path(device_type) == "torch-kernel"
         if pack:
             for layer in self.layers:
-                layout.pack(layer, self.cell)
+                pack_layer(layer, self.cell)
 
     def _apply(self, fn, recurse=True):
         # .to(), .double(), .cuda() ... give parameters new memory: pack that again.
@@ -192,28 +128,20 @@ class FusedLM(ScratchLM):
         B, T = X.shape
         H = self.hidden
         inputs = torch.empty(0)  # (T, B, H): the outputs of the layer below, once there is one
-        last_h: list[torch.Tensor] = []
-        last_c: list[torch.Tensor] = []
+        parts = state_parts(state)  # (h,) or (h, c), each (L, B, H)
+        last: list[tuple[torch.Tensor, ...]] = []
         for i, layer in enumerate(self.layers):
-            W_x, W_h, b = layout.stacked(layer, self.cell)  # (D, G*H), (H, G*H), (G*H,)
+            W_x, W_h, b = stacked(layer, self.cell)  # (D, G*H), (H, G*H), (G*H,)
             if i == 0:
                 XW = F.embedding(X.T, W_x) + b  # (T, B, G*H): the rows one-hot(X) @ W_x selects
             else:
                 XW = torch.addmm(b, inputs.reshape(T * B, H), W_x).view(T, B, -1)
-            if self.cell == "lstm":
-                h0, c0 = state[0][i], state[1][i]
-            else:
-                h0, c0 = state[i], None
-            recurrence = recurrence_for(self.cell, XW, triton=path == "triton")
-            inputs, hT, cT = recurrence(
-                self.cell, XW, W_h, layout.hidden_bias(layer, self.cell), h0, c0
-            )
-            last_h.append(hT)
-            last_c.append(cT)
+            h0, c0 = parts[0][i], (parts[1][i] if len(parts) > 1 else None)
+            recurrence = self.recurrence(XW)
+            inputs, hT, cT = recurrence(self.cell, XW, W_h, hidden_bias(layer, self.cell), h0, c0)
+            last.append((hT,) if cT is None else (hT, cT))
         logits = torch.addmm(self.b_q, inputs.reshape(T * B, H), self.W_hq)  # (T*B, V)
-        if self.cell == "lstm":
-            return logits, (torch.stack(last_h), torch.stack(last_c))
-        return logits, torch.stack(last_h)
+        return logits, state_of(torch.stack(layers) for layers in zip(*last))
 
     def _forward_in_torch_kernel(self, X: torch.Tensor, state):
         """The same function, with every layer's recurrence in torch's kernel for the cell.
@@ -223,10 +151,10 @@ class FusedLM(ScratchLM):
         and W_hh (G*H, H) in cuDNN's gate order, as views of their packed blocks
         (``layout.pack``; copies where the layer is not packed), so gradients reach them.
         """
-        params = layout.torch_nn_parameters(self.layers, self.cell)
+        params = torch_nn_parameters(self.layers, self.cell)
         # one-hot(X.T) (T, B, V), written straight in the weights' dtype
         inputs = self.W_hq.new_zeros(*X.T.shape, self.vocab_size).scatter_(2, X.T[..., None], 1)
-        outputs, *last = KERNELS[self.cell](
+        outputs, *last = CELLS[self.cell].kernel(
             inputs,
             state,
             list(params.values()),
@@ -238,28 +166,12 @@ class FusedLM(ScratchLM):
             False,
         )  # has biases, layers, dropout, train, bidirectional, batch first
         logits = torch.addmm(self.b_q, outputs.reshape(-1, self.hidden), self.W_hq)  # (T*B, V)
-        return logits, tuple(last) if self.cell == "lstm" else last[0]
-
-
-class TritonLM(FusedLM):
-    """FusedLM whose recurrences run as the Triton kernels on CUDA (``--impl triton``).
-
-    Experimental: the kernels are checked in Triton's interpreter and compiled for sm_90,
-    but have never run on a GPU (docs/gpu.md). Same parameters, ``state_dict`` keys and
-    function as ScratchLM and FusedLM; off CUDA it computes exactly as FusedLM does (so a
-    run trained with it samples on a CPU).
-    """
-
-    use_triton = True
+        return logits, state_of(last)
 
 
 __all__ = [
     "FusedLM",
-    "TritonLM",
-    "KERNELS",
     "PATHS",
     "TORCH_KERNEL_CELLS",
     "path_for",
-    "recurrence_for",
-    "triton_problem",
 ]

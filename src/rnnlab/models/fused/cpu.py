@@ -17,7 +17,7 @@ on the recurrent side (zero except the GRU candidate's, see ``layout.hidden_bias
 Gates are in cuDNN's order (GRU r, z, n; LSTM i, f, g, o), and the GRU is
 cuDNN's variant, with the reset gate applied to h W_hn + b_hn:
 
-    RNN   h = tanh(XW + h W_h + b_hh)
+    RNN   h = f(XW + h W_h + b_hh), f the cell's nonlinearity (tanh)
     GRU   r, z = sigmoid(XW_rz + h W_h,rz + b_rz);  n = tanh(XW_n + r * (h W_hn + b_hn))
           h = z * h + (1 - z) * n
     LSTM  i, f, o = sigmoid(.), g = tanh(.) of XW + h W_h + b_hh
@@ -49,11 +49,7 @@ keeps for the backward pass, with the logits and their log-softmax (2V); and the
 largest backward-pass moment, one layer's buffers above with the outputs' gradient
 and its running copy (2H) and the logits' gradient (V). (XW, G*H per row, lives
 only during its layer's forward pass and is smaller than its backward buffers.)
-For the RNN at H 512, B 32, T 35, V 28: 4 * (291,356 + 1,120 * (512 + 56) +
-1,120 * (2,560 + 28)) bytes = 14.6 MiB; at B 256, T 128 it gives 395.6 MiB, and
-``rnnlab bench`` measured the resident set grow by 408 MiB there (the model alone in
-its process, freed memory kept by ``rnnlab.heap``; in one process with other models
-the heap's fragments add more).
+A worked example and its measurement are in docs/fused-cpu.md.
 The LSTM with V <= H runs in torch's kernel instead (``rnnlab.models.fused``), whose
 workspace is oneDNN's.
 
@@ -64,9 +60,13 @@ Design notes and measurements: docs/fused-cpu.md
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
+
+from ..cells import CELLS, Activation
 
 
 def _dW_h(h0: Tensor, outputs: Tensor, dgates: Tensor) -> Tensor:
@@ -97,9 +97,9 @@ def _tanh_grad(t: Tensor) -> Tensor:
 # (T, B, ...) buffers in place and allocate nothing per step.
 
 
-def _rnn_forward_loop(outputs: Tensor, h: Tensor, W_h: Tensor) -> None:
+def _rnn_forward_loop(outputs: Tensor, h: Tensor, W_h: Tensor, f_: Callable) -> None:
     for out in outputs.unbind(0):
-        out.addmm_(h, W_h).tanh_()
+        f_(out.addmm_(h, W_h))  # f in place: the cell's nonlinearity
         h = out
 
 
@@ -203,20 +203,22 @@ def _lstm_backward_loop(
 
 
 class RNNRecurrence(torch.autograd.Function):
-    """h_t = tanh(XW_t + h_{t-1} W_h + b_hh) over all T steps."""
+    """h_t = f(XW_t + h_{t-1} W_h + b_hh) over all T steps; f is the cell's activation
+    (tanh, or another of rnnlab.models.cells.ACTIVATIONS)."""
 
     @staticmethod
-    def forward(ctx, XW: Tensor, W_h: Tensor, b_hh: Tensor, h0: Tensor):
+    def forward(ctx, XW: Tensor, W_h: Tensor, b_hh: Tensor, h0: Tensor, f: Activation):
         outputs = XW + b_hh  # (T, B, H): pre-activations, turned into h_t in place step by step
-        _rnn_forward_loop(outputs, h0, W_h)
+        _rnn_forward_loop(outputs, h0, W_h, f.apply_)
         ctx.save_for_backward(W_h, h0, outputs)
+        ctx.f = f
         return outputs, outputs[-1].clone()
 
     @staticmethod
     @once_differentiable
     def backward(ctx, d_outputs: Tensor, d_hT: Tensor):
         W_h, h0, outputs = ctx.saved_tensors
-        local = _tanh_grad(outputs)  # (T, B, H) dh_t/dpre_t
+        local = ctx.f.grad_from_output(outputs)  # (T, B, H) dh_t/dpre_t
         dgates = torch.empty_like(outputs)  # (T, B, H) = dXW
         # dh[t] = dL/dh_t, everything included: the outputs' gradient now, the rest added
         # step by step in place (no per-step copy)
@@ -227,7 +229,7 @@ class RNNRecurrence(torch.autograd.Function):
         dh0 = dgates[0] @ W_hT if ctx.needs_input_grad[3] else None
         dW = _dW_h(h0, outputs, dgates) if ctx.needs_input_grad[1] else None
         db = dgates.sum((0, 1)) if ctx.needs_input_grad[2] else None
-        return dgates, dW, db, dh0
+        return dgates, dW, db, dh0, None
 
 
 class GRURecurrence(torch.autograd.Function):
@@ -332,13 +334,15 @@ class LSTMRecurrence(torch.autograd.Function):
 def recurrence(
     kind: str, XW: Tensor, W_h: Tensor, b_hh: Tensor, h0: Tensor, c0: Tensor | None = None
 ) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Run layer ``kind`` over all steps: (outputs (T, B, H), hT (B, H), cT (B, H) or None)."""
-    if kind == "lstm":
+    """Run a layer of cell ``kind`` over all steps: (outputs (T, B, H), hT (B, H), cT (B, H)
+    or None), by the recurrence of its family (rnnlab.models.cells)."""
+    cell = CELLS[kind]
+    if cell.family == "lstm":
         return LSTMRecurrence.apply(XW, W_h, b_hh, h0, c0)
-    if kind == "gru":
+    if cell.family == "gru":
         outputs, hT = GRURecurrence.apply(XW, W_h, b_hh, h0)
-    elif kind == "rnn":
-        outputs, hT = RNNRecurrence.apply(XW, W_h, b_hh, h0)
+    elif cell.family == "rnn":
+        outputs, hT = RNNRecurrence.apply(XW, W_h, b_hh, h0, cell.activation)
     else:
-        raise ValueError(f"unknown recurrence {kind!r}")
+        raise ValueError(f"no recurrence for the {cell.family!r} family")
     return outputs, hT, None

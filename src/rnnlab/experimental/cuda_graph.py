@@ -1,9 +1,9 @@
 """A whole training step captured once in a CUDA graph and replayed for every batch.
 
 Experimental (``--cuda-graph``): written and tested on the CPU, never yet run on a GPU
-(docs/gpu.md). ``train.make_step(..., cuda_graph=True)`` makes one; the trainer makes
-one per run, and it captures once, on its first batch, since every training batch of a
-run has the same shape.
+(docs/gpu.md). :func:`graphed_step` makes one, after checking that the model and the
+device allow it; the trainer makes one per run, and it captures once, on its first batch,
+since every training batch of a run has the same shape.
 
 A CUDA graph records the step's kernel launches (forward, loss, backward,
 clipping, optimizer update) once and replays them with one call: PyTorch's
@@ -46,10 +46,33 @@ from __future__ import annotations
 
 import torch
 
-from .errors import RnnlabError
-from .train import grad_clipping, sequence_loss, train_step
+from ..errors import RnnlabError
+from ..models.cells import map_state, state_parts
+from ..train import grad_clipping, sequence_loss, train_step
 
 WARMUP_STEPS = 3
+
+
+def check_cuda_graph(device: torch.device) -> None:
+    """Raise RnnlabError unless a training step on ``device`` can be a CUDA graph."""
+    if device.type != "cuda":
+        raise RnnlabError(
+            f"--cuda-graph needs --device cuda (a CUDA GPU), and this run is on the "
+            f"{device.type}; leave --cuda-graph out"
+        )
+
+
+def graphed_step(model, optimizer, clip: float) -> GraphedTrainStep:
+    """``--cuda-graph``'s training step: :class:`GraphedTrainStep` of ``model``, which must
+    declare ``cuda_graph_safe`` (fixed shapes, no host synchronisation: the fused models)
+    and sit on a CUDA device; anything else is an RnnlabError. Make it once per run."""
+    if not getattr(model, "cuda_graph_safe", False):
+        raise RnnlabError(
+            f"--cuda-graph needs a model whose training step can be captured (--impl "
+            f"fused or triton); {type(model).__name__} cannot be: leave --cuda-graph out"
+        )
+    check_cuda_graph(next(model.parameters()).device)
+    return GraphedTrainStep(model, optimizer, clip)
 
 
 def _on_gpu(X) -> bool:
@@ -58,19 +81,16 @@ def _on_gpu(X) -> bool:
 
 
 def _clone_state(state):
-    return tuple(s.clone() for s in state) if isinstance(state, tuple) else state.clone()
+    return map_state(torch.Tensor.clone, state)
 
 
 def _copy_state(dst, src) -> None:
-    if isinstance(dst, tuple):
-        for d, s in zip(dst, src):
-            d.copy_(s)
-    else:
-        dst.copy_(src)
+    for d, s in zip(state_parts(dst), state_parts(src)):
+        d.copy_(s)
 
 
 def _shape_key(X, Y, state):
-    parts = state if isinstance(state, tuple) else (state,)
+    parts = state_parts(state)
     return (tuple(X.shape), tuple(Y.shape), X.dtype) + tuple(
         (tuple(s.shape), s.dtype) for s in parts
     )
@@ -177,7 +197,7 @@ class GraphedTrainStep:
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
         norm = grad_clipping(params, self.clip)
         self.optimizer.step()
-        state = tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
+        state = map_state(torch.Tensor.detach, state)
         return loss.detach(), norm.detach(), state
 
     def _capture(self, X, Y, state) -> None:

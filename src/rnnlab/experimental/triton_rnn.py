@@ -9,7 +9,7 @@ Same contract as ``rnnlab.models.fused.cpu.recurrence``:
 differentiable w.r.t. XW, W_h, b_hh, h0 and c0. XW is the input projection of
 every step (input bias included), computed by the caller as one big matmul; b_hh
 is the recurrent-side bias, zero but for the GRU candidate's. Gates are in cuDNN's
-order (``rnnlab.models.layout.GATES``), with the cells and papers of
+order (``rnnlab.models.cells``' entries), with the cells and papers of
 ``rnnlab.models.fused.cpu``:
 
     RNN   h = tanh(XW + h W_h + b_hh)
@@ -27,7 +27,7 @@ Two schedules run the same kernel code (``SCHEDULES``; FusedLM uses
   steps is all the synchronisation there is.
 * "per_step": one launch per step (two in the backward pass) over a grid of
   batch blocks x column tiles; the launch boundary is the barrier between
-  steps. Meant to run inside a CUDA graph (``rnnlab.cuda_graph``).
+  steps. Meant to run inside a CUDA graph (``rnnlab.experimental.cuda_graph``).
 
 Forward, per step and per tile of BH hidden columns: h_{t-1} (BB, H) @ W_h
 (H, BH) for each gate with ``tl.dot``, the gate nonlinearities, then h_t (the
@@ -59,8 +59,8 @@ import os
 
 import torch
 
-from ...errors import RnnlabError
-from ..layout import GATES
+from ..errors import RnnlabError
+from ..models.layout import num_gates
 
 try:
     import triton
@@ -441,7 +441,7 @@ def _check(kind: str, XW, W_h, b_hh, h0, c0, precision: str, schedule: str) -> N
     if schedule not in SCHEDULES:
         raise RnnlabError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
     H = h0.shape[1]
-    G = len(GATES[kind])
+    G = num_gates(kind)
     tensors = [XW, W_h, b_hh, h0] + ([c0] if kind == "lstm" else [])
     if not all(x.dtype == torch.float32 for x in tensors):
         raise RnnlabError(
@@ -517,7 +517,7 @@ class _Recurrence(torch.autograd.Function):
         precision = ctx.precision
         W_h, HS, CS, SAVE = ctx.saved_tensors
         T, B, H = dout.shape
-        G = len(GATES[kind])
+        G = num_gates(kind)
         dout = dout.contiguous()
         DXW = new_buffer(T, B, G * H, like=dout)
         DHN = new_buffer(T, B, H, like=dout) if kind == "gru" else DXW  # DXW: unused placeholder
