@@ -65,3 +65,20 @@ def test_state_helpers_work_for_any_number_of_parts():
     assert all(torch.equal(a, b) for a, b in zip(stacked, three, strict=True))
     single = stack_states([layer_state(one, i) for i in range(2)])
     assert torch.equal(single, one)
+
+
+def test_the_page_reads_a_relu_rnn_as_any_other_cell():
+    """rnn-relu (the worked example of a new cell): its states are the page's h1, never
+    negative (a ReLU's outputs), and its predictions are probabilities."""
+    from rnnlab.config import ModelConfig, TrainConfig
+    from rnnlab.lens import Lens
+    from rnnlab.models import ScratchLM
+    from rnnlab.vocab import Vocab
+
+    torch.manual_seed(0)
+    cfg = TrainConfig(mode="chars", model=ModelConfig(cell="rnn-relu", impl="scratch", hidden=4))
+    vocab = Vocab(list("abc \n"))
+    reading = Lens(cfg, vocab, ScratchLM(len(vocab), 4, 1, "rnn-relu")).read("abc ab")
+    assert set(reading.activations) == {"h1"} and reading.activations["h1"].shape == (6, 4)
+    assert (reading.activations["h1"] >= 0).all()
+    assert all(0 < p < 1 for p in reading.probs[1:])

@@ -154,6 +154,8 @@ def cell_step(cell, x, h, c, W_ih, W_hh, b_ih, b_hh):
     gi, gh = x @ W_ih.T + b_ih, h @ W_hh.T + b_hh
     if cell == "rnn":
         return torch.tanh(gi + gh), None
+    if cell == "rnn-relu":
+        return torch.relu(gi + gh), None
     if cell == "gru":  # gates r, z, n
         (ir, iz, in_), (hr, hz, hn) = gi.chunk(3, 1), gh.chunk(3, 1)
         r, z = torch.sigmoid(ir + hr), torch.sigmoid(iz + hz)

@@ -36,6 +36,8 @@ MODELS = {
         "scratch-rnn-1": "--impl scratch --cell rnn",
         "fused-rnn-2": "--impl fused --cell rnn --layers 2",
         "fused-gru-1": "--impl fused --cell gru",
+        "fused-rnn-relu-1": "--impl fused --cell rnn-relu",
+        "torch-rnn-relu-2": "--impl torch --cell rnn-relu --layers 2 --embedding 6",
         "scratch-gru-2": "--impl scratch --cell gru --layers 2",
         "scratch-lstm-1": "--impl scratch --cell lstm",
         "fused-lstm-2": "--impl fused --cell lstm --layers 2",

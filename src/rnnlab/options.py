@@ -222,7 +222,7 @@ def list_option(
 # ---- the lists of choices, each with the words --help shows where it has them ----
 
 # The recurrent cells; rnnlab.models.cells holds what each one is.
-CELLS = ("rnn", "gru", "lstm")
+CELLS = ("rnn", "gru", "lstm", "rnn-relu")
 
 # Each implementation and what it is.
 IMPLS = {

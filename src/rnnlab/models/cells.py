@@ -49,11 +49,15 @@ ACTIVATIONS = {
     "tanh": Activation(
         torch.tanh, torch.Tensor.tanh_, lambda t: torch.addcmul(t.new_ones(()), t, t, value=-1)
     ),
+    # relu'(x) = 1 where relu(x) > 0, else 0 (0 at 0, as torch's autograd takes it)
+    "relu": Activation(torch.relu, torch.Tensor.relu_, lambda r: (r > 0).to(r.dtype)),
 }
 
 
 class RNNLayer(nn.Module):
-    """Vanilla RNN layer (d2l 8.5): H_t = f(X_t W_xh + H_{t-1} W_hh + b_h), f = tanh."""
+    """Vanilla RNN layer (d2l 8.5): H_t = f(X_t W_xh + H_{t-1} W_hh + b_h), f = tanh, or
+    relu for the ReLU RNN (``rnn-relu``: the cell of Le et al. 2015's IRNN, without its
+    identity initialisation of W_hh)."""
 
     def __init__(self, num_inputs: int, num_hiddens: int, nonlinearity: str = "tanh"):
         super().__init__()
@@ -215,6 +219,17 @@ CELLS: dict[str, Cell] = {
         nn.LSTM,
         torch.lstm,
         "lstm",
+    ),
+    "rnn-relu": Cell(
+        "rnn-relu",
+        RNNLayer,
+        (("W_xh", "W_hh", "b_h"),),
+        1,
+        nn.RNN,
+        torch.rnn_relu,
+        "rnn",
+        layer_options={"nonlinearity": "relu"},
+        torch_options={"nonlinearity": "relu"},
     ),
 }
 
