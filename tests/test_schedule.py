@@ -174,3 +174,20 @@ def test_over_a_time_limit_warm_up_ends_by_a_tenth_of_the_limit():
     assert after == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.1)))
     rates = [cosine.rate(at(k, s)) for k, s in [(30, 20.0), (40, 50.0), (50, 99.0)]]
     assert rates == sorted(rates, reverse=True) and rates[-1] < 0.01
+
+
+def test_over_a_time_limit_and_epochs_the_decay_follows_whichever_ends_first():
+    """--epochs and --time-limit together: p = max(s / S, (k - W) / (N - W)), so a run ends
+    at the floor whether its epochs or its minutes run out first."""
+    lr, W, N, S, m = 1.0, 10, 110, 100.0, 0.1
+    both = Schedule("cosine", lr, W, m, planned_batches=N, limit_seconds=S)
+    by_time = Schedule("cosine", lr, W, m, limit_seconds=S)
+    by_batches = Schedule("cosine", lr, W, m, planned_batches=N)
+    fast = at(60, 20.0)  # half the batches in a fifth of the time: the batches lead
+    assert both.rate(fast) == pytest.approx(by_batches.rate(fast))
+    assert by_batches.rate(fast) < by_time.rate(fast)
+    slow = at(30, 80.0)  # a fifth of the batches in 0.8 of the time: the clock leads
+    assert both.rate(slow) == pytest.approx(by_time.rate(slow))
+    assert by_time.rate(slow) < by_batches.rate(slow)
+    assert both.rate(at(N, 30.0)) == pytest.approx(m * lr)  # the last epoch ends at the floor
+    assert both.rate(at(40, S)) == pytest.approx(m * lr)  # and so does the limit

@@ -18,7 +18,8 @@ The text of the same kind nearest in size (on a log scale) is taken, then its bu
 nearest to the converted minutes, and that budget's best candidate. Its options are
 then fitted to the text: a text too small for the candidate's batch gets smaller
 batches (``fit_batch``). The warm-up ends at a tenth of the time limit at the latest and
-the cosine decay runs over the limit (rnnlab.schedule), and the best
+the cosine decay runs over the limit, or over the candidate's epochs where it plans
+fewer (``shakespeare``: 6) and they end first (rnnlab.schedule), and the best
 checkpoint (validated at every epoch's end and where the limit stops the run) is
 what ``eval`` and ``generate`` read.
 """
@@ -43,7 +44,7 @@ from .recipes import describe as describe_recipes
 TABLE_FILE = "auto_table.json"
 MIN_EPOCH_BATCHES = 20  # a smaller text gets smaller batches until an epoch holds this many
 MIN_STEPS = 16  # ... but sequences no shorter than this
-EPOCHS = 10_000  # the time limit ends an auto run, never its epochs
+EPOCHS = 10_000  # the time limit ends an auto run, unless its candidate plans fewer epochs
 
 # What every character candidate shares: AWD-LSTM's locked dropout and AdamW, a cosine
 # decay over the time limit (its floor 0), a 64-wide embedding, clipping at 1.
@@ -270,10 +271,12 @@ def choose(
         * token_cost(candidate, table.texts[text]["vocab"])
         / token_cost(candidate, vocab)
     )
-    expected_batches = (
-        minutes * 60 * expected_speed / (options["batch_size"] * options["num_steps"])
-    )
+    batch_tokens = options["batch_size"] * options["num_steps"]
     options = {"epochs": EPOCHS, **options, "time_limit": minutes}
+    expected_batches = min(
+        minutes * 60 * expected_speed / batch_tokens,
+        options["epochs"] * (train_tokens // batch_tokens),  # where its epochs end first
+    )
     about = table.texts[text]
     vocab_note = (
         ""
@@ -284,6 +287,11 @@ def choose(
     runner_up = (
         f", ahead of {cell.ranking[1]['candidate']} ({cell.ranking[1]['loss']:.3f})"
         if len(cell.ranking) > 1
+        else ""
+    )
+    epochs_note = (
+        f" or its {options['epochs']} epochs, whichever ends first"
+        if options["epochs"] < EPOCHS
         else ""
     )
     fitted = options["batch_size"], options["num_steps"]
@@ -306,7 +314,7 @@ def choose(
         f"{best['candidate']}, {batch_note}, about {expected_batches:,.0f} batches at about "
         f"{expected_speed:,.0f} tokens/s, the rate warmed up over {options.get('warmup', 0)} "
         f"batches (or a tenth of the time, if sooner) and decayed on a cosine over the "
-        f"{minutes:g} minutes; the best checkpoint is kept."
+        f"{minutes:g} minutes{epochs_note}; the best checkpoint is kept."
     )
     return Choice(options, why)
 

@@ -210,9 +210,9 @@ class TrainConfig:
     schedule: str = option(
         "constant",
         "learning-rate schedule: constant; cosine: linear warm-up over --warmup batches, "
-        "then cosine decay to --min-lr-frac x --lr by the end of the run (its --epochs, or "
-        "its --time-limit); plateau: divide the rate by 4 after each epoch whose validation "
-        "loss is not the lowest so far",
+        "then cosine decay to --min-lr-frac x --lr by the end of the run (its --epochs or "
+        "its --time-limit, whichever ends first); plateau: divide the rate by 4 after each "
+        "epoch whose validation loss is not the lowest so far",
         choices=SCHEDULES,
     )
     warmup: int = option(

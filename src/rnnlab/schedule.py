@@ -8,10 +8,11 @@ run's ``--lr``, W ``--warmup`` (but at most a tenth of the run: of the N batches
     cosine     lr_k = lr · (k + 1) / (W + 1)                    k < W: linear warm-up
                lr_k = m + (lr − m) · ½ (1 + cos(π p))           k ≥ W: cosine decay
                    p = (k − W) / (N − W)                        over N planned batches
-                   p = s / S                                    or s of S seconds (--time-limit),
-                                                                where warm-up ends at k = W or
-                                                                s = S/10, its rate lr · max((k + 1)
-                                                                / (W + 1), 10 s / S)
+                   p = max(s / S, (k − W) / (N − W))            or with --time-limit, over S
+                                                                seconds or the N batches, which-
+                                                                ever ends first; warm-up ends at
+                                                                k = W or s = S/10, its rate
+                                                                lr · max((k+1) / (W+1), 10 s / S)
                p is clipped to [0, 1], so the rate ends at m and stays there
     plateau    lr_e = lr / 4^j after j epochs whose validation loss was not lower
                than the lowest before them
@@ -21,9 +22,11 @@ and decay are nanoGPT's ``get_lr``. Plateau is pytorch/examples' word_language_m
 rule (``lr /= 4.0`` when the validation loss did not improve).
 
 N is --epochs × the batches of an epoch (summed over the epochs, which differ by their
-random offset); with a time limit the decay runs over its wall-clock seconds instead,
-so a run that stops at its limit ends at the floor, and a larger limit on --resume
-stretches what is left of it. A larger --epochs on --resume stretches N the same way.
+random offset); with a time limit the decay runs over its wall-clock seconds too, and
+p is the larger of the two fractions, so a run ends at the floor whichever of its
+--epochs and its limit stops it (a fast machine with a small --epochs anneals over the
+epochs, a slow one over the minutes), and a larger limit on --resume stretches what is
+left of it. A larger --epochs on --resume stretches N the same way.
 
 Each rate is a pure function of a :class:`ScheduleState`, which the trainer saves in
 every checkpoint, so a resumed run computes the rates the uninterrupted run would
@@ -138,8 +141,8 @@ class Schedule:
     lr: float
     warmup: int = 0
     min_lr_frac: float = 0.0
-    planned_batches: int = 0  # N: cosine over batches
-    limit_seconds: float | None = None  # S: cosine over the time limit instead
+    planned_batches: int = 0  # N: cosine over batches (0: not planned)
+    limit_seconds: float | None = None  # S: cosine over the time limit too
 
     def rate(self, state: ScheduleState) -> float:
         """The rate of the next batch, number ``state.batches``, at ``state.seconds``."""
@@ -149,6 +152,9 @@ class Schedule:
             return self.lr
         if self.limit_seconds is not None:
             progress = time_progress(state.seconds, self.limit_seconds)
+            if self.planned_batches:  # the epochs may end first: decay by whichever is ahead
+                planned = cosine_progress(state.batches, self.warmup, self.planned_batches)
+                progress = max(progress, planned)
             # Over a time limit the batches are not known ahead: warm-up ends after
             # --warmup batches or a tenth of the limit, whichever comes first.
             share = WARMUP_SHARE * state.seconds / self.limit_seconds

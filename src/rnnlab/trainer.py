@@ -147,7 +147,7 @@ class Trainer:
             cfg.lr,
             warmup_for(cfg.warmup, planned),
             cfg.min_lr_frac,
-            planned if cfg.time_limit is None else 0,
+            planned,
             None if cfg.time_limit is None else cfg.time_limit * 60,
         )
         self.clock = ScheduleState(lr=cfg.lr)
