@@ -133,6 +133,21 @@ def test_a_cuda_graph_is_only_made_when_asked_for_and_refused_off_the_gpu():
         cuda_graph.graphed_step(scratch, optimizer, clip=1.0)
 
 
+@pytest.mark.parametrize(
+    "device, schedule, processes, words",
+    [
+        ("cpu", "constant", 1, "needs --device cuda"),
+        ("cuda", "cosine", 1, "--schedule cosine changes it every batch"),
+        ("cuda", "constant", 2, "does not yet work with torchrun"),
+    ],
+)
+def test_every_rule_of_when_a_cuda_graph_may_run_is_one_check(device, schedule, processes, words):
+    with pytest.raises(RnnlabError, match=words) as info:
+        cuda_graph.check_cuda_graph(torch.device(device), schedule, processes)
+    assert len(str(info.value).splitlines()) == 1
+    cuda_graph.check_cuda_graph(torch.device("cuda"), "plateau", 1)  # every rule holds: no error
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_make_step_on_a_gpu_graphs_graph_safe_models_when_asked():
     model = build_model(ModelConfig(cell="gru", impl="fused", hidden=16), 7).cuda()

@@ -6,6 +6,8 @@ clipping 1, 500 epochs. The book reports training perplexity 1.0 (sequential)
 and about 1.5 (random; the notes 1.4).
 """
 
+import concurrent.futures
+import multiprocessing
 import os
 
 import pytest
@@ -27,7 +29,8 @@ SEEDS = {"sequential": 2, "random": 0}
 
 
 def train_books_rnn(sampling):
-    """Train the book's model from scratch (call it on one thread: the one_thread fixture)."""
+    """Train the book's model from scratch, on one thread (run it in a process of its own)."""
+    torch.set_num_threads(1)
     tokens = tokenize.tokenize(corpus.read_text("timemachine"), "d2l")[:10000]
     vocab = Vocab(tokens)
     ids = torch.tensor(vocab[tokens])
@@ -43,16 +46,26 @@ def train_books_rnn(sampling):
     return progress.ppl, sample, text
 
 
+@pytest.fixture(scope="module")
+def books_rnns():
+    """Both of the book's runs, trained at once in two fresh processes of one thread each:
+    the same arithmetic as one after the other, in about half the time on two cores."""
+    spawn = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(len(SEEDS), mp_context=spawn) as pool:
+        runs = {sampling: pool.submit(train_books_rnn, sampling) for sampling in SEEDS}
+        return {sampling: run.result() for sampling, run in runs.items()}
+
+
 @pytest.mark.slow
-def test_sequential_sampling_reaches_perplexity_about_one(one_thread):
-    ppl, sample, text = train_books_rnn("sequential")
+def test_sequential_sampling_reaches_perplexity_about_one(books_rnns):
+    ppl, sample, text = books_rnns["sequential"]
     assert ppl <= 1.1
     # it has learned the text: the greedy continuation is a passage of the corpus
     assert sample[len("time traveller ") :][:40] in text
 
 
 @pytest.mark.slow
-def test_random_sampling_reaches_perplexity_about_one_and_a_half(one_thread):
-    ppl, sample, _ = train_books_rnn("random")
+def test_random_sampling_reaches_perplexity_about_one_and_a_half(books_rnns):
+    ppl, sample, _ = books_rnns["random"]
     assert ppl <= 1.6
     assert sample.startswith("time traveller ")

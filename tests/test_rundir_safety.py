@@ -359,14 +359,14 @@ def test_eval_warns_when_the_text_is_mostly_unknown(trained, tmp_path):
 
 
 def test_ctrl_c_at_any_moment_exits_130_without_a_traceback(tmp_path):
-    """SIGINT at random moments from start-up to the end of a short run."""
+    """SIGINT at random moments from start-up (imports, reading the text) into training: the
+    run is long enough (200 epochs) to be still running however fast the machine is."""
     rng = random.Random(10)
-    delays = sorted(rng.uniform(0.15, 6.0) for _ in range(10))
-    interrupted = 0
+    delays = sorted(rng.uniform(0.15, 4.0) for _ in range(10))
     for i, delay in enumerate(delays):
         run = tmp_path / f"run{i}"
         proc = subprocess.Popen(
-            [rnnlab_command(), "train", "timemachine", "--out", str(run), *TINY, "--epochs", "3"],
+            [rnnlab_command(), "train", "timemachine", "--out", str(run), *TINY, "--epochs", "200"],
             env=COMMAND_ENV,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -376,12 +376,10 @@ def test_ctrl_c_at_any_moment_exits_130_without_a_traceback(tmp_path):
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=120)
         assert "Traceback" not in err, (delay, err)
-        # 0: it had finished; -2: ended by the signal itself while exiting (a shell shows 130)
-        assert proc.returncode in (0, 130, -2), (delay, proc.returncode, err)
-        interrupted += proc.returncode != 0
-    assert interrupted >= len(delays) // 2  # most signals came while it still ran
+        # -2: ended by the signal itself, before rnnlab's handler was set (a shell shows 130)
+        assert proc.returncode in (130, -2), (delay, proc.returncode, err)
     moments = ", ".join(f"{d:.2f}" for d in delays)
-    print(f"\n{interrupted} of {len(delays)} runs interrupted, at {moments} s: no traceback")
+    print(f"\n{len(delays)} runs interrupted, at {moments} s: no traceback")
 
 
 def test_more_threads_than_this_machine_has_are_refused_when_training(tmp_path, clean_error):

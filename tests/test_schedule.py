@@ -99,7 +99,6 @@ def test_num_batches_counts_what_epoch_batches_makes(sampling):
         (dict(time_limit=float("inf")), "--time-limit"),
         (dict(patience=-1), "--patience"),
         (dict(eval_batch_size=-1), "--eval-batch-size"),
-        (dict(schedule="cosine", cuda_graph=True, device="cuda"), "--cuda-graph"),
     ],
 )
 def test_bad_schedule_options_are_one_line_errors(options, words):

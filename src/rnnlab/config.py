@@ -318,11 +318,6 @@ class TrainConfig:
                 f"--warmup and --min-lr-frac shape --schedule cosine, and this run's schedule "
                 f"is {self.schedule}; add --schedule cosine, or leave them out"
             )
-        if self.cuda_graph and self.schedule == "cosine":
-            raise RnnlabError(
-                "--cuda-graph freezes the learning rate when it captures the step, and "
-                "--schedule cosine changes it every batch; leave out one of them"
-            )
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> TrainConfig:

@@ -204,7 +204,7 @@ def _device(cfg: TrainConfig, world: World) -> torch.device:
     if cfg.cuda_graph:  # refused before anything is read (its step checks the model too)
         from .experimental.cuda_graph import check_cuda_graph
 
-        check_cuda_graph(device)
+        check_cuda_graph(device, cfg.schedule, world.size)
     return world.device(device)
 
 

@@ -287,11 +287,6 @@ class Torchrun(Ranks):
     def training_step(self, model, optimizer, cfg: TrainConfig, device: torch.device) -> Step:
         """The model and its loss wrapped in DistributedDataParallel, which averages the
         gradients over the ranks."""
-        if cfg.cuda_graph:
-            raise RnnlabError(
-                "--cuda-graph does not yet work with torchrun (several processes); leave "
-                "--cuda-graph out"
-            )
         from torch.nn.parallel import DistributedDataParallel
 
         self._ddp = DistributedDataParallel(

@@ -53,12 +53,24 @@ from ..train import grad_clipping, sequence_loss, train_step
 WARMUP_STEPS = 3
 
 
-def check_cuda_graph(device: torch.device) -> None:
-    """Raise RnnlabError unless a training step on ``device`` can be a CUDA graph."""
+def check_cuda_graph(device: torch.device, schedule: str = "constant", processes: int = 1) -> None:
+    """Raise RnnlabError unless a run on ``device`` with this ``schedule``, trained by
+    ``processes`` processes, can capture its training step as a CUDA graph: every rule of
+    when ``--cuda-graph`` may run, but the model's own (:func:`graphed_step`)."""
     if device.type != "cuda":
         raise RnnlabError(
             f"--cuda-graph needs --device cuda (a CUDA GPU), and this run is on the "
             f"{device.type}; leave --cuda-graph out"
+        )
+    if schedule == "cosine":
+        raise RnnlabError(
+            "--cuda-graph freezes the learning rate when it captures the step, and "
+            "--schedule cosine changes it every batch; leave out one of them"
+        )
+    if processes > 1:
+        raise RnnlabError(
+            "--cuda-graph does not yet work with torchrun (several processes); leave "
+            "--cuda-graph out"
         )
 
 
