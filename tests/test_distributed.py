@@ -177,12 +177,19 @@ def test_each_rank_resumes_its_own_random_state_or_else_rank_0s():
 
 
 @pytest.fixture(scope="module")
-def lstm_alone(tmp_path_factory) -> Path:
-    """The run that several launches below must reproduce: SMALL with LSTM_DROPOUT for 2
-    epochs, in one process (float64)."""
-    run = tmp_path_factory.mktemp("alone") / "run"
-    ok(one_process(*SMALL, *LSTM_DROPOUT, "--epochs", "2", "--out", run))
-    return run
+def alone(tmp_path_factory):
+    """``alone(*args)``: the one-process run (float64) of ``rnnlab train ARGS`` that the
+    launches below must reproduce, trained once for the module whichever tests ask for it."""
+    runs: dict[tuple[str, ...], Path] = {}
+
+    def run_of(*args) -> Path:
+        key = tuple(map(str, args))
+        if key not in runs:
+            runs[key] = tmp_path_factory.mktemp("alone") / "run"
+            ok(one_process(*args, "--out", runs[key]))
+        return runs[key]
+
+    return run_of
 
 
 @pytest.mark.parametrize(
@@ -190,15 +197,10 @@ def lstm_alone(tmp_path_factory) -> Path:
     [SCRATCH_RNN, FUSED_GRU, LSTM_DROPOUT, LOCKED_RANDOM, ADAPTIVE],
     ids=["scratch-rnn", "fused-gru", "lstm", "locked", "adaptive-softmax"],
 )
-def test_two_processes_train_what_one_process_trains(model, tmp_path, request):
+def test_two_processes_train_what_one_process_trains(model, tmp_path, alone):
     args = [*SMALL, *model, "--epochs", "2"]
-    if model is LSTM_DROPOUT:
-        alone = request.getfixturevalue("lstm_alone")
-    else:
-        alone = tmp_path / "one"
-        ok(one_process(*args, "--out", alone))
     result = ok(torchrun(*args, "--out", tmp_path / "two"))
-    assert_same_run(alone, tmp_path / "two", FLOAT64_TOLERANCE)
+    assert_same_run(alone(*args), tmp_path / "two", FLOAT64_TOLERANCE)
     assert "rnnlab: " not in result.stderr  # --quiet, and nothing went wrong
 
 
@@ -252,7 +254,7 @@ def test_a_killed_rank_stops_the_others_and_the_run_resumes_exactly(tmp_path):
     assert_same_run(tmp_path / "whole", tmp_path / "cut-on-one", FLOAT64_TOLERANCE)
 
 
-def test_ctrl_c_on_the_launcher_stops_every_rank_with_a_checkpoint(tmp_path, lstm_alone):
+def test_ctrl_c_on_the_launcher_stops_every_rank_with_a_checkpoint(tmp_path, alone):
     """SIGINT to torchrun (as Ctrl-C in its terminal) before batch 11: every rank stops
     after an agreed batch, rank 0 saves and says so; --resume then finishes the run as
     the uninterrupted one (two processes) and a one-process run of it (one) would."""
@@ -266,7 +268,7 @@ def test_ctrl_c_on_the_launcher_stops_every_rank_with_a_checkpoint(tmp_path, lst
     checkpoint = ckpt_io.read_checkpoint(tmp_path / "cut")
     assert checkpoint.epoch == 0 and 10 <= checkpoint.progress.batch < 16
     ok(torchrun("--out", tmp_path / "cut", "--resume", "--quiet"))
-    assert_same_run(lstm_alone, tmp_path / "cut", FLOAT64_TOLERANCE)
+    assert_same_run(alone(*args), tmp_path / "cut", FLOAT64_TOLERANCE)
 
 
 def test_a_time_limit_stops_every_rank_after_the_same_batch(tmp_path):
@@ -278,12 +280,11 @@ def test_a_time_limit_stops_every_rank_after_the_same_batch(tmp_path):
     assert 3 <= checkpoint.schedule.seconds < 30 and checkpoint.epoch < 200
 
 
-def test_a_one_process_checkpoint_resumes_on_two(tmp_path):
+def test_a_one_process_checkpoint_resumes_on_two(tmp_path, alone):
     args = [*SMALL, *SCRATCH_RNN, "--sampling", "random"]
-    ok(one_process(*args, "--epochs", "3", "--out", tmp_path / "whole"))
     ok(one_process(*args, "--epochs", "1", "--out", tmp_path / "run"))
     ok(torchrun("--out", tmp_path / "run", "--resume", "--epochs", "3", "--quiet"))
-    assert_same_run(tmp_path / "whole", tmp_path / "run", FLOAT64_TOLERANCE)
+    assert_same_run(alone(*args, "--epochs", "3"), tmp_path / "run", FLOAT64_TOLERANCE)
 
 
 def free_port() -> int:
@@ -292,7 +293,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_machines_train_what_one_process_trains(tmp_path, lstm_alone):
+def test_two_machines_train_what_one_process_trains(tmp_path, alone):
     """Two torchrun agents that meet through a c10d rendezvous, as on two machines
     (here both on this one, on 127.0.0.1): one rank each."""
     args = [*SMALL, *LSTM_DROPOUT, "--epochs", "2"]
@@ -329,4 +330,4 @@ def test_two_machines_train_what_one_process_trains(tmp_path, lstm_alone):
     for machine in machines:
         _, err = machine.communicate(timeout=LAUNCH_TIMEOUT)
         assert machine.returncode == 0, err[-3000:]
-    assert_same_run(lstm_alone, tmp_path / "two", FLOAT64_TOLERANCE)
+    assert_same_run(alone(*args), tmp_path / "two", FLOAT64_TOLERANCE)

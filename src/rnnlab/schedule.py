@@ -150,20 +150,19 @@ class Schedule:
             return state.lr
         if self.kind != "cosine":
             return self.lr
-        if self.limit_seconds is not None:
-            progress = time_progress(state.seconds, self.limit_seconds)
-            if self.planned_batches:  # the epochs may end first: decay by whichever is ahead
-                planned = cosine_progress(state.batches, self.warmup, self.planned_batches)
-                progress = max(progress, planned)
-            # Over a time limit the batches are not known ahead: warm-up ends after
-            # --warmup batches or a tenth of the limit, whichever comes first.
-            share = WARMUP_SHARE * state.seconds / self.limit_seconds
-            if state.batches < self.warmup and share < 1.0:
-                return self.lr * max((state.batches + 1) / (self.warmup + 1), share)
-            return cosine_rate(self.lr, state.batches, 0, self.min_lr_frac, progress)
-        else:
-            progress = cosine_progress(state.batches, self.warmup, self.planned_batches)
-        return cosine_rate(self.lr, state.batches, self.warmup, self.min_lr_frac, progress)
+        by_batches = cosine_progress(state.batches, self.warmup, self.planned_batches)
+        if self.limit_seconds is None:
+            return cosine_rate(self.lr, state.batches, self.warmup, self.min_lr_frac, by_batches)
+        # Over a time limit the batches are not known ahead: warm-up ends after --warmup
+        # batches or a tenth of the limit, whichever comes first; then the decay follows the
+        # clock, or the planned batches where they are ahead (the epochs end first).
+        share = WARMUP_SHARE * state.seconds / self.limit_seconds
+        if state.batches < self.warmup and share < 1.0:
+            return self.lr * max((state.batches + 1) / (self.warmup + 1), share)
+        progress = time_progress(state.seconds, self.limit_seconds)
+        if self.planned_batches:
+            progress = max(progress, by_batches)
+        return cosine_rate(self.lr, state.batches, 0, self.min_lr_frac, progress)
 
     @property
     def per_batch(self) -> bool:
