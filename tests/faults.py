@@ -18,7 +18,8 @@ calls the command line's ``main`` in the same process.
 * nan-at-batch N: the update of global batch N turns every parameter and the loss
   into NaN, as a diverging run would.
 * interrupt-launcher-at-batch N: before batch N + 1, send SIGINT to the parent process
-  (torchrun's agent, as Ctrl-C in its terminal would).
+  (torchrun's agent, as Ctrl-C in its terminal would), and pause 2 s, so that the
+  signal the agent passes on arrives before that update.
 
 Options before the fault: ``--rank R`` injects it only into the process torchrun gives
 rank R; ``--float64`` makes torch's default dtype float64, so that every model trains
@@ -30,14 +31,16 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 
 import torch
 
 from rnnlab import cli, files, train
 
 
-def signal_at_batch(n: int, pid, signum: int) -> None:
-    """Before the update of batch n + 1, send ``signum`` to the process ``pid()``."""
+def signal_at_batch(n: int, pid, signum: int, pause: float = 0.0) -> None:
+    """Before the update of batch n + 1, send ``signum`` to the process ``pid()``, then wait
+    ``pause`` seconds before that update."""
     make_step = train.make_step
     done = [0]
 
@@ -47,6 +50,7 @@ def signal_at_batch(n: int, pid, signum: int) -> None:
         def signals_at_n(X, Y, state):
             if done[0] == n:
                 os.kill(pid(), signum)
+                time.sleep(pause)
             done[0] += 1
             return step(X, Y, state)
 
@@ -60,7 +64,9 @@ def crash_at_batch(n: int) -> None:
 
 
 def interrupt_launcher_at_batch(n: int) -> None:
-    signal_at_batch(n, os.getppid, signal.SIGINT)
+    # The launcher passes the signal on to every rank; the pause lets it arrive before this
+    # rank's next update even on a busy machine (the other ranks wait for that update).
+    signal_at_batch(n, os.getppid, signal.SIGINT, pause=2.0)
 
 
 def crash_in_save(n: int, series: str = "checkpoints") -> None:

@@ -25,6 +25,7 @@ from safetensors.torch import load_file
 from conftest import COMMAND_ENV, FAULTS, rnnlab_command
 from rnnlab import checkpoint as ckpt_io
 from rnnlab import run_state
+from rnnlab import world as worlds
 from rnnlab.errors import RnnlabError
 from rnnlab.models.torchnn import Dropout, LockedDropout
 from rnnlab.world import Ranks, Torchrun, World, from_environment, start
@@ -85,7 +86,9 @@ def one_process(*args, float64: bool = True):
 
 
 def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
-    assert result.returncode == 0, (result.args, result.returncode, result.stderr[-3000:])
+    if result.returncode != 0:  # pytest.fail prints the whole message: every rank's last words
+        command = " ".join(map(str, result.args))
+        pytest.fail(f"exit status {result.returncode} of {command}\n{result.stderr[-6000:]}")
     return result
 
 
@@ -159,6 +162,18 @@ def test_a_share_of_the_streams_is_dropped_out_as_in_the_whole_batch(kind):
     part.share_masks(slice(4, 8), 12)
     torch.manual_seed(7)
     assert torch.equal(part(x[:, 4:8]), expected)
+
+
+def test_a_rank_ends_its_process_with_its_status_and_its_output_flushed():
+    """world.end: one process returns the status; a rank ends at once with it, and what
+    it printed into a pipe (buffered) still arrives."""
+    assert worlds.end(World(), 3) == 3
+    program = (
+        "import sys; from rnnlab import world as w; print('saved'); print('said', file=sys.stderr);"
+        "w.end(w.Torchrun(1, 2), 5); print('never')"
+    )
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True)
+    assert (done.returncode, done.stdout, done.stderr) == (5, "saved\n", "said\n")
 
 
 def test_each_rank_resumes_its_own_random_state_or_else_rank_0s():

@@ -393,7 +393,7 @@ def cmd_train(args) -> int:
     world = worlds.from_environment()
     worlds.start(world, args.peer_timeout)
     try:
-        return fit(
+        status = fit(
             cfg,
             Path(args.out),
             resume=args.resume,
@@ -404,6 +404,7 @@ def cmd_train(args) -> int:
         )
     finally:
         worlds.finish(world)
+    return worlds.end(world, status)
 
 
 def cmd_generate(args) -> int:
