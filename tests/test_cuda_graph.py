@@ -166,11 +166,11 @@ def test_a_training_run_captures_its_graph_once(tmp_path, monkeypatch, one_threa
     on one and its capture and replay are replaced from outside (the replay trains
     eagerly); what is checked is when it decides to capture."""
     steps: list[GraphedTrainStep] = []
-    asked: list[bool] = []
+    asked: list[dict] = []
     replays = []
 
-    def graphed_make_step(model, optimizer, clip, cuda_graph=False):
-        asked.append(cuda_graph)
+    def graphed_make_step(model, optimizer, clip, **options):
+        asked.append(options)
         steps.append(GraphedTrainStep(model, optimizer, clip))
         return steps[-1]
 
@@ -187,7 +187,7 @@ def test_a_training_run_captures_its_graph_once(tmp_path, monkeypatch, one_threa
     assert cli.main([*argv, "--epochs", "3", "--sample-every", "1", "--quiet"]) == 0
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2, 3]
-    assert asked == [False]  # the run's --cuda-graph, passed through
+    assert asked == [{"precision": "float32"}]  # the run's own step's options, passed through
     assert len(steps) == 1 and steps[0].captures == 1
     assert len(replays) == sum(r["tokens"] for r in records) // (8 * 10) > 3  # B 8, T 10
     assert set(replays) == {(8, 10)}

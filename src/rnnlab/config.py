@@ -36,6 +36,7 @@ from .options import (
     MODES,
     ONE_HOT_IMPLS,
     OPTIMIZERS,
+    PRECISIONS,
     SAMPLINGS,
     SCHEDULES,
     check_fields,
@@ -265,6 +266,13 @@ class TrainConfig:
     device: str = option(
         "auto", "where to train; auto picks cuda when a GPU is available", choices=DEVICES
     )
+    precision: str = option(
+        "float32",
+        "arithmetic of the training step: float32; bfloat16: the matrix products and the "
+        "recurrence in bfloat16 (torch.autocast), the weights, the loss and the optimizer in "
+        "float32, validation in float32 (--impl torch)",
+        choices=PRECISIONS,
+    )
     cuda_graph: bool = option(
         False,
         "capture the training step once as a CUDA graph and replay it (--device cuda, "
@@ -317,6 +325,11 @@ class TrainConfig:
             raise RnnlabError(
                 f"--warmup and --min-lr-frac shape --schedule cosine, and this run's schedule "
                 f"is {self.schedule}; add --schedule cosine, or leave them out"
+            )
+        if self.precision != "float32" and self.model.impl != "torch":
+            raise RnnlabError(
+                f"--precision {self.precision} autocasts torch.nn's layers, and this run's "
+                f"--impl is {self.model.impl}; add --impl torch, or leave --precision out"
             )
 
     @classmethod

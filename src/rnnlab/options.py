@@ -250,6 +250,8 @@ SAMPLINGS = ("sequential", "random")  # how minibatches are cut (rnnlab.batches)
 HELD_OUT_SPLITS = ("valid", "test")  # the splits a built-in corpus may have besides "train"
 SCHEDULES = ("constant", "cosine", "plateau")  # the learning rate over a run (rnnlab.schedule)
 OPTIMIZERS = ("sgd", "adam", "adamw")  # rnnlab.train.make_optimizer
+# the arithmetic of the training step (rnnlab.train.train_step): name -> torch.autocast dtype
+PRECISIONS = ("float32", "bfloat16")
 DEVICES = ("auto", "cpu", "cuda")  # auto: cuda where torch sees a GPU, else cpu
 # Which checkpoint of a run generate and eval read (trained.load_run): the one of the
 # lowest validation loss (the latest where there is none yet), or the latest.

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from .batches import block_batches, eval_batches
 from .errors import RnnlabError
 from .models.cells import map_state
-from .options import DEVICES, OPTIMIZERS
+from .options import DEVICES, OPTIMIZERS, PRECISIONS
 
 # name -> optimizer class; each is made with its defaults, the run's learning rate and,
 # where given, its weight decay.
@@ -43,6 +43,9 @@ OPTIMIZER_CLASSES: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "adamw": torch.optim.AdamW,
 }
 assert tuple(OPTIMIZER_CLASSES) == OPTIMIZERS, "rnnlab.options lists the optimizers"
+# --precision -> the dtype torch.autocast computes in (float32: autocast off)
+AUTOCAST = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+assert tuple(AUTOCAST) == PRECISIONS, "rnnlab.options lists the precisions"
 
 
 class NonFiniteError(RnnlabError):
@@ -111,7 +114,11 @@ def sequence_loss(
     head = getattr(model, "adaptive", None)
     if head is None:
         return F.cross_entropy(outputs, y, reduction=reduction)
-    result = head(outputs, y)  # .output: log p(y) per row; .loss: their negated mean
+    # Under --precision bfloat16's autocast the head would sum its log-probabilities in
+    # bfloat16: it scores in the weights' dtype instead.
+    with torch.autocast(outputs.device.type, enabled=False):
+        features = outputs.to(head.head.weight.dtype)
+        result = head(features, y)  # .output: log p(y) per row; .loss: their negated mean
     return -result.output.sum() if reduction == "sum" else result.loss
 
 
@@ -131,17 +138,27 @@ class BatchLoss(torch.nn.Module):
         return sequence_loss(outputs, Y, self.model), state
 
 
-def train_step(model, optimizer, X, Y, state, clip: float, batch_loss=None):
+def train_step(
+    model, optimizer, X, Y, state, clip: float, batch_loss=None, precision: str = "float32"
+):
     """One update on batch X, Y (B, T) from ``state``: returns (loss, grad norm, new state).
 
     ``batch_loss(X, Y, state) -> (loss, state)`` computes the loss instead of the model
     and :func:`sequence_loss` (a DDP-wrapped :class:`BatchLoss` averages the gradients).
+    ``precision`` "bfloat16": the forward pass under torch.autocast, which runs the matrix
+    products and torch.nn's recurrent layers in bfloat16 and the loss in float32; the
+    gradients reach the float32 weights in float32, and the carried state is kept in the
+    weights' dtype, as a float32 run keeps it.
     """
-    if batch_loss is None:
-        outputs, state = model(X, state)
-        loss = sequence_loss(outputs, Y, model)
-    else:
-        loss, state = batch_loss(X, Y, state)
+    with torch.autocast(X.device.type, dtype=AUTOCAST[precision], enabled=precision != "float32"):
+        if batch_loss is None:
+            outputs, state = model(X, state)
+            loss = sequence_loss(outputs, Y, model)
+        else:
+            loss, state = batch_loss(X, Y, state)
+    if precision != "float32":
+        dtype = next(model.parameters()).dtype
+        state = map_state(lambda s: s.to(dtype), state)
     optimizer.zero_grad()  # grads to None: backward then stores them without adding to zeros
     loss.backward()
     params = [p for group in optimizer.param_groups for p in group["params"]]
@@ -153,15 +170,17 @@ def train_step(model, optimizer, X, Y, state, clip: float, batch_loss=None):
 Step = Callable[[torch.Tensor, torch.Tensor, object], tuple]
 
 
-def make_step(model, optimizer, clip: float, batch_loss=None) -> Step:
+def make_step(model, optimizer, clip: float, batch_loss=None, precision: str = "float32") -> Step:
     """The training step of a run: ``step(X, Y, state) -> (loss, norm, state)``.
 
-    ``batch_loss``: as :func:`train_step`'s (data-parallel runs). ``--cuda-graph``'s step,
-    which computes the same, is rnnlab.experimental.cuda_graph's ``graphed_step``.
+    ``batch_loss`` and ``precision``: as :func:`train_step`'s. ``--cuda-graph``'s step,
+    which computes the same in float32, is rnnlab.experimental.cuda_graph's ``graphed_step``.
     """
+    if precision not in PRECISIONS:
+        raise RnnlabError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
 
     def step(X, Y, state):
-        return train_step(model, optimizer, X, Y, state, clip, batch_loss)
+        return train_step(model, optimizer, X, Y, state, clip, batch_loss, precision)
 
     return step
 

@@ -95,7 +95,7 @@ class World:
             from .experimental.cuda_graph import graphed_step
 
             return graphed_step(model, optimizer, cfg.clip)
-        return train.make_step(model, optimizer, cfg.clip)
+        return train.make_step(model, optimizer, cfg.clip, precision=cfg.precision)
 
     def after_training(self) -> None:
         """Release what the training step held that must go before the process group."""
@@ -296,7 +296,9 @@ class Torchrun(Ranks):
             # an adaptive softmax scores a tail cluster only for batches that need it
             find_unused_parameters=cfg.model.adaptive_softmax,
         )
-        return train.make_step(model, optimizer, cfg.clip, batch_loss=self._ddp)
+        return train.make_step(
+            model, optimizer, cfg.clip, batch_loss=self._ddp, precision=cfg.precision
+        )
 
     def after_training(self) -> None:
         # DistributedDataParallel must be gone before the process group: left to the
