@@ -270,7 +270,8 @@ class TrainConfig:
         "float32",
         "arithmetic of the training step: float32; bfloat16: the matrix products and the "
         "recurrence in bfloat16 (torch.autocast), the weights, the loss and the optimizer in "
-        "float32, validation in float32 (--impl torch)",
+        "float32, validation in float32 (--impl torch; measured on the CPU only, never yet "
+        "on a GPU)",
         choices=PRECISIONS,
     )
     cuda_graph: bool = option(

@@ -18,7 +18,9 @@ Sources of the settings: ``book`` is d2l 8.5's model; ``ptb-small`` and
 20, clipping at 0.25, dropout on the embeddings too, tied weights after Press & Wolf
 2017); ``ptb-medium`` divides the rate by 4 when validation stops improving, as
 word_language_model does, and ``ptb-small`` decays it on a cosine over its 30-minute
-limit; the character recipes use what AWD-LSTM found for recurrent language models
+limit; ``ptb-bf16`` is ``ptb-small`` at 256 units in bfloat16 arithmetic, which buys
+more epochs in the same minutes on a CPU that has bfloat16 instructions; the character
+recipes use what AWD-LSTM found for recurrent language models
 (locked dropout, AdamW) with a cosine schedule.
 """
 
@@ -173,6 +175,26 @@ RECIPES: dict[str, Recipe] = {
         "test perplexity 90.14, validation 93.94 (the best checkpoint, epoch 14; one run, "
         "30.1 min wall, about 7,700 tokens/s; 2026-11-30, benchmarks/recipes.py ptb-small); "
         "word_language_model's tied 2 x 200 on a GPU: 110.44 after 6 epochs, 87.17 after 40",
+    ),
+    "ptb-bf16": Recipe(
+        "Penn Treebank words in 30 CPU-minutes: ptb-small widened to 2 x 256 and trained in "
+        "bfloat16 arithmetic, about twice ptb-small's float32 tokens/s on a CPU with AVX-512 "
+        "BF16 (on the CPU: bfloat16 has not run on a GPU here)",
+        {
+            **PTB_LSTM,
+            "embedding": 256,
+            "hidden": 256,
+            "dropout": 0.2,
+            "dropout_input": 0.2,
+            "schedule": "cosine",
+            "time_limit": 30.0,
+            "precision": "bfloat16",
+            "device": "cpu",
+        },
+        "test perplexity 86.67 and 86.22, validation 90.05 and 89.90 (two runs, each 30 "
+        "minutes scaled by the day's speed to 14.6: 17,861-18,230 tokens/s, 17 epochs; "
+        "2026-12-04, benchmarks/targets.py ptb-30min); word_language_model's tied 2 x 200 "
+        "after 40 epochs: 87.17",
     ),
     "ptb-medium": Recipe(
         "Penn Treebank words, Zaremba et al.'s medium size (2 x 650 LSTM, dropout 0.5) "
