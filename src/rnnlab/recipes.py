@@ -178,8 +178,8 @@ RECIPES: dict[str, Recipe] = {
     ),
     "ptb-bf16": Recipe(
         "Penn Treebank words in 30 CPU-minutes: ptb-small widened to 2 x 256 and trained in "
-        "bfloat16 arithmetic, about twice ptb-small's float32 tokens/s on a CPU with AVX-512 "
-        "BF16 (on the CPU: bfloat16 has not run on a GPU here)",
+        "bfloat16 arithmetic, about twice float32's tokens/s on a CPU with AVX-512 BF16 "
+        "(on the CPU: bfloat16 has not run on a GPU here)",
         {
             **PTB_LSTM,
             "embedding": 256,

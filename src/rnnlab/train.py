@@ -22,6 +22,7 @@ line take their list from there) and its class in ``OPTIMIZER_CLASSES`` here.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -150,13 +151,14 @@ def train_step(
     gradients reach the float32 weights in float32, and the carried state is kept in the
     weights' dtype, as a float32 run keeps it.
     """
-    with torch.autocast(X.device.type, dtype=AUTOCAST[precision], enabled=precision != "float32"):
+    low = precision != "float32"
+    with torch.autocast(X.device.type, AUTOCAST[precision]) if low else contextlib.nullcontext():
         if batch_loss is None:
             outputs, state = model(X, state)
             loss = sequence_loss(outputs, Y, model)
         else:
             loss, state = batch_loss(X, Y, state)
-    if precision != "float32":
+    if low:
         dtype = next(model.parameters()).dtype
         state = map_state(lambda s: s.to(dtype), state)
     optimizer.zero_grad()  # grads to None: backward then stores them without adding to zeros
