@@ -156,6 +156,18 @@ def run_cli(
     return _run(command, {**COMMAND_ENV, **(env_extra or {})}, timeout, check)
 
 
+def whole_and_resumed(folder: Path, *args, epochs: int = 3):
+    """The checkpoints of ``rnnlab train ARGS`` for ``epochs`` epochs, trained without a stop
+    (FOLDER/whole) and as 1 epoch then ``--resume`` to the end (FOLDER/parts)."""
+    from rnnlab import checkpoint
+
+    whole, parts = folder / "whole", folder / "parts"
+    run_cli("train", *args, "--epochs", epochs, "--out", whole, check=0)
+    run_cli("train", *args, "--epochs", 1, "--out", parts, check=0)
+    run_cli("train", "--out", parts, "--resume", "--epochs", epochs, "--quiet", check=0)
+    return checkpoint.read_checkpoint(whole), checkpoint.read_checkpoint(parts)
+
+
 def run_with_fault(fault: str, n: int, *args, check: int | None = None):
     """The command with one fault injected from outside by tests/faults.py (see there)."""
     command = [sys.executable, str(FAULTS), fault, str(n), "--", *map(str, args)]

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import TINY_RUN, run_cli
+from conftest import TINY_RUN, run_cli, whole_and_resumed
 from rnnlab import checkpoint, cli
 from rnnlab.average import WeightAverage, decay_at
 
@@ -76,11 +76,7 @@ def test_with_ema_the_model_file_holds_the_average_and_eval_scores_it(tmp_path, 
 
 @pytest.mark.slow
 def test_a_resumed_ema_run_ends_bit_for_bit_as_the_uninterrupted_one(tmp_path):
-    whole, parts = tmp_path / "whole", tmp_path / "parts"
-    run_cli("train", *EMA_RUN, "--epochs", "3", "--out", whole, check=0)
-    run_cli("train", *EMA_RUN, "--epochs", "1", "--out", parts, check=0)
-    run_cli("train", "--out", parts, "--resume", "--epochs", "3", "--quiet", check=0)
-    a, b = checkpoint.read_checkpoint(whole), checkpoint.read_checkpoint(parts)
+    a, b = whole_and_resumed(tmp_path, *EMA_RUN)
     assert a.training_weights is not None and b.training_weights is not None
     for name in a.weights:
         assert torch.equal(a.weights[name], b.weights[name]), name

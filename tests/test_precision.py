@@ -14,12 +14,11 @@ import copy
 import pytest
 import torch
 
-from conftest import run_cli
-from rnnlab import checkpoint
+from conftest import run_cli, whole_and_resumed
 from rnnlab.config import ModelConfig, TrainConfig
 from rnnlab.errors import RnnlabError
 from rnnlab.models import build_model
-from rnnlab.train import make_step
+from rnnlab.train import make_step, sequence_loss
 
 LOSS_TOLERANCE = 1e-3
 UPDATE_TOLERANCE = 3e-2
@@ -65,15 +64,17 @@ def test_a_bfloat16_step_is_the_float64_step_within_bfloat16s_rounding(name):
         assert torch.allclose(s.double(), e, atol=UPDATE_TOLERANCE)
 
 
-def test_the_float32_step_computes_no_bfloat16():
-    """Off by default: float32's step is the step as it was, bit for bit."""
+def test_the_float32_step_is_the_models_own_float32_loss_and_bfloat16_is_not():
+    """The default step scores the batch exactly as the model does outside any step, bit for
+    bit; the bfloat16 step's loss of the same batch differs (its products are rounded)."""
     torch.manual_seed(0)
     model = build_model(ModelConfig(impl="torch", cell="lstm", hidden=16, embedding=16), V)
     X, Y = torch.randint(0, V, (B, T)), torch.randint(0, V, (B, T))
-    _, a, loss_a, _ = one_step(model, "float32", X, Y, None)
-    with torch.autocast("cpu", enabled=False):
-        _, b, loss_b, _ = one_step(model, "float32", X, Y, None)
-    assert torch.equal(loss_a, loss_b) and all(torch.equal(a[n], b[n]) for n in a)
+    with torch.no_grad():
+        exact = sequence_loss(model(X, None)[0], Y, model)
+    assert torch.equal(one_step(model, "float32", X, Y, None)[2], exact)
+    low = one_step(model, "bfloat16", X, Y, None)[2]
+    assert low.dtype == torch.float32 and not torch.equal(low, exact)
     with pytest.raises(RnnlabError, match="precision"):
         make_step(model, None, 1.0, precision="float16")
 
@@ -93,11 +94,7 @@ BF16_RUN = ["--max-tokens", "3000", "--hidden", "16", "--batch-size", "8", "--nu
 
 @pytest.mark.slow
 def test_a_resumed_bfloat16_run_ends_bit_for_bit_as_the_uninterrupted_one(tmp_path):
-    whole, parts = tmp_path / "whole", tmp_path / "parts"
-    run_cli("train", *BF16_RUN, "--epochs", "3", "--out", whole, check=0)
-    run_cli("train", *BF16_RUN, "--epochs", "1", "--out", parts, check=0)
-    run_cli("train", "--out", parts, "--resume", "--epochs", "3", "--quiet", check=0)
-    a, b = checkpoint.read_checkpoint(whole), checkpoint.read_checkpoint(parts)
+    a, b = whole_and_resumed(tmp_path, *BF16_RUN)
     for name in a.weights:
         assert a.weights[name].dtype == torch.float32
         assert torch.equal(a.weights[name], b.weights[name]), name

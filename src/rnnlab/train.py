@@ -44,8 +44,8 @@ OPTIMIZER_CLASSES: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "adamw": torch.optim.AdamW,
 }
 assert tuple(OPTIMIZER_CLASSES) == OPTIMIZERS, "rnnlab.options lists the optimizers"
-# --precision -> the dtype torch.autocast computes in (float32: autocast off)
-AUTOCAST = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+# --precision -> the dtype torch.autocast computes in (None: no autocast)
+AUTOCAST: dict[str, torch.dtype | None] = {"float32": None, "bfloat16": torch.bfloat16}
 assert tuple(AUTOCAST) == PRECISIONS, "rnnlab.options lists the precisions"
 
 
@@ -115,11 +115,12 @@ def sequence_loss(
     head = getattr(model, "adaptive", None)
     if head is None:
         return F.cross_entropy(outputs, y, reduction=reduction)
-    # Under --precision bfloat16's autocast the head would sum its log-probabilities in
-    # bfloat16: it scores in the weights' dtype instead.
-    with torch.autocast(outputs.device.type, enabled=False):
-        features = outputs.to(head.head.weight.dtype)
-        result = head(features, y)  # .output: log p(y) per row; .loss: their negated mean
+    dtype = head.head.weight.dtype
+    if outputs.dtype == dtype:
+        result = head(outputs, y)  # .output: log p(y) per row; .loss: their negated mean
+    else:  # features of --precision bfloat16's autocast: the head scores in the weights' dtype
+        with torch.autocast(outputs.device.type, enabled=False):
+            result = head(outputs.to(dtype), y)
     return -result.output.sum() if reduction == "sum" else result.loss
 
 
@@ -140,25 +141,24 @@ class BatchLoss(torch.nn.Module):
 
 
 def train_step(
-    model, optimizer, X, Y, state, clip: float, batch_loss=None, precision: str = "float32"
+    model, optimizer, X, Y, state, clip: float, batch_loss=None, autocast: torch.dtype | None = None
 ):
     """One update on batch X, Y (B, T) from ``state``: returns (loss, grad norm, new state).
 
     ``batch_loss(X, Y, state) -> (loss, state)`` computes the loss instead of the model
     and :func:`sequence_loss` (a DDP-wrapped :class:`BatchLoss` averages the gradients).
-    ``precision`` "bfloat16": the forward pass under torch.autocast, which runs the matrix
-    products and torch.nn's recurrent layers in bfloat16 and the loss in float32; the
-    gradients reach the float32 weights in float32, and the carried state is kept in the
-    weights' dtype, as a float32 run keeps it.
+    ``autocast`` (e.g. torch.bfloat16, :data:`AUTOCAST`): the forward pass under
+    torch.autocast, which runs the matrix products and torch.nn's recurrent layers in that
+    dtype and the loss in float32; the gradients reach the float32 weights in float32, and
+    the carried state is kept in the weights' dtype, as a float32 run keeps it.
     """
-    low = precision != "float32"
-    with torch.autocast(X.device.type, AUTOCAST[precision]) if low else contextlib.nullcontext():
+    with torch.autocast(X.device.type, autocast) if autocast else contextlib.nullcontext():
         if batch_loss is None:
             outputs, state = model(X, state)
             loss = sequence_loss(outputs, Y, model)
         else:
             loss, state = batch_loss(X, Y, state)
-    if low:
+    if autocast:
         dtype = next(model.parameters()).dtype
         state = map_state(lambda s: s.to(dtype), state)
     optimizer.zero_grad()  # grads to None: backward then stores them without adding to zeros
@@ -175,14 +175,16 @@ Step = Callable[[torch.Tensor, torch.Tensor, object], tuple]
 def make_step(model, optimizer, clip: float, batch_loss=None, precision: str = "float32") -> Step:
     """The training step of a run: ``step(X, Y, state) -> (loss, norm, state)``.
 
-    ``batch_loss`` and ``precision``: as :func:`train_step`'s. ``--cuda-graph``'s step,
-    which computes the same in float32, is rnnlab.experimental.cuda_graph's ``graphed_step``.
+    ``batch_loss``: as :func:`train_step`'s; ``precision``: a name of :data:`PRECISIONS`
+    (``--precision``). ``--cuda-graph``'s step, which computes the same in float32, is
+    rnnlab.experimental.cuda_graph's ``graphed_step``.
     """
     if precision not in PRECISIONS:
         raise RnnlabError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    autocast = AUTOCAST[precision]
 
     def step(X, Y, state):
-        return train_step(model, optimizer, X, Y, state, clip, batch_loss, precision)
+        return train_step(model, optimizer, X, Y, state, clip, batch_loss, autocast)
 
     return step
 
