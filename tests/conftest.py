@@ -37,17 +37,41 @@ NO_VERIFIED_DATA = (
 )
 
 
+MAX_WORKERS = 4  # the tests' own processes come in twos (torchrun's ranks, the book's runs)
+
+
+def pytest_xdist_auto_num_workers(config):
+    """How many workers ``-n auto`` (pyproject's addopts) starts: one per CPU this process
+    may run on, at most MAX_WORKERS. Most tests train on one thread, so a 2-core machine
+    finishes the suite in a little over half the time; the tests that launch two processes
+    each still fit beside a second worker."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(cpus or 1, MAX_WORKERS))
+
+
 def pytest_collection_modifyitems(items):
-    """Skip the tests marked real_data where there are no verified corpora to check.
+    """Skip the tests marked real_data where there are no verified corpora to check, and
+    put the slowest files first.
 
     A folder named by RNNLAB_DATA_DIR is never a reason to skip: there, a missing or
     different file fails the test, so a CI that names the folder cannot pass without it.
+
+    The order: files whose every test is slow, then files with some slow tests, then the
+    rest, each group in name order. The workers take whole files in this order
+    (``--no-loadscope-reorder``), so the long files start at once and the short ones fill
+    the end, rather than one worker finishing a long file alone.
     """
-    if NO_VERIFIED_DATA is None:
-        return
+    if NO_VERIFIED_DATA is not None:
+        for item in items:
+            if item.get_closest_marker("real_data"):
+                item.add_marker(pytest.mark.skip(reason=NO_VERIFIED_DATA))
+    slow_in_file: dict[str, list[bool]] = {}
     for item in items:
-        if item.get_closest_marker("real_data"):
-            item.add_marker(pytest.mark.skip(reason=NO_VERIFIED_DATA))
+        slow_in_file.setdefault(item.nodeid.split("::")[0], []).append(
+            item.get_closest_marker("slow") is not None
+        )
+    group = {name: 2 - all(slow) - any(slow) for name, slow in slow_in_file.items()}
+    items.sort(key=lambda item: group[item.nodeid.split("::")[0]])  # stable within a file
 
 
 @pytest.fixture(scope="session", autouse=True)
