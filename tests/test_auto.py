@@ -55,6 +55,65 @@ def test_a_slower_machine_buys_the_shorter_budget_s_choice():
     assert "worth 1.88 of the table's" in slow.why, slow.why
 
 
+def test_where_a_shorter_budget_did_better_auto_trains_that_and_stops_sooner():
+    """A small text overfits in a long run: its 2-minute cell beat its 15-minute one. 15
+    minutes at the table's speed then train the 2-minute best for 2 minutes; at twice its
+    speed (worth 30 of the table's minutes, nearest 15) for 1 minute."""
+    table = auto.Table(
+        {"tiny": {"kind": "chars", "train_tokens": 150_000, "vocab": 60}},
+        [
+            auto.Cell("tiny", 2.0, 40_000, ranked(("lstm-2x384", 1.47), ("lstm-1x256", 1.5))),
+            auto.Cell("tiny", 5.0, 40_000, ranked(("lstm-1x256", 1.52))),
+            auto.Cell("tiny", 15.0, 40_000, ranked(("shakespeare", 1.49))),
+        ],
+    )
+    same = auto.choose("chars", 150_000, 60, 15.0, 40_000, table)
+    assert same.options["hidden"] == 384 and same.options["time_limit"] == 2.0
+    assert "its 2-minute budget did better, lstm-2x384 1.470" in same.why, same.why
+    assert "trains for the 2 of your 15 minute(s)" in same.why
+    fast = auto.choose("chars", 150_000, 60, 15.0, 80_000, table)
+    assert fast.options["time_limit"] == 1.0 and fast.options["hidden"] == 384
+    better_long = auto.Table(table.texts, [*table.cells[:2], auto.Cell("tiny", 15.0, 40_000,
+                             ranked(("shakespeare", 1.46)))])  # fmt: skip
+    kept = auto.choose("chars", 150_000, 60, 15.0, 40_000, better_long)
+    assert kept.options["hidden"] == 512 and kept.options["time_limit"] == 15.0
+    assert "did better" not in kept.why
+
+
+def test_the_run_gets_auto_s_time_limit_converted_by_the_candidate_s_own_speed(
+    monkeypatch, tmp_path
+):
+    """options_for_text times the chosen candidate: at the table's own speed for it, 15
+    minutes train the 2-minute best for 2 minutes (not the 15 given); where the candidate
+    runs at half its speed in the table, though the reference runs as fast as ever, 15
+    minutes are worth 7.5, nearest the 5-minute cell, whose shorter 2-minute cell did
+    better: 2 / 7.5 of the 15 minutes, 4."""
+    table = auto.Table(
+        {"tiny": {"kind": "chars", "train_tokens": 150_000, "vocab": 60}},
+        [
+            auto.Cell("tiny", 2.0, 40_000, ranked(("lstm-2x384", 1.47))),
+            auto.Cell("tiny", 5.0, 40_000, ranked(("lstm-1x256", 1.52))),
+            auto.Cell("tiny", 15.0, 40_000, ranked(("shakespeare", 1.49))),
+        ],
+    )
+    text = tmp_path / "text.txt"
+    text.write_text("the time traveller spoke to us. " * 2_000, encoding="utf-8")
+    monkeypatch.setattr(auto, "load_table", lambda raw=None: table)
+    monkeypatch.setattr(auto, "reference_speed", lambda seconds=3.0: 40_000.0)
+    for candidate_speed, limit in ((10_000.0, 2.0), (5_000.0, 4.0)):
+        monkeypatch.setattr(auto, "candidate_speed", lambda *a, s=candidate_speed: s)
+        choice = auto.options_for_text({"source": str(text), "time_limit": 15.0})
+        # approx: the text's 15 or so characters make a step a little cheaper than the table's 60
+        assert choice.options["time_limit"] == pytest.approx(limit, rel=0.05)
+        assert choice.options["hidden"] == 384
+        assert f"trains lstm-2x384 at {candidate_speed:,.0f} tokens/s now" in choice.why
+
+
+@pytest.mark.parametrize("kind, name", [("chars", "lstm-1x256"), ("words", "words-1x200")])
+def test_a_candidate_s_speed_is_timed_on_its_own_model(kind, name):
+    assert auto.candidate_speed(auto.CANDIDATES[kind][name], 500, seconds=0.2) > 0
+
+
 def test_a_small_text_gets_smaller_batches_not_an_error():
     options = auto.CANDIDATES["chars"]["shakespeare"]  # batch 32 x 64
     fitted = auto.fit_batch(options, 20_000)  # 9 batches an epoch at 32 x 64

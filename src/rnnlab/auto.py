@@ -9,13 +9,15 @@ The choice is made from three things:
 * the budget: the minutes given, converted into the table's minutes by this machine's
   speed today (``reference_speed``: a fixed small LSTM trained for a few seconds, the
   same one the sweep measured before each of its runs), so that a slow day buys a
-  smaller model, as it should;
+  smaller model, as it should; then converted again by the chosen candidate's own
+  speed (``candidate_speed``) against its run in the table;
 * the table (``auto_table.json``, written by ``benchmarks/sweep.py table`` from the
   sweep's rows): for each text the sweep trained and each budget, the candidates it
   tried, ranked by validation loss.
 
 The text of the same kind nearest in size (on a log scale) is taken, then its budget
-nearest to the converted minutes, and that budget's best candidate. Its options are
+nearest to the converted minutes, and that budget's best candidate, or a shorter budget's
+best where that did better (trained for the minutes that budget is worth). Its options are
 then fitted to the text: a text too small for the candidate's batch gets smaller
 batches (``fit_batch``). The warm-up ends at a tenth of the time limit at the latest and
 the cosine decay runs over the limit, or over the candidate's epochs where it plans
@@ -29,6 +31,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -133,6 +136,38 @@ def reference_speed(seconds: float = 3.0) -> float:
         loss.backward()
         optimizer.step()
 
+    return _median_speed(step, r["batch"] * r["steps"], seconds)
+
+
+def candidate_speed(options: dict[str, Any], vocab: int, seconds: float = 3.0) -> float:
+    """Tokens per second this machine trains the candidate ``options`` describe (its batch
+    as the table ran it) with a vocabulary of ``vocab``, now: rnnlab's training step on
+    random tokens, timed as ``reference_speed`` times the reference. The reference stands
+    for a small character model; a word model's step is mostly its output layer, which a
+    day's speed can move quite differently (docs/results.md §4), so auto converts the
+    minutes by the chosen candidate's own speed."""
+    from .config import TrainConfig
+    from .models import build_model
+    from .train import make_optimizer, make_step
+
+    cfg = TrainConfig.from_options({**options, "time_limit": 1.0})
+    model: Any = build_model(cfg.model, vocab).train()
+    optimizer = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr, cfg.weight_decay)
+    update = make_step(model, optimizer, cfg.clip)
+    generator = torch.Generator().manual_seed(0)
+    X, Y = torch.randint(vocab, (2, cfg.batch_size, cfg.num_steps), generator=generator)
+    state = [model.begin_state(cfg.batch_size)]
+
+    def step() -> None:
+        state[0] = update(X, Y, state[0])[2]
+
+    return _median_speed(step, cfg.batch_size * cfg.num_steps, seconds)
+
+
+def _median_speed(step: Callable[[], None], tokens: int, seconds: float) -> float:
+    """Tokens per second of ``step`` (``tokens`` each), from its median over about
+    ``seconds`` after two untimed calls: a burst of load from another program hardly
+    moves it."""
     for _ in range(2):
         step()
     times: list[float] = []
@@ -141,8 +176,7 @@ def reference_speed(seconds: float = 3.0) -> float:
         step()
         times.append(time.perf_counter() - start)
     times.sort()
-    # the median step: a burst of load from another program hardly moves it
-    return r["batch"] * r["steps"] / times[len(times) // 2]
+    return tokens / times[len(times) // 2]
 
 
 # ---------------------------------------------------------------- the table
@@ -190,6 +224,7 @@ class Choice:
 
     options: dict[str, Any]
     why: str
+    cell: Cell  # the table's text and budget the candidate comes from
 
 
 def _nearest(values, target: float, key) -> Any:
@@ -234,10 +269,12 @@ def choose(
     minutes: float,
     speed: float,
     table: Table | None = None,
+    timed: tuple[str, float] | None = None,
 ) -> Choice:
     """The options for a text of ``kind`` with ``train_tokens`` training tokens and a
     vocabulary of ``vocab``, trained for ``minutes`` on a machine whose reference speed
-    is ``speed`` tokens/s now."""
+    is ``speed`` tokens/s now. ``timed`` (candidate, tokens/s): where ``speed`` was read
+    from a candidate's own timing (``options_for_text``), for the paragraph."""
     table = table or load_table()
     texts = [name for name, t in table.texts.items() if t["kind"] == kind]
     cells = [c for c in table.cells if c.text in texts]
@@ -260,21 +297,32 @@ def choose(
     def worth(c: Cell) -> float:
         return minutes * speed / c.reference_tokens_per_s * vocab_factor
 
-    cell = _nearest(here, 1.0, lambda c: c.minutes / worth(c))
+    nearest = _nearest(here, 1.0, lambda c: c.minutes / worth(c))
+    # A longer budget can do what a shorter one did: where a shorter budget's best reached
+    # a lower loss (a small text overfits in a long run), train that, for the minutes here
+    # its budget is worth, and stop there.
+    cell = min(
+        (c for c in here if c.minutes <= nearest.minutes),
+        key=lambda c: (c.ranking[0]["loss"], -c.minutes),
+    )
+    train_minutes = minutes if cell is nearest else round(minutes * cell.minutes / worth(cell), 2)
     best = cell.ranking[0]
     candidate = CANDIDATES[kind][best["candidate"]]
     options = fit_batch(candidate, train_tokens)
+    # The candidate's speed on this machine: as timed, where it was; else its speed in the
+    # table, scaled as the reference's speed is
+    its_speed = (
+        timed[1]
+        if timed is not None and timed[0] == best["candidate"]
+        else best["tokens_per_s"] * speed / cell.reference_tokens_per_s
+    )
     expected_speed = (
-        best["tokens_per_s"]
-        * speed
-        / cell.reference_tokens_per_s
-        * token_cost(candidate, table.texts[text]["vocab"])
-        / token_cost(candidate, vocab)
+        its_speed * token_cost(candidate, table.texts[text]["vocab"]) / token_cost(candidate, vocab)
     )
     batch_tokens = options["batch_size"] * options["num_steps"]
-    options = {"epochs": EPOCHS, **options, "time_limit": minutes}
+    options = {"epochs": EPOCHS, **options, "time_limit": train_minutes}
     expected_batches = min(
-        minutes * 60 * expected_speed / batch_tokens,
+        train_minutes * 60 * expected_speed / batch_tokens,
         options["epochs"] * (train_tokens // batch_tokens),  # where its epochs end first
     )
     about = table.texts[text]
@@ -302,21 +350,37 @@ def choose(
         else f" (made smaller from {original['batch_size']} x {original['num_steps']} "
         f"so that an epoch holds at least {MIN_EPOCH_BATCHES} batches)"
     )
+    measured = (
+        f"trains the reference model at {speed:,.0f} tokens/s now (measured for a few "
+        f"seconds), against {nearest.reference_tokens_per_s:,.0f} when the table was measured"
+        if timed is None
+        else f"trains {timed[0]} at {timed[1]:,.0f} tokens/s now (timed for a few seconds), "
+        f"as fast as the table's runs would have been with the reference model at "
+        f"{speed:,.0f} tokens/s, against {nearest.reference_tokens_per_s:,.0f} when they ran"
+    )
     why = (
         f"--recipe auto: the text has {train_tokens:,} training {kind} and a vocabulary of "
-        f"{vocab:,}. This machine trains the reference model at {speed:,.0f} tokens/s now "
-        f"(measured for a few seconds), against {cell.reference_tokens_per_s:,.0f} when the "
-        f"table was measured{vocab_note}, so {minutes:g} minute(s) here are worth "
-        f"{worth(cell):.3g} of the table's. The table's nearest {kind} text is {text} "
+        f"{vocab:,}. This machine {measured}{vocab_note}, so {minutes:g} minute(s) here are worth "
+        f"{worth(nearest):.3g} of the table's. The table's nearest {kind} text is {text} "
         f"({about['train_tokens']:,} training {kind}, vocabulary {about['vocab']:,}) and "
-        f"its nearest budget {cell.minutes:g} minute(s), where {best['candidate']} reached "
-        f"a {METRIC_NAME[kind]} of {best['loss']:.3f}{runner_up}. Chosen: "
-        f"{best['candidate']}, {batch_note}, about {expected_batches:,.0f} batches at about "
-        f"{expected_speed:,.0f} tokens/s, the rate warmed up over {options.get('warmup', 0)} "
-        f"batches (or a tenth of the time, if sooner) and decayed on a cosine over the "
-        f"{minutes:g} minutes{epochs_note}; the best checkpoint is kept."
+        f"its nearest budget {nearest.minutes:g} minute(s), where "
+        f"{nearest.ranking[0]['candidate']} reached a {METRIC_NAME[kind]} of "
+        f"{nearest.ranking[0]['loss']:.3f}"
+        + (
+            f"{runner_up}. "
+            if cell is nearest
+            else f"; its {cell.minutes:g}-minute budget did better, {best['candidate']} "
+            f"{best['loss']:.3f}{runner_up} (there the longer run did worse), so it "
+            f"trains for the {train_minutes:g} of your {minutes:g} minute(s) that budget "
+            f"is worth. "
+        )
+        + f"Chosen: {best['candidate']}, {batch_note}, about {expected_batches:,.0f} batches "
+        f"at about {expected_speed:,.0f} tokens/s, the rate warmed up over "
+        f"{options.get('warmup', 0)} batches (or a tenth of the time, if sooner) and decayed "
+        f"on a cosine over the {train_minutes:g} minutes{epochs_note}; the best checkpoint "
+        f"is kept."
     )
-    return Choice(options, why)
+    return Choice(options, why, cell)
 
 
 def describe(table: Table | None = None) -> str:
@@ -368,8 +432,21 @@ def options_for_text(given: dict[str, Any]) -> Choice:
         1,
         1,
     )
-    choice = choose(kind_of(mode), len(data.train_ids), len(data.vocab), float(minutes), speed)
-    return Choice({**choice.options, "mode": mode, **given}, choice.why)
+    kind, tokens, vocab = kind_of(mode), len(data.train_ids), len(data.vocab)
+    table = load_table()
+    first = choose(kind, tokens, vocab, float(minutes), speed, table)
+    # The reference's speed picks the candidate; the candidate's own speed, against its run
+    # in the table, then says what the minutes are worth for a model of its kind.
+    best = first.cell.ranking[0]
+    timed = candidate_speed(
+        CANDIDATES[kind][best["candidate"]], table.texts[first.cell.text]["vocab"]
+    )
+    speed = first.cell.reference_tokens_per_s * timed / best["tokens_per_s"]
+    choice = choose(kind, tokens, vocab, float(minutes), speed, table, (best["candidate"], timed))
+    # The options given go on top, but for the budget: auto's time limit is what it chose
+    # (shorter, where a shorter budget of the table did better).
+    chosen = {**choice.options, "mode": mode, **given, "time_limit": choice.options["time_limit"]}
+    return Choice(chosen, choice.why, choice.cell)
 
 
 def recipe_options(name: str, given: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
