@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 import sweep
-import torch
 from targets import trained
 
 from rnnlab import auto
@@ -61,22 +60,20 @@ def measure(text: str, minutes: float, out: Path, data: Path) -> dict:
     wall = time.monotonic() - start
     options = ("--block-size", "256") if kind == "chars" else ()
     loss = sweep.scored(run_dir, *options)["loss"]
-    best_here = best["loss"]
     best_up_to = min(c.ranking[0]["loss"] for m, c in cells.items() if m <= minutes)
     row = {
         "text": text,
         "table_minutes": minutes,
         "minutes_given": given,
         "command": "rnnlab " + " ".join(cmd[3:]),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-        "torch": torch.__version__,
+        **sweep.stamp(),
         "candidate_tokens_per_s": today,
         "table_candidate_tokens_per_s": best["tokens_per_s"],
         "wall_s": wall,
         "auto_said": next(line for line in printed.splitlines() if line.startswith("--recipe")),
         "metric": auto.METRIC[kind],
         "loss": loss,
-        "table_best_at_budget": best_here,
+        "table_best_at_budget": best["loss"],
         "table_best_up_to_budget": best_up_to,
         "above_best": loss - best_up_to,
         **{k: v for k, v in trained(run_dir).items() if k != "config"},

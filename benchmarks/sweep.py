@@ -146,6 +146,15 @@ def plan(rows: list[dict], texts, budgets, carry: int) -> list[tuple[str, float,
     return todo
 
 
+def stamp() -> dict:
+    """What every benchmark row records of when and where it ran."""
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "torch": torch.__version__,
+        "cpus": os.cpu_count(),
+    }
+
+
 def call(cmd: list[str]) -> subprocess.CompletedProcess:
     print("$", " ".join(cmd), flush=True)
     return subprocess.run(cmd, check=True, capture_output=True, text=True)
@@ -193,9 +202,7 @@ def train_one(text: str, minutes: float, name: str, out: Path, data: Path) -> di
         "minutes": minutes,
         "candidate": name,
         "command": "rnnlab train " + " ".join(cmd[4:]),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-        "torch": torch.__version__,
-        "cpus": os.cpu_count(),
+        **stamp(),
         "reference_tokens_per_s": reference,
         "wall_s": wall,
         "trained_s": clock["seconds"],

@@ -65,13 +65,11 @@ def pytest_collection_modifyitems(items):
         for item in items:
             if item.get_closest_marker("real_data"):
                 item.add_marker(pytest.mark.skip(reason=NO_VERIFIED_DATA))
-    slow_in_file: dict[str, list[bool]] = {}
+    slow_in_file: dict[Path, list[bool]] = {}
     for item in items:
-        slow_in_file.setdefault(item.nodeid.split("::")[0], []).append(
-            item.get_closest_marker("slow") is not None
-        )
-    group = {name: 2 - all(slow) - any(slow) for name, slow in slow_in_file.items()}
-    items.sort(key=lambda item: group[item.nodeid.split("::")[0]])  # stable within a file
+        slow_in_file.setdefault(item.path, []).append(item.get_closest_marker("slow") is not None)
+    group = {path: 0 if all(slow) else 1 if any(slow) else 2 for path, slow in slow_in_file.items()}
+    items.sort(key=lambda item: group[item.path])  # stable: a file's tests keep their order
 
 
 @pytest.fixture(scope="session", autouse=True)
