@@ -16,8 +16,9 @@ Budgets (minutes of training, ``--time-limit``): 2, 5 and 15, and 30 for Tiny
 Shakespeare and Penn Treebank. At the first budget every candidate of the text's kind
 (``rnnlab.auto.CANDIDATES``, the fixed recipes among them) is trained; at each later
 budget only the best ``--carry`` (2) of the budget before it, and the fixed recipes made for
-about that budget (``made_for``: ``shakespeare`` and ``ptb-small``, 30-minute recipes, at 15
-and 30 minutes). Each run is
+about that budget (``made_for``: ``shakespeare``, ``ptb-small`` and ``ptb-bf16``, 30-minute
+recipes, at 15 and 30 minutes; ``ptb-bf16``, added later, from 30 only: ``JOINS_FROM``).
+Each run is
 ``rnnlab train TEXT --time-limit M`` with the candidate's options, then ``rnnlab eval``
 (the best checkpoint; validation, in rnnlab's carried-state protocol), and for
 characters also nanoGPT's block protocol at 64 and 256, for Penn Treebank the test split.
@@ -63,6 +64,11 @@ TEXTS = {  # name -> (kind, --mode)
     "python-source": ("chars", "chars"),
 }
 CODE_CHARACTERS = 600_000
+# Candidates added after a text's shorter budgets were measured, and the budget they join
+# from: a budget's runs are compared with each other, so they come from one session (a
+# day's speed moved a word model's tokens/s by 1.8 times), and a later candidate joins only
+# budgets still to be measured. ptb-bf16 came after Penn Treebank's 15 minutes.
+JOINS_FROM = {"ptb-bf16": 30.0}
 
 
 def code_text(folder: Path) -> Path:
@@ -110,13 +116,15 @@ def candidates_at(rows: list[dict], text: str, minutes: float, budgets, carry: i
     order = budgets_of(text, budgets)
     at = order.index(minutes)
     if at == 0:
-        return list(auto.CANDIDATES[kind])
-    before = ranking(rows, text, order[at - 1])
-    wanted_before = candidates_at(rows, text, order[at - 1], budgets, carry)
-    if {r["candidate"] for r in before} < set(wanted_before):
-        return []  # the budget before is not finished: nothing to carry yet
-    carried = [r["candidate"] for r in before[:carry]]
-    return carried + [name for name in made_for(kind, minutes) if name not in carried]
+        wanted = list(auto.CANDIDATES[kind])
+    else:
+        before = ranking(rows, text, order[at - 1])
+        wanted_before = candidates_at(rows, text, order[at - 1], budgets, carry)
+        if {r["candidate"] for r in before} < set(wanted_before):
+            return []  # the budget before is not finished: nothing to carry yet
+        carried = [r["candidate"] for r in before[:carry]]
+        wanted = carried + [name for name in made_for(kind, minutes) if name not in carried]
+    return [name for name in wanted if JOINS_FROM.get(name, 0.0) <= minutes]
 
 
 def made_for(kind: str, minutes: float) -> list[str]:

@@ -109,7 +109,33 @@ def test_the_run_gets_auto_s_time_limit_converted_by_the_candidate_s_own_speed(
         assert f"trains lstm-2x384 at {candidate_speed:,.0f} tokens/s now" in choice.why
 
 
-@pytest.mark.parametrize("kind, name", [("chars", "lstm-1x256"), ("words", "words-1x200")])
+@pytest.mark.parametrize("fast", [True, False])
+def test_a_bfloat16_candidate_is_chosen_only_where_the_cpu_multiplies_bfloat16(monkeypatch, fast):
+    table = auto.Table(
+        {"words": TABLE.texts["words"]},
+        [auto.Cell("words", 30.0, 40_000, ranked(("ptb-bf16", 4.47), ("words-1x200", 4.5)))],
+    )
+    monkeypatch.setattr(auto, "fast_bfloat16", lambda: fast)
+    choice = auto.choose("words", 900_000, 10_000, 30.0, 40_000, table)
+    assert (choice.options.get("precision") == "bfloat16") is fast
+    assert choice.options["hidden"] == (256 if fast else 200)
+    assert ("ptb-bf16 left out" in choice.why) is not fast, choice.why
+    only_bf16 = auto.Table(table.texts, [auto.Cell("words", 30.0, 40_000,
+                           ranked(("ptb-bf16", 4.47)))])  # fmt: skip
+    if fast:
+        assert auto.choose("words", 900_000, 10_000, 30.0, 40_000, only_bf16).options["hidden"]
+    else:
+        with pytest.raises(RnnlabError, match="candidate that runs here .ptb-bf16"):
+            auto.choose("words", 900_000, 10_000, 30.0, 40_000, only_bf16)
+
+
+def test_the_cpu_check_for_bfloat16_answers_without_error():
+    assert isinstance(auto.fast_bfloat16(), bool)
+
+
+@pytest.mark.parametrize(
+    "kind, name", [("chars", "lstm-1x256"), ("words", "words-1x200"), ("words", "ptb-bf16")]
+)
 def test_a_candidate_s_speed_is_timed_on_its_own_model(kind, name):
     assert auto.candidate_speed(auto.CANDIDATES[kind][name], 500, seconds=0.2) > 0
 
@@ -137,7 +163,7 @@ def test_every_choice_is_a_valid_configuration():
 
 def test_a_kind_the_table_lacks_is_a_clean_error():
     only_chars = auto.Table(TABLE.texts, [c for c in TABLE.cells if c.text != "words"])
-    with pytest.raises(RnnlabError, match="no measured words texts"):
+    with pytest.raises(RnnlabError, match="no measured words candidate"):
         auto.choose("words", 1000, 100, 5.0, 40_000, only_chars)
 
 

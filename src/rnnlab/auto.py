@@ -19,11 +19,12 @@ The text of the same kind nearest in size (on a log scale) is taken, then its bu
 nearest to the converted minutes, and that budget's best candidate, or a shorter budget's
 best where that did better (trained for the minutes that budget is worth). Its options are
 then fitted to the text: a text too small for the candidate's batch gets smaller
-batches (``fit_batch``). The warm-up ends at a tenth of the time limit at the latest and
-the cosine decay runs over the limit, or over the candidate's epochs where it plans
-fewer (``shakespeare``: 6) and they end first (rnnlab.schedule), and the best
-checkpoint (validated at every epoch's end and where the limit stops the run) is
-what ``eval`` and ``generate`` read.
+batches (``fit_batch``), and a candidate the table ran in bfloat16 is left out where
+the CPU has no bfloat16 instructions (``runs_here``). The warm-up ends at a tenth of the
+time limit at the latest and the cosine decay runs over the limit, or over the
+candidate's epochs where it plans fewer (``shakespeare``: 6) and they end first
+(rnnlab.schedule), and the best checkpoint (validated at every epoch's end and where
+the limit stops the run) is what ``eval`` and ``generate`` read.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from typing import Any
 
@@ -71,7 +72,7 @@ _WORDS = {
 # The fixed recipes the sweep also tries, each exactly as the recipe is (its epochs and
 # patience too) but for the time limit: the table then says how they do at each budget.
 RECIPE_CANDIDATES = {"chars": ("shakespeare-quick", "shakespeare", "char-lstm"),
-                     "words": ("ptb-small",)}  # fmt: skip
+                     "words": ("ptb-small", "ptb-bf16")}  # fmt: skip
 _NOT_MODEL = ("source", "mode", "val_frac", "time_limit")
 
 # The configurations the sweep tries, by kind.
@@ -153,7 +154,7 @@ def candidate_speed(options: dict[str, Any], vocab: int, seconds: float = 3.0) -
     cfg = TrainConfig.from_options({**options, "time_limit": 1.0})
     model: Any = build_model(cfg.model, vocab).train()
     optimizer = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr, cfg.weight_decay)
-    update = make_step(model, optimizer, cfg.clip)
+    update = make_step(model, optimizer, cfg.clip, precision=cfg.precision)
     generator = torch.Generator().manual_seed(0)
     X, Y = torch.randint(vocab, (2, cfg.batch_size, cfg.num_steps), generator=generator)
     state = [model.begin_state(cfg.batch_size)]
@@ -162,6 +163,20 @@ def candidate_speed(options: dict[str, Any], vocab: int, seconds: float = 3.0) -
         state[0] = update(X, Y, state[0])[2]
 
     return _median_speed(step, cfg.batch_size * cfg.num_steps, seconds)
+
+
+def fast_bfloat16() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (AVX-512 BF16 or AMX tiles, as
+    torch reports them; torch has no public call for it). Elsewhere bfloat16 is emulated,
+    slower than float32, so auto leaves out the candidates the table ran in bfloat16."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
+
+
+def runs_here(options: dict[str, Any]) -> bool:
+    """Whether a candidate can run here as fast as the table measured it: a bfloat16
+    candidate needs :func:`fast_bfloat16`."""
+    return options.get("precision", "float32") != "bfloat16" or fast_bfloat16()
 
 
 def _median_speed(step: Callable[[], None], tokens: int, seconds: float) -> float:
@@ -277,12 +292,22 @@ def choose(
     from a candidate's own timing (``options_for_text``), for the paragraph."""
     table = table or load_table()
     texts = [name for name, t in table.texts.items() if t["kind"] == kind]
-    cells = [c for c in table.cells if c.text in texts]
+    usable = [
+        replace(c, ranking=[r for r in c.ranking if runs_here(CANDIDATES[kind][r["candidate"]])])
+        for c in table.cells
+        if c.text in texts
+    ]
+    cells = [c for c in usable if c.ranking]
+    left_out = sorted(
+        {r["candidate"] for c in table.cells if c.text in texts for r in c.ranking}
+        - {r["candidate"] for c in cells for r in c.ranking}
+    )
     if not cells:
+        lacking = f" ({', '.join(left_out)}: bfloat16, which this CPU lacks)" if left_out else ""
         raise RnnlabError(
-            f"rnnlab's table has no measured {kind} texts yet, so --recipe auto cannot choose "
-            f"for --mode {'words' if kind == 'words' else 'chars'}; give a named recipe "
-            f"(rnnlab recipes lists them)"
+            f"rnnlab's table has no measured {kind} candidate that runs here{lacking}, so "
+            f"--recipe auto cannot choose for --mode {'words' if kind == 'words' else 'chars'}; "
+            f"give a named recipe (rnnlab recipes lists them)"
         )
     text = _nearest(
         sorted({c.text for c in cells}), train_tokens, lambda t: table.texts[t]["train_tokens"]
@@ -373,6 +398,12 @@ def choose(
             f"{best['loss']:.3f}{runner_up} (there the longer run did worse), so it "
             f"trains for the {train_minutes:g} of your {minutes:g} minute(s) that budget "
             f"is worth. "
+        )
+        + (
+            f"({', '.join(left_out)} left out: the table ran them in bfloat16, which this "
+            f"CPU has no instructions for.) "
+            if left_out
+            else ""
         )
         + f"Chosen: {best['candidate']}, {batch_note}, about {expected_batches:,.0f} batches "
         f"at about {expected_speed:,.0f} tokens/s, the rate warmed up over "
