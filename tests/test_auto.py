@@ -109,6 +109,34 @@ def test_the_run_gets_auto_s_time_limit_converted_by_the_candidate_s_own_speed(
         assert f"trains lstm-2x384 at {candidate_speed:,.0f} tokens/s now" in choice.why
 
 
+def test_each_budget_s_minutes_are_converted_by_the_candidate_s_own_run_there(monkeypatch):
+    """The cells come from different days, and the reference's readings need not follow a
+    word model's speed: here the 30-minute cell's reference read 2.2 times the 15-minute
+    cell's, while words-1x200 ran only 1.4 times as fast. words-1x200 timed at 7,000
+    tokens/s: by the reference (converted through the 15-minute run), 30 minutes are worth
+    27.1 of the 15-minute cell's minutes and 12.3 of the 30-minute cell's (nearest: 15); by
+    words-1x200's own run in each cell, 19.4 of the 30-minute cell's (nearest: 30)."""
+    table = auto.Table(
+        {"words": TABLE.texts["words"]},
+        [
+            auto.Cell("words", 15.0, 50_000, [
+                {"candidate": "words-1x200", "loss": 4.64, "tokens_per_s": 7_750}]),
+            auto.Cell("words", 30.0, 110_000, [
+                {"candidate": "ptb-bf16", "loss": 4.45, "tokens_per_s": 17_000},
+                {"candidate": "words-1x200", "loss": 4.52, "tokens_per_s": 10_800}]),
+        ],
+    )  # fmt: skip
+    monkeypatch.setattr(auto, "fast_bfloat16", lambda: True)
+    speed = 50_000 * 7_000 / 7_750  # as options_for_text converts it by the 15-minute cell
+    choice = auto.choose("words", 900_000, 10_000, 30.0, speed, table, ("words-1x200", 7_000))
+    assert choice.cell.minutes == 30.0 and choice.options["precision"] == "bfloat16"
+    assert "against 10,800 in its run of the table's 30-minute budget" in choice.why, choice.why
+    assert "worth 19.4 of the table's" in choice.why
+    assert choice.options["time_limit"] == 30.0
+    by_reference = auto.choose("words", 900_000, 10_000, 30.0, speed, table)
+    assert by_reference.cell.minutes == 15.0 and "worth 27.1" in by_reference.why
+
+
 @pytest.mark.parametrize("fast", [True, False])
 def test_a_bfloat16_candidate_is_chosen_only_where_the_cpu_multiplies_bfloat16(monkeypatch, fast):
     table = auto.Table(

@@ -318,9 +318,24 @@ def choose(
     reference = {"cell": "lstm", "layers": 1, **REFERENCE}
     vocab_factor = token_cost(reference, table.texts[text]["vocab"]) / token_cost(reference, vocab)
 
+    def timed_run(c: Cell) -> dict[str, Any] | None:
+        """The timed candidate's run in cell ``c``, where it ran there."""
+        runs = [r for r in c.ranking if timed is not None and r["candidate"] == timed[0]]
+        return runs[0] if runs else None
+
+    def rate(c: Cell) -> float:
+        """This machine's speed now over the speed of cell ``c``'s runs: the timed
+        candidate's against its own run there, where it ran there (the cells come from
+        different days, and the reference has read a day's speed 2 times off for a word
+        model); else the reference's against the cell's."""
+        run = timed_run(c)
+        if timed is not None and run is not None:
+            return timed[1] / run["tokens_per_s"]
+        return speed / c.reference_tokens_per_s
+
     # The table's minutes that this machine's minutes are worth, cell by cell.
     def worth(c: Cell) -> float:
-        return minutes * speed / c.reference_tokens_per_s * vocab_factor
+        return minutes * rate(c) * vocab_factor
 
     nearest = _nearest(here, 1.0, lambda c: c.minutes / worth(c))
     # A longer budget can do what a shorter one did: where a shorter budget's best reached
@@ -339,7 +354,7 @@ def choose(
     its_speed = (
         timed[1]
         if timed is not None and timed[0] == best["candidate"]
-        else best["tokens_per_s"] * speed / cell.reference_tokens_per_s
+        else best["tokens_per_s"] * rate(cell)
     )
     expected_speed = (
         its_speed * token_cost(candidate, table.texts[text]["vocab"]) / token_cost(candidate, vocab)
@@ -375,14 +390,28 @@ def choose(
         else f" (made smaller from {original['batch_size']} x {original['num_steps']} "
         f"so that an epoch holds at least {MIN_EPOCH_BATCHES} batches)"
     )
-    measured = (
-        f"trains the reference model at {speed:,.0f} tokens/s now (measured for a few "
-        f"seconds), against {nearest.reference_tokens_per_s:,.0f} when the table was measured"
-        if timed is None
-        else f"trains {timed[0]} at {timed[1]:,.0f} tokens/s now (timed for a few seconds), "
-        f"as fast as the table's runs would have been with the reference model at "
-        f"{speed:,.0f} tokens/s, against {nearest.reference_tokens_per_s:,.0f} when they ran"
+    run = timed_run(nearest)
+    against = (
+        f"{nearest.reference_tokens_per_s:,.0f} when the table's {nearest.minutes:g}-minute "
+        f"runs were measured"
     )
+    if timed is None:
+        measured = (
+            f"trains the reference model at {speed:,.0f} tokens/s now (measured for a few "
+            f"seconds), against {against}"
+        )
+    elif run is not None:
+        measured = (
+            f"trains {timed[0]} at {timed[1]:,.0f} tokens/s now (timed for a few seconds), "
+            f"against {run['tokens_per_s']:,.0f} in its run of the table's "
+            f"{nearest.minutes:g}-minute budget"
+        )
+    else:
+        measured = (
+            f"trains {timed[0]} at {timed[1]:,.0f} tokens/s now (timed for a few seconds), as "
+            f"fast as the table's runs would have been with the reference model at "
+            f"{speed:,.0f} tokens/s, against {against}"
+        )
     why = (
         f"--recipe auto: the text has {train_tokens:,} training {kind} and a vocabulary of "
         f"{vocab:,}. This machine {measured}{vocab_note}, so {minutes:g} minute(s) here are worth "
@@ -466,8 +495,9 @@ def options_for_text(given: dict[str, Any]) -> Choice:
     kind, tokens, vocab = kind_of(mode), len(data.train_ids), len(data.vocab)
     table = load_table()
     first = choose(kind, tokens, vocab, float(minutes), speed, table)
-    # The reference's speed picks the candidate; the candidate's own speed, against its run
-    # in the table, then says what the minutes are worth for a model of its kind.
+    # The reference's speed picks the candidate; the candidate's own speed, against its runs
+    # in the table, then says what the minutes are worth for a model of its kind (in a cell
+    # where it did not run: the reference's speed it stands for, against the cell's).
     best = first.cell.ranking[0]
     timed = candidate_speed(
         CANDIDATES[kind][best["candidate"]], table.texts[first.cell.text]["vocab"]
