@@ -17,7 +17,7 @@ Shakespeare and Penn Treebank. At the first budget every candidate of the text's
 (``rnnlab.auto.CANDIDATES``, the fixed recipes among them) is trained; at each later
 budget only the best ``--carry`` (2) of the budget before it, and the fixed recipes made for
 about that budget (``made_for``: ``shakespeare``, ``ptb-small`` and ``ptb-bf16``, 30-minute
-recipes, at 15 and 30 minutes; ``ptb-bf16``, added later, from 30 only: ``JOINS_FROM``).
+recipes, at 15 and 30 minutes; ``ptb-bf16``, added later, there only: ``LATE_RECIPES``).
 Each run is
 ``rnnlab train TEXT --time-limit M`` with the candidate's options, then ``rnnlab eval``
 (the best checkpoint; validation, in rnnlab's carried-state protocol), and for
@@ -64,11 +64,11 @@ TEXTS = {  # name -> (kind, --mode)
     "python-source": ("chars", "chars"),
 }
 CODE_CHARACTERS = 600_000
-# Candidates added after a text's shorter budgets were measured, and the budget they join
-# from: a budget's runs are compared with each other, so they come from one session (a
-# day's speed moved a word model's tokens/s by 1.8 times), and a later candidate joins only
-# budgets still to be measured. ptb-bf16 came after Penn Treebank's 15 minutes.
-JOINS_FROM = {"ptb-bf16": 30.0}
+# Fixed recipes added after the short budgets were measured: they join only the budgets
+# they are made for (``made_for``), not the first, whose rows would then come from two
+# sessions (a day's speed moved a word model's tokens/s by 1.8 times) for nothing: a model
+# sized for 30 minutes cannot show its worth in 2.
+LATE_RECIPES = ("ptb-bf16",)
 
 
 def code_text(folder: Path) -> Path:
@@ -110,13 +110,14 @@ def budgets_of(text: str, budgets) -> list[float]:
 
 
 def candidates_at(rows: list[dict], text: str, minutes: float, budgets, carry: int) -> list[str]:
-    """Which candidates ``text`` trains at ``minutes``: all at its first budget; after
-    that, the best ``carry`` of the budget before (none until that budget is done)."""
+    """Which candidates ``text`` trains at ``minutes``: all at its first budget (but
+    LATE_RECIPES); after that, the best ``carry`` of the budget before (none until that
+    budget is done) and the fixed recipes made for ``minutes``."""
     kind = TEXTS[text][0]
     order = budgets_of(text, budgets)
     at = order.index(minutes)
     if at == 0:
-        wanted = list(auto.CANDIDATES[kind])
+        wanted = [name for name in auto.CANDIDATES[kind] if name not in LATE_RECIPES]
     else:
         before = ranking(rows, text, order[at - 1])
         wanted_before = candidates_at(rows, text, order[at - 1], budgets, carry)
@@ -124,7 +125,7 @@ def candidates_at(rows: list[dict], text: str, minutes: float, budgets, carry: i
             return []  # the budget before is not finished: nothing to carry yet
         carried = [r["candidate"] for r in before[:carry]]
         wanted = carried + [name for name in made_for(kind, minutes) if name not in carried]
-    return [name for name in wanted if JOINS_FROM.get(name, 0.0) <= minutes]
+    return wanted
 
 
 def made_for(kind: str, minutes: float) -> list[str]:
