@@ -320,8 +320,8 @@ def choose(
 
     def timed_run(c: Cell) -> dict[str, Any] | None:
         """The timed candidate's run in cell ``c``, where it ran there."""
-        runs = [r for r in c.ranking if timed is not None and r["candidate"] == timed[0]]
-        return runs[0] if runs else None
+        names = () if timed is None else (timed[0],)
+        return next((r for r in c.ranking if r["candidate"] in names), None)
 
     def rate(c: Cell) -> float:
         """This machine's speed now over the speed of cell ``c``'s runs: the timed
