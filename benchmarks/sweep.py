@@ -65,9 +65,10 @@ TEXTS = {  # name -> (kind, --mode)
 }
 CODE_CHARACTERS = 600_000
 # Fixed recipes added after the short budgets were measured: they join only the budgets
-# they are made for (``made_for``), not the first, whose rows would then come from two
-# sessions (a day's speed moved a word model's tokens/s by 1.8 times) for nothing: a model
-# sized for 30 minutes cannot show its worth in 2.
+# they are made for (``made_for``), not the first, since a model sized for 30 minutes cannot
+# show its worth in 2, and a late row there would be compared with rows of another day (a
+# day's speed moved a word model's tokens/s by 1.8 times). Where they join a budget measured
+# earlier, that budget's rows come from two sessions: docs/results.md says so of each.
 LATE_RECIPES = ("ptb-bf16",)
 
 

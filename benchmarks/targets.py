@@ -88,7 +88,10 @@ def measure(target: str, recipe: str, extra: list[str], out: Path, unscaled: boo
     today = speed(out)
     budget = minutes if unscaled else round(minutes * SPEED_OF_2026_11_30 / today, 2)
     run_dir = out / f"{target}-{recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
-    cmd = [sys.executable, "-m", "rnnlab", "train", text, "--recipe", recipe,
+    # The Penn Treebank is read as words (--recipe auto, like any run, reads characters
+    # unless told; the ptb recipes say --mode words themselves).
+    mode = ["--mode", "words"] if text == "ptb" else []
+    cmd = [sys.executable, "-m", "rnnlab", "train", text, *mode, "--recipe", recipe,
            "--time-limit", str(budget), "--sample-every", "0", "--out", str(run_dir),
            *extra]  # fmt: skip
     start = time.monotonic()
