@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 import torch
+from sweep import TEXTS
 
 HERE = Path(__file__).parent
 ROWS = HERE / "results" / "targets.jsonl"
@@ -88,10 +89,10 @@ def measure(target: str, recipe: str, extra: list[str], out: Path, unscaled: boo
     today = speed(out)
     budget = minutes if unscaled else round(minutes * SPEED_OF_2026_11_30 / today, 2)
     run_dir = out / f"{target}-{recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
-    # The Penn Treebank is read as words (--recipe auto, like any run, reads characters
-    # unless told; the ptb recipes say --mode words themselves).
-    mode = ["--mode", "words"] if text == "ptb" else []
-    cmd = [sys.executable, "-m", "rnnlab", "train", text, *mode, "--recipe", recipe,
+    # Each text in its sweep's --mode (--recipe auto, like any run, reads characters unless
+    # told; the ptb recipes say --mode words themselves).
+    cmd = [sys.executable, "-m", "rnnlab", "train", text, "--mode", TEXTS[text][1],
+           "--recipe", recipe,
            "--time-limit", str(budget), "--sample-every", "0", "--out", str(run_dir),
            *extra]  # fmt: skip
     start = time.monotonic()

@@ -151,7 +151,8 @@ def test_a_bfloat16_candidate_is_chosen_only_where_the_cpu_multiplies_bfloat16(m
     only_bf16 = auto.Table(table.texts, [auto.Cell("words", 30.0, 40_000,
                            ranked(("ptb-bf16", 4.47)))])  # fmt: skip
     if fast:
-        assert auto.choose("words", 900_000, 10_000, 30.0, 40_000, only_bf16).options["hidden"]
+        chosen = auto.choose("words", 900_000, 10_000, 30.0, 40_000, only_bf16)
+        assert chosen.options["precision"] == "bfloat16"
     else:
         with pytest.raises(RnnlabError, match="candidate that runs here .ptb-bf16"):
             auto.choose("words", 900_000, 10_000, 30.0, 40_000, only_bf16)

@@ -29,6 +29,7 @@ the limit stops the run) is what ``eval`` and ``generate`` read.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -165,6 +166,7 @@ def candidate_speed(options: dict[str, Any], vocab: int, seconds: float = 3.0) -
     return _median_speed(step, cfg.batch_size * cfg.num_steps, seconds)
 
 
+@functools.cache
 def fast_bfloat16() -> bool:
     """Whether this CPU multiplies bfloat16 in hardware (AVX-512 BF16 or AMX tiles, as
     torch reports them; torch has no public call for it). Elsewhere bfloat16 is emulated,
