@@ -24,7 +24,9 @@ Each run is
 characters also nanoGPT's block protocol at 64 and 256, for Penn Treebank the test split.
 Candidates are ranked by ``rnnlab.auto.METRIC``: characters by the 256-character blocks,
 words by the carried-state loss. Before each run, ``rnnlab.auto.reference_speed`` measures the
-machine (3 s), so that the table can convert a budget on another day or machine.
+machine (3 s) and ``rnnlab.auto.candidate_speed`` times the candidate's own step (3 s; rows
+from 2026-12-05 on), as ``--recipe auto`` times them, so that the table can convert a budget
+on another day or machine, a step's timing compared with a step's.
 
 One JSON line per run is appended to benchmarks/results/sweep.jsonl as soon as it
 ends; ``run`` skips what the rows hold already, so a stopped sweep resumes where it
@@ -175,11 +177,19 @@ def scored(run_dir: Path, *options: str) -> dict:
     return json.loads(call(cmd).stdout)
 
 
-def reference_speed() -> float:
-    """rnnlab.auto.reference_speed in a fresh process, as `rnnlab train --recipe auto`
-    measures it (this process has tokenized whole corpora, and measured lower)."""
-    code = "from rnnlab.auto import reference_speed; print(reference_speed())"
-    return float(call([sys.executable, "-c", code]).stdout)
+def speeds(options: dict, vocab: int) -> tuple[float, float]:
+    """The machine's reference speed and the candidate's step speed (tokens/s), each
+    timed as `rnnlab train --recipe auto` times them: in a fresh process (this one has
+    tokenized whole corpora, and measured lower) whose allocator keeps freed memory, as
+    the command line's training commands do (rnnlab.heap)."""
+    code = (
+        "import json, sys; from rnnlab import auto, heap; heap.keep_freed_memory(); "
+        "options, vocab = json.loads(sys.argv[1]); "
+        "print(json.dumps([auto.reference_speed(), auto.candidate_speed(options, vocab)]))"
+    )
+    out = call([sys.executable, "-c", code, json.dumps([options, vocab])]).stdout
+    reference, step = json.loads(out)
+    return reference, step
 
 
 def train_one(text: str, minutes: float, name: str, out: Path, data: Path) -> dict:
@@ -192,7 +202,7 @@ def train_one(text: str, minutes: float, name: str, out: Path, data: Path) -> di
         "time_limit": minutes,
     }
     run_dir = out / f"{text}-{name}-{minutes:g}min-{time.strftime('%Y%m%d-%H%M%S')}"
-    reference = reference_speed()
+    reference, step = speeds(auto.CANDIDATES[kind][name], _sizes(options)["vocab"])
     cmd = [sys.executable, "-m", "rnnlab", "train", *command_line(options).split(),
            "--out", str(run_dir), "--quiet"]  # fmt: skip
     start = time.monotonic()
@@ -214,6 +224,7 @@ def train_one(text: str, minutes: float, name: str, out: Path, data: Path) -> di
         "command": "rnnlab train " + " ".join(cmd[4:]),
         **stamp(),
         "reference_tokens_per_s": reference,
+        "step_tokens_per_s": step,
         "wall_s": wall,
         "trained_s": clock["seconds"],
         "batches": clock["batches"],
@@ -255,6 +266,11 @@ def _sizes(options: dict) -> dict:
     return {"train_tokens": tokens, "vocab": vocab}
 
 
+def _rounded(row: dict, key: str) -> dict:
+    """``{key: row[key]}`` rounded, or nothing where the row lacks it (an older row)."""
+    return {key: round(row[key])} if key in row else {}
+
+
 def write_table(rows: list[dict], path: Path) -> None:
     """auto_table.json: each text's sizes, and each (text, budget)'s candidates ranked."""
     texts, cells = {}, []
@@ -281,6 +297,7 @@ def write_table(rows: list[dict], path: Path) -> None:
                             "candidate": r["candidate"],
                             "loss": round(r[auto.METRIC[r["kind"]]], 4),
                             "tokens_per_s": round(r["tokens_per_s"]),
+                            **_rounded(r, "step_tokens_per_s"),
                         }
                         for r in ranked
                     ],

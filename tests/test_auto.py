@@ -137,6 +137,33 @@ def test_each_budget_s_minutes_are_converted_by_the_candidate_s_own_run_there(mo
     assert by_reference.cell.minutes == 15.0 and "worth 27.1" in by_reference.why
 
 
+def test_a_candidate_s_timing_is_compared_with_the_same_timing_taken_before_its_run():
+    """The sweep times each candidate's step as auto does and stores it in the row: the
+    step alone runs faster than a run (here 1.25 times). Timed at 9,000 tokens/s against
+    the row's step of 9,000, 20 minutes are worth 20 of the table's, nearest 15; against
+    the run's 7,200 (a row without the step's timing) they would be worth 25, nearest 30.
+    The speed the run is expected to train at is the run's, scaled (7,200), not the step's."""
+
+    def table(**step) -> auto.Table:
+        run = {"candidate": "words-1x200", "loss": 4.6, "tokens_per_s": 7_200, **step}
+        cells = [auto.Cell("words", 15.0, 50_000, [run]),
+                 auto.Cell("words", 30.0, 50_000, [{**run, "loss": 4.5}])]  # fmt: skip
+        return auto.Table({"words": TABLE.texts["words"]}, cells)
+
+    timed = ("words-1x200", 9_000.0)
+    choice = auto.choose(
+        "words", 900_000, 10_000, 20.0, 50_000, table(step_tokens_per_s=9_000), timed
+    )
+    assert choice.cell.minutes == 15.0 and "worth 20 of the table's" in choice.why, choice.why
+    assert "against 9,000 timed the same way before its run of the table's 15-minute" in (
+        choice.why
+    )
+    assert "at about 7,200 tokens/s" in choice.why
+    by_run = auto.choose("words", 900_000, 10_000, 20.0, 50_000, table(), timed)
+    assert by_run.cell.minutes == 30.0 and "worth 25 of the table's" in by_run.why, by_run.why
+    assert "against 7,200 in its run of the table's 30-minute" in by_run.why
+
+
 @pytest.mark.parametrize("fast", [True, False])
 def test_a_bfloat16_candidate_is_chosen_only_where_the_cpu_multiplies_bfloat16(monkeypatch, fast):
     table = auto.Table(

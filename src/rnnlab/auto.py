@@ -10,7 +10,8 @@ The choice is made from three things:
   speed today (``reference_speed``: a fixed small LSTM trained for a few seconds, the
   same one the sweep measured before each of its runs), so that a slow day buys a
   smaller model, as it should; then converted again by the chosen candidate's own
-  speed (``candidate_speed``) against its run in the table;
+  speed (``candidate_speed``) against the same timing taken before its run in the
+  table (``step_speed``);
 * the table (``auto_table.json``, written by ``benchmarks/sweep.py table`` from the
   sweep's rows): for each text the sweep trained and each budget, the candidates it
   tried, ranked by validation loss.
@@ -42,6 +43,7 @@ import torch
 from torch import nn
 
 from .errors import RnnlabError
+from .heap import keep_freed_memory
 from .models.layout import num_gates
 from .recipes import PTB_LSTM, RECIPES, options_for
 from .recipes import describe as describe_recipes
@@ -147,7 +149,9 @@ def candidate_speed(options: dict[str, Any], vocab: int, seconds: float = 3.0) -
     random tokens, timed as ``reference_speed`` times the reference. The reference stands
     for a small character model; a word model's step is mostly its output layer, which a
     day's speed can move quite differently (docs/results.md §4), so auto converts the
-    minutes by the chosen candidate's own speed."""
+    minutes by the chosen candidate's own speed. Time it where the allocator keeps freed
+    memory (rnnlab.heap), as a training run has it: a word model's step otherwise maps its
+    large blocks afresh each time and runs slower by a varying part."""
     from .config import TrainConfig
     from .models import build_model
     from .train import make_optimizer, make_step
@@ -217,7 +221,9 @@ class Cell:
     text: str
     minutes: float
     reference_tokens_per_s: float  # the reference's speed measured with these runs
-    ranking: list[dict[str, Any]]  # {"candidate", "loss" (METRIC), "tokens_per_s"}, best first
+    # best first: {"candidate", "loss" (METRIC), "tokens_per_s" (training), and where the
+    # sweep took it "step_tokens_per_s" (candidate_speed, just before the run)}
+    ranking: list[dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -242,6 +248,14 @@ class Choice:
     options: dict[str, Any]
     why: str
     cell: Cell  # the table's text and budget the candidate comes from
+
+
+def step_speed(run: dict[str, Any]) -> float:
+    """What a candidate's :func:`candidate_speed` now is compared with, for one of its runs
+    in the table: the same timing, taken by the sweep just before that run, where the row
+    has it (``step_tokens_per_s``); else, for the rows measured before the sweep took it,
+    the run's training speed (the step alone read from 30 % below to 25 % above it)."""
+    return float(run.get("step_tokens_per_s", run["tokens_per_s"]))
 
 
 def _nearest(values, target: float, key) -> Any:
@@ -332,7 +346,7 @@ def choose(
         model); else the reference's against the cell's."""
         run = timed_run(c)
         if timed is not None and run is not None:
-            return timed[1] / run["tokens_per_s"]
+            return timed[1] / step_speed(run)
         return speed / c.reference_tokens_per_s
 
     # The table's minutes that this machine's minutes are worth, cell by cell.
@@ -351,13 +365,9 @@ def choose(
     best = cell.ranking[0]
     candidate = CANDIDATES[kind][best["candidate"]]
     options = fit_batch(candidate, train_tokens)
-    # The candidate's speed on this machine: as timed, where it was; else its speed in the
-    # table, scaled as the reference's speed is
-    its_speed = (
-        timed[1]
-        if timed is not None and timed[0] == best["candidate"]
-        else best["tokens_per_s"] * rate(cell)
-    )
+    # The candidate's training speed on this machine: its speed in the table's run, scaled
+    # as its own step's timing is (where it was timed) or else the reference's
+    its_speed = best["tokens_per_s"] * rate(cell)
     expected_speed = (
         its_speed * token_cost(candidate, table.texts[text]["vocab"]) / token_cost(candidate, vocab)
     )
@@ -403,10 +413,15 @@ def choose(
             f"seconds), against {against}"
         )
     elif run is not None:
+        then = (
+            "timed the same way before its run of"
+            if "step_tokens_per_s" in run
+            else "in its run of"
+        )
         measured = (
             f"trains {timed[0]} at {timed[1]:,.0f} tokens/s now (timed for a few seconds), "
-            f"against {run['tokens_per_s']:,.0f} in its run of the table's "
-            f"{nearest.minutes:g}-minute budget"
+            f"against {step_speed(run):,.0f} {then} the table's {nearest.minutes:g}-minute "
+            f"budget"
         )
     else:
         measured = (
@@ -478,6 +493,7 @@ def options_for_text(given: dict[str, Any]) -> Choice:
         )
     if "threads" in given and given["threads"]:
         torch.set_num_threads(given["threads"])
+    keep_freed_memory()  # as the sweep timed its steps, and as the run will train
     speed = reference_speed()  # first, in a fresh process, as the sweep measured it
     defaults = TrainConfig()
     mode = str(given.get("mode") or "chars")
@@ -504,7 +520,7 @@ def options_for_text(given: dict[str, Any]) -> Choice:
     timed = candidate_speed(
         CANDIDATES[kind][best["candidate"]], table.texts[first.cell.text]["vocab"]
     )
-    speed = first.cell.reference_tokens_per_s * timed / best["tokens_per_s"]
+    speed = first.cell.reference_tokens_per_s * timed / step_speed(best)
     choice = choose(kind, tokens, vocab, float(minutes), speed, table, (best["candidate"], timed))
     # The options given go on top, but for the budget: auto's time limit is what it chose
     # (shorter, where a shorter budget of the table did better).
