@@ -186,10 +186,12 @@ def run_bench(cfg: BenchConfig, corpus_ids: torch.Tensor | None = None) -> list[
 
     corpus_ids: token ids (N,) to train on instead of The Time Machine (for tests).
     An ``out`` that can't be written is refused first, not after the minutes of timing.
+    The process keeps freed memory from then on (rnnlab.heap), as a training run does.
     """
     if cfg.out:
         files.check_writable(Path(cfg.out), "--out")
         rundir.refuse_run_file(Path(cfg.out), "--out")
+    heap.keep_freed_memory()
     threads_before = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)

@@ -525,10 +525,6 @@ def cmd_bench(args) -> int:
     return 0
 
 
-# Commands that train or evaluate a model: their buffers are reused step after step (heap.py)
-HEAVY_COMMANDS = ("train", "eval", "bench")
-
-
 def cmd_recipes(args) -> int:
     from .auto import describe
 
@@ -557,10 +553,6 @@ def main(argv: list[str] | None = None) -> int:
         # a mistyped command are answered without it.
         parser = build_parser(with_options=bool(argv) and argv[0] in COMMANDS)
         args = parser.parse_args(argv)
-        if args.command in HEAVY_COMMANDS:
-            from .heap import keep_freed_memory
-
-            keep_freed_memory()
         return RUN[args.command](args)
     except RnnlabError as e:
         # Under torchrun, an error every process meets is reported by one of them.

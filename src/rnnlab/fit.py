@@ -30,6 +30,7 @@ from .config import TrainConfig, first_conflict, resumed
 from .data import Dataset, prepare
 from .errors import RnnlabError
 from .generate import default_prompt
+from .heap import keep_freed_memory
 from .models import check_device, check_fits
 from .options import machine_cpus
 from .trained import check_config_matches, latest
@@ -61,9 +62,11 @@ def fit(
     and a new run that stops before its first checkpoint leaves no folder behind.
 
     ``world``: the processes that train the run (rnnlab.world; default: this one alone).
+    The process keeps freed memory from then on (rnnlab.heap).
     """
     out, err, run = out or sys.stdout, err or sys.stderr, Path(run)
     world = world or World()
+    keep_freed_memory()  # each step's buffers reused, from a notebook as from the command line
     log = Log(out, err, quiet, silent=not world.writes)
 
     def lead(followers: Followers) -> int:

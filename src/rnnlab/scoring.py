@@ -22,6 +22,7 @@ from .command_config import EvalConfig
 from .corpus import is_builtin
 from .data import has_split, held_out_ids, prepare
 from .errors import RnnlabError
+from .heap import keep_freed_memory
 from .train import bits_per_token, perplexity, resolve_device, score_text
 from .trained import load_run
 
@@ -33,7 +34,9 @@ def score_run(
 ) -> dict[str, Any]:
     """The score of the run in ``run_dir`` on the text ``cfg`` names, as ``eval --json``
     prints it: ppl, bpt, tokens, loss (nats per token), source, checkpoint, epoch,
-    batch_size (the streams scored at once) and block_size (0: the state carried)."""
+    batch_size (the streams scored at once) and block_size (0: the state carried). The
+    process keeps freed memory from then on (rnnlab.heap)."""
+    keep_freed_memory()
     device = resolve_device(cfg.device)
     run, vocab, model, ckpt = load_run(run_dir, device, cfg.checkpoint)
     if cfg.source is None and cfg.split is None:
