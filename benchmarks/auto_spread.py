@@ -4,9 +4,10 @@
 
 For each text of the sweep and each budget B of its table (minutes at the table's speed),
 the minutes given to auto are B scaled to this machine today as auto converts them: B x
-the tokens/s of the cell's best candidate in the table / ``rnnlab.auto.candidate_speed``
-of that candidate now (timed in a fresh process, as auto times it), so that auto's own
-conversion lands on B. Then ``rnnlab train TEXT --recipe auto
+the cell's best candidate's speed in the table (``rnnlab.auto.step_speed``: its step timed
+before its run, or in older rows the run's speed) / ``rnnlab.auto.candidate_speed`` of that
+candidate now (timed as auto times it: ``sweep.speeds``), so that auto's own conversion
+lands on B. Then ``rnnlab train TEXT --recipe auto
 --time-limit M`` and ``rnnlab eval`` of the best checkpoint in the table's metric
 (``rnnlab.auto.METRIC``: characters in 256-character blocks, words carried). The row holds
 what auto said, the best loss the table holds for B and for any budget up to B (what B can
@@ -34,23 +35,14 @@ HERE = Path(__file__).parent
 ROWS = HERE / "results" / "auto_spread.jsonl"
 
 
-def candidate_speed(kind: str, name: str, vocab: int) -> float:
-    """rnnlab.auto.candidate_speed in a fresh process, as `--recipe auto` times it."""
-    code = (
-        "from rnnlab import auto; "
-        f"print(auto.candidate_speed(auto.CANDIDATES[{kind!r}][{name!r}], {vocab}))"
-    )
-    return float(sweep.call([sys.executable, "-c", code]).stdout)
-
-
 def measure(text: str, minutes: float, out: Path, data: Path) -> dict:
     kind, mode = sweep.TEXTS[text]
     table = auto.load_table()
     cells = {c.minutes: c for c in table.cells if c.text == text}
     cell = cells[minutes]
     best = cell.ranking[0]
-    today = candidate_speed(kind, best["candidate"], table.texts[text]["vocab"])
-    given = round(minutes * best["tokens_per_s"] / today, 2)
+    _, today = sweep.speeds(auto.CANDIDATES[kind][best["candidate"]], table.texts[text]["vocab"])
+    given = round(minutes * auto.step_speed(best) / today, 2)
     run_dir = out / f"{text}-auto-{minutes:g}min-{time.strftime('%Y%m%d-%H%M%S')}"
     cmd = [sys.executable, "-m", "rnnlab", "train", sweep.source_of(text, data), "--mode", mode,
            "--recipe", "auto", "--time-limit", str(given), "--sample-every", "0",
@@ -69,6 +61,7 @@ def measure(text: str, minutes: float, out: Path, data: Path) -> dict:
         **sweep.stamp(),
         "candidate_tokens_per_s": today,
         "table_candidate_tokens_per_s": best["tokens_per_s"],
+        "compared_with_tokens_per_s": auto.step_speed(best),  # what `today` is compared with
         "wall_s": wall,
         "auto_said": next(line for line in printed.splitlines() if line.startswith("--recipe")),
         "metric": auto.METRIC[kind],
