@@ -179,11 +179,10 @@ def scored(run_dir: Path, *options: str) -> dict:
 
 def speeds(options: dict, vocab: int) -> tuple[float, float]:
     """The machine's reference speed and the candidate's step speed (tokens/s), each
-    timed as `rnnlab train --recipe auto` times them: in a fresh process (this one has
-    tokenized whole corpora, and measured lower) whose allocator keeps freed memory, as
-    the command line's training commands do (rnnlab.heap)."""
+    timed as `rnnlab train --recipe auto` times them, in a fresh process (this one has
+    tokenized whole corpora, and measured lower)."""
     code = (
-        "import json, sys; from rnnlab import auto, heap; heap.keep_freed_memory(); "
+        "import json, sys; from rnnlab import auto; "
         "options, vocab = json.loads(sys.argv[1]); "
         "print(json.dumps([auto.reference_speed(), auto.candidate_speed(options, vocab)]))"
     )

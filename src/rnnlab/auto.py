@@ -149,9 +149,7 @@ def candidate_speed(options: dict[str, Any], vocab: int, seconds: float = 3.0) -
     random tokens, timed as ``reference_speed`` times the reference. The reference stands
     for a small character model; a word model's step is mostly its output layer, which a
     day's speed can move quite differently (docs/results.md §4), so auto converts the
-    minutes by the chosen candidate's own speed. Time it where the allocator keeps freed
-    memory (rnnlab.heap), as a training run has it: a word model's step otherwise maps its
-    large blocks afresh each time and runs slower by a varying part."""
+    minutes by the chosen candidate's own speed."""
     from .config import TrainConfig
     from .models import build_model
     from .train import make_optimizer, make_step
@@ -188,7 +186,10 @@ def runs_here(options: dict[str, Any]) -> bool:
 def _median_speed(step: Callable[[], None], tokens: int, seconds: float) -> float:
     """Tokens per second of ``step`` (``tokens`` each), from its median over about
     ``seconds`` after two untimed calls: a burst of load from another program hardly
-    moves it."""
+    moves it. Timed as a run trains, with the process keeping freed memory
+    (rnnlab.heap): without it a word model's step maps its large blocks afresh each time
+    (`ptb-bf16`'s read 12,800 and 17,200 tokens/s, against 19,300 and 20,900 with it)."""
+    keep_freed_memory()
     for _ in range(2):
         step()
     times: list[float] = []
@@ -493,7 +494,6 @@ def options_for_text(given: dict[str, Any]) -> Choice:
         )
     if "threads" in given and given["threads"]:
         torch.set_num_threads(given["threads"])
-    keep_freed_memory()  # as the sweep timed its steps, and as the run will train
     speed = reference_speed()  # first, in a fresh process, as the sweep measured it
     defaults = TrainConfig()
     mode = str(given.get("mode") or "chars")

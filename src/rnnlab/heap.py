@@ -12,8 +12,8 @@ The process's resident size then stays at its peak instead of falling between
 steps. It changes nothing where the C library is not glibc.
 
 The library's entry points that train or score call it (``rnnlab.fit.fit``,
-``rnnlab.scoring.score_run``, ``rnnlab.bench.run_bench``, and ``--recipe auto`` before
-it times a step), so that a notebook trains as fast as the command line: a word model's
+``rnnlab.scoring.score_run``, ``rnnlab.bench.run_bench``, and ``--recipe auto``'s
+timings of a step), so that a notebook trains as fast as the command line: a word model's
 output layer alone makes blocks of about 28 MB a step (Penn Treebank, batch 20 x 35),
 and ``ptb-bf16`` trained through ``rnnlab.fit.fit`` in a plain process at 12,143 and
 14,776 tokens/s against 18,225 and 18,921 with freed memory kept (docs/results.md §4).
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 
 # mallopt's parameter numbers (glibc's malloc.h)
 M_TRIM_THRESHOLD = -1  # free memory at the heap's top kept before returning it
@@ -39,8 +40,10 @@ def libc():
         return None
 
 
+@functools.cache
 def keep_freed_memory() -> bool:
-    """Serve allocations from the heap and keep freed memory; whether glibc accepted it."""
+    """Serve allocations from the heap and keep freed memory; whether glibc accepted it.
+    Once per process: the setting lasts, and each call would look for the C library again."""
     mallopt = getattr(libc(), "mallopt", None)
     if mallopt is None:
         return False
